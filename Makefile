@@ -1,0 +1,31 @@
+# make demo  — set up .venv and run the quickstart study (table + plots under results/)
+# make test  — set up .venv and run the test suite
+# make bench — run the benchmarks and rewrite benchmarks/results/
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip install --quiet -c constraints.txt
+
+.PHONY: install test demo bench clean
+
+install: $(VENV)/.installed
+
+# torch goes first, pinned: any looser requirement with no torch present pulls the CUDA build.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch
+	$(PIP) -e ".[dev,baselines,navigation]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/memrl train configs/quickstart.yaml
+	$(VENV)/bin/memrl report results/quickstart
+
+bench: install
+	$(PY) benchmarks/cells.py
+
+clean:
+	rm -rf $(VENV) results

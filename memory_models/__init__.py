@@ -1,0 +1,17 @@
+"""memory_models: recurrent memory cells behind one interface with explicit state.
+
+    import memory_models
+    cell = memory_models.make("lmu", input_size=8, hidden_size=64)
+    state = cell.initial_state(batch_size=4)
+    y, state = cell.scan(x, state, resets=resets)       # x (4, T, 8) -> y (4, T, 64)
+"""
+
+from .interface import RecurrentMemory, State, gather_at_lengths, scan_episodes_as_rows
+from .registry import available, get, keywords, make, register
+from .reference import GRU, LSTM, MLP
+
+__all__ = [
+    "RecurrentMemory", "State", "gather_at_lengths", "scan_episodes_as_rows",
+    "available", "get", "keywords", "make", "register",
+    "GRU", "LSTM", "MLP",
+]

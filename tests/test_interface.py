@@ -1,0 +1,80 @@
+"""Registry and input validation: bad names, keywords, shapes and dtypes fail clearly."""
+
+import pytest
+import torch
+
+import memory_models
+from memory_models import RecurrentMemory
+
+
+def test_registry_lists_reference_models():
+    assert {"gru", "lstm", "mlp"} <= set(memory_models.available())
+    assert memory_models.available() == sorted(memory_models.available())
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError) as err:
+        memory_models.make("gruu", input_size=2, hidden_size=3)
+    assert "'gru'" in str(err.value) and "lstm" in str(err.value)
+
+
+def test_unknown_keyword_lists_valid_ones():
+    with pytest.raises(TypeError, match="unknown keyword.*'bogus'"):
+        memory_models.make("gru", input_size=2, hidden_size=3, bogus=1)
+
+
+def test_register_rejects_non_memory_and_duplicates():
+    with pytest.raises(TypeError):
+        memory_models.register("x")(int)
+    with pytest.raises(ValueError, match="already registered"):
+        memory_models.register("gru")(memory_models.LSTM)
+
+
+def test_interface_is_abstract():
+    with pytest.raises(TypeError):
+        RecurrentMemory(2, 3)
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_bad_sizes(size):
+    with pytest.raises(ValueError, match="positive int"):
+        memory_models.make("gru", input_size=size, hidden_size=3)
+
+
+@pytest.fixture
+def cell():
+    return memory_models.make("gru", input_size=2, hidden_size=3)
+
+
+def test_bad_shapes(cell):
+    state = cell.initial_state(4)
+    with pytest.raises(ValueError, match=r"\(B, T, input_size\)"):
+        cell.scan(torch.randn(4, 2), state)
+    with pytest.raises(ValueError, match="input_size=2"):
+        cell.scan(torch.randn(4, 5, 3), state)
+    with pytest.raises(ValueError, match=r"state\['h'\] must have shape \(4, 3\)"):
+        cell.scan(torch.randn(4, 5, 2), cell.initial_state(2))
+    with pytest.raises(ValueError, match="state keys"):
+        cell.scan(torch.randn(4, 5, 2), {"m": torch.zeros(4, 3)})
+    with pytest.raises(ValueError, match=r"resets must have shape \(4, 5\)"):
+        cell.scan(torch.randn(4, 5, 2), state, resets=torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=5\]"):
+        cell.scan(torch.randn(4, 5, 2), state, lengths=torch.tensor([1, 2, 3, 6]))
+    with pytest.raises(ValueError, match=">= 0"):
+        cell.scan(torch.randn(4, 5, 2), state, integration_timesteps=-torch.ones(4, 5))
+    with pytest.raises(ValueError, match=r"x_t must have shape \(B, input_size\)"):
+        cell.step(torch.randn(4, 1, 2), state)
+
+
+def test_bad_dtypes(cell):
+    state = cell.initial_state(4)
+    with pytest.raises(TypeError, match="floating tensor"):
+        cell.scan(torch.ones(4, 5, 2, dtype=torch.long), state)
+    with pytest.raises(TypeError, match="float64 but GRU's parameters are float32"):
+        cell.scan(torch.randn(4, 5, 2, dtype=torch.float64), state)
+    with pytest.raises(TypeError, match="resets must be a bool tensor"):
+        cell.scan(torch.randn(4, 5, 2), state, resets=torch.zeros(4, 5))
+    with pytest.raises(TypeError, match="lengths must be an int64"):
+        cell.scan(torch.randn(4, 5, 2), state, lengths=torch.ones(4))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        cell.scan([[1.0, 2.0]], state)
