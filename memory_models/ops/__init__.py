@@ -1,0 +1,1 @@
+"""Parallel operators, each with a slow reference implementation kept beside it for tests."""
