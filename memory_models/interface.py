@@ -93,18 +93,23 @@ class RecurrentMemory(nn.Module, abc.ABC):
     # ------------------------------------------------------------------ helpers for cells
     def reset_state(self, state: State, reset: Tensor) -> State:
         """state where reset (B,) is False, the initial state where it is True."""
-        if not state:
+        if not state or not bool(reset.any()):
             return state
         first = next(iter(state.values()))
         initial = self.initial_state(reset.shape[0], device=first.device, dtype=first.dtype)
         return {k: torch.where(_expand(reset, v), initial[k], v) for k, v in state.items()}
 
     def parameter_dtype(self) -> torch.dtype | None:
-        """The floating dtype of the first parameter or buffer, None for none."""
-        for tensor in (*self.parameters(), *self.buffers()):
-            if tensor.is_floating_point():
-                return tensor.dtype
-        return None
+        """The floating dtype of the first parameter or buffer, None for none (cached)."""
+        if "_parameter_dtype" not in self.__dict__:
+            floating = [t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point()]
+            self.__dict__["_parameter_dtype"] = floating[0].dtype if floating else None
+        return self.__dict__["_parameter_dtype"]
+
+    def _apply(self, fn, *args, **kwargs):
+        """Module conversion (.to, .double, .cuda, ...) drops the cached parameter dtype."""
+        self.__dict__.pop("_parameter_dtype", None)
+        return super()._apply(fn, *args, **kwargs)
 
     def _defaults(self, device, dtype) -> tuple[torch.device, torch.dtype]:
         """device and dtype for new state tensors: the arguments, else the parameters'."""
@@ -128,15 +133,19 @@ class RecurrentMemory(nn.Module, abc.ABC):
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of tensors as returned by initial_state(), "
                             f"got {type(state).__name__}")
-        expected = self.initial_state(batch, device="meta")
-        if set(state) != set(expected):
+        if "_state_shapes" not in self.__dict__:     # per-row shapes, fixed at construction
+            self.__dict__["_state_shapes"] = {
+                k: tuple(v.shape[1:]) for k, v in self.initial_state(1, device="meta").items()}
+        expected = self.__dict__["_state_shapes"]
+        if state.keys() != expected.keys():
             raise ValueError(f"state keys {sorted(state)} do not match "
                              f"{type(self).__name__}'s state keys {sorted(expected)}")
-        for key, ref in expected.items():
+        for key, row_shape in expected.items():
             value = state[key]
-            if not isinstance(value, Tensor) or tuple(value.shape) != tuple(ref.shape):
+            if not isinstance(value, Tensor) or value.shape != (batch, *row_shape):
                 got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"state[{key!r}] must have shape {tuple(ref.shape)}, got {got}")
+                raise ValueError(f"state[{key!r}] must have shape {(batch, *row_shape)}, "
+                                 f"got {got}")
 
 
 def scan_episodes_as_rows(scan_fn, initial_state_fn, x: Tensor, state: State, resets: Tensor,

@@ -78,3 +78,13 @@ def test_bad_dtypes(cell):
         cell.scan(torch.randn(4, 5, 2), state, lengths=torch.ones(4))
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
         cell.scan([[1.0, 2.0]], state)
+
+
+def test_dtype_check_follows_module_conversion(cell):
+    cell.scan(torch.randn(4, 5, 2), cell.initial_state(4))            # caches float32
+    cell.double()
+    y, _ = cell.scan(torch.randn(4, 5, 2, dtype=torch.float64),
+                     cell.initial_state(4, dtype=torch.float64))
+    assert y.dtype == torch.float64
+    with pytest.raises(TypeError, match="float32 but GRU's parameters are float64"):
+        cell.scan(torch.randn(4, 5, 2), cell.initial_state(4))
