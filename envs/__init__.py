@@ -1,0 +1,147 @@
+"""POPGym tasks as the POPGym baselines see them, flattened to one float32 Box.
+
+Every task is wrapped as popgym/baselines/ppo.py does,
+
+    obs_t = (popgym obs_t, previous action a_{t-1}, first-step flag [t == 0])
+
+(`PreviousAction` then `Antialias`; the previous action at t = 0 is the null action), and then
+flattened with gymnasium's `flatten` (Discrete and MultiDiscrete parts one-hot) into a float32
+Box of size `flatdim`, so every model reads the same vector. Action spaces are left as they are:
+Discrete, MultiDiscrete (Battleship, MineSweeper) or Box (the pendulums).
+
+    envs.list_envs("diagnostic")          -> ["popgym-AutoencodeEasy-v0", ...]
+    envs.resolve(["game", "popgym-RepeatFirstEasy-v0"])  -> ordered unique ids
+    env = envs.make_env("popgym-RepeatPreviousEasy-v0")
+    envs.register_envs()                  # gymnasium.make(id) now builds the wrapped task
+
+This package never imports torch or ray; RLlib registration is experiments.training.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+
+import gymnasium
+import numpy as np
+import popgym.envs
+from gymnasium import spaces
+from popgym.wrappers import Antialias, PreviousAction
+
+__all__ = ["GROUPS", "list_envs", "resolve", "make_env", "register_envs", "FlattenToFloat32"]
+
+# group name -> popgym's {env class: {"id": ...}} over all three difficulties
+_GROUP_TABLES = {
+    "diagnostic": popgym.envs.ALL_DIAGNOSTIC,
+    "control": popgym.envs.ALL_CONTROL,
+    "noisy": popgym.envs.ALL_NOISY,
+    "game": popgym.envs.ALL_GAME,
+}
+if popgym.envs.has_mazelib():           # popgym defines the labyrinths only with mazelib
+    _GROUP_TABLES["navigation"] = popgym.envs.ALL_NAVIGATION
+
+GROUPS: tuple[str, ...] = (*_GROUP_TABLES, "all")
+
+# id -> env class, grouped then easy/medium/hard as popgym lists them
+_CLASSES: dict[str, type] = {info["id"]: cls for table in _GROUP_TABLES.values()
+                             for cls, info in table.items()}
+
+
+def list_envs(group: str = "all") -> list[str]:
+    """The POPGym ids of `group` (one of GROUPS), every difficulty."""
+    if group == "all":
+        return list(_CLASSES)
+    if group not in _GROUP_TABLES:
+        hint = "" if popgym.envs.has_mazelib() or group != "navigation" else \
+            " (the navigation group needs mazelib: pip install 'memrl[navigation]')"
+        raise ValueError(f"unknown env group {group!r}{hint}; groups: {', '.join(GROUPS)}")
+    return [info["id"] for info in _GROUP_TABLES[group].values()]
+
+
+def resolve(names: str | list[str]) -> list[str]:
+    """Env ids and/or group names -> ordered unique ids.
+
+    A name is a POPGym id ("popgym-RepeatPreviousEasy-v0"), its short form
+    ("RepeatPreviousEasy") or a group name. Unknown names raise ValueError with the closest ids.
+    """
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"env names must be a string or a list of strings, got {names!r}")
+    ids: list[str] = []
+    for name in names:
+        if name in GROUPS:
+            found = list_envs(name)
+        elif name in _CLASSES:
+            found = [name]
+        elif f"popgym-{name}-v0" in _CLASSES:
+            found = [f"popgym-{name}-v0"]
+        else:
+            raise ValueError(_unknown_env_message(name))
+        ids.extend(i for i in found if i not in ids)
+    return ids
+
+
+def _unknown_env_message(name: str) -> str:
+    close = difflib.get_close_matches(name, _CLASSES, n=3, cutoff=0.5)
+    if not close:   # compare short forms too: "RepeatPrevEasy" -> popgym-RepeatPreviousEasy-v0
+        short = {i[len("popgym-"):-len("-v0")]: i for i in _CLASSES}
+        close = [short[s] for s in difflib.get_close_matches(name, short, n=3, cutoff=0.5)]
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    nav = "" if popgym.envs.has_mazelib() else " (navigation tasks need mazelib)"
+    return (f"unknown POPGym env {name!r}.{hint} Groups: {', '.join(GROUPS)}{nav}; "
+            f"see envs.list_envs() for every id")
+
+
+class FlattenToFloat32(gymnasium.ObservationWrapper):
+    """Flattens any (nested) observation into a float32 Box of gymnasium's `flatdim` entries.
+
+    Discrete(n) -> one-hot (n,), MultiDiscrete(nvec) -> concatenated one-hots (sum nvec,),
+    Box -> its entries, Tuple/Dict -> concatenation of their parts.
+    """
+
+    def __init__(self, env: gymnasium.Env):
+        super().__init__(env)
+        flat = spaces.flatten_space(env.observation_space)
+        self.observation_space = spaces.Box(flat.low.astype(np.float32),
+                                            flat.high.astype(np.float32), dtype=np.float32)
+
+    def observation(self, observation):
+        flat = spaces.flatten(self.env.observation_space, observation)
+        return np.asarray(flat, dtype=np.float32)
+
+
+def make_env(env_id: str, config: dict | None = None) -> gymnasium.Env:
+    """The POPGym task `env_id` with previous action + first-step flag, obs a float32 Box.
+
+    `config` holds keyword arguments of the POPGym env class (an RLlib EnvContext works).
+    """
+    if env_id not in _CLASSES:
+        raise ValueError(_unknown_env_message(env_id))
+    cls = _CLASSES[env_id]
+    kwargs = dict(config or {})
+    accepted = [k for k, p in inspect.signature(cls.__init__).parameters.items()
+                if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind == p.VAR_KEYWORD
+                    for p in inspect.signature(cls.__init__).parameters.values())
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not takes_any:
+        raise ValueError(f"{env_id} got unknown config key(s) {unknown}; "
+                         f"valid keys: {accepted or 'none'}")
+    return FlattenToFloat32(Antialias(PreviousAction(cls(**kwargs))))
+
+
+def _gym_entry_point(env_id: str, **kwargs) -> gymnasium.Env:
+    return make_env(env_id, kwargs)
+
+
+def register_envs() -> None:
+    """Registers every id with gymnasium as the wrapped task (overrides popgym's raw one)."""
+    registry = gymnasium.envs.registration.registry
+    for env_id in _CLASSES:
+        spec = registry.get(env_id)
+        if spec is not None and getattr(spec.entry_point, "func", None) is _gym_entry_point:
+            continue
+        registry.pop(env_id, None)      # popgym's raw registration: replace without a warning
+        gymnasium.register(id=env_id, entry_point=functools.partial(_gym_entry_point, env_id))
