@@ -1,0 +1,221 @@
+"""MemoryRLModule: any registered memory as an RLlib (new API stack) PPO policy + value net.
+
+The architecture is the POPGym baselines' (popgym/baselines/ray_models/base_model.py):
+
+    obs (D) -> Linear(D, pre) -> LayerNorm(pre, no affine) -> Linear(pre, pre) -> LeakyReLU
+            -> memory (pre -> hidden)                              features z_t (hidden)
+    actor:  z -> Linear(hidden, head) -> LeakyReLU -> Linear(head, head) -> LeakyReLU
+              -> Linear(head, action dist inputs)
+    critic: z -> same MLP shape -> Linear(head, 1)
+
+Linear weights are orthogonal, the two final layers N(0, 0.01); the memory keeps its own init.
+
+Batch layouts RLlib sends:
+- stateful memory (initial state not {}): obs (B, T, D) with STATE_IN {key: (B, ...)}; T = 1 in
+  the env runners, T = max_seq_len in the learner, where each row is one chunk of one episode,
+  zero-padded to max_seq_len, with SEQ_LENS (B,) valid steps and a LOSS_MASK (B, T).
+- memoryless model (`mlp`, initial state {}): RLlib treats the module as stateless and sends
+  obs (N, D); every row is one step.
+
+Before the memory runs, the padding past the batch's longest sequence is cut off; the memory
+gets per-row `lengths`, so STATE_OUT is the state after each row's last valid step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.models.catalog import Catalog
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from torch import Tensor, nn
+
+import memory_models
+
+__all__ = ["MemoryRLModule", "memory_module_spec", "MODEL_CONFIG_DEFAULTS", "check_model_config"]
+
+# model_config keys of MemoryRLModule and their defaults ("memory" has none: it is required)
+MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
+    "memory": None,          # registry name, memory_models.available()
+    "memory_kwargs": {},     # extra keywords of that memory (memory_models.keywords(name))
+    "max_seq_len": 1024,     # learner rows (BPTT length); POPGym's bptt_cutoff
+    "pre_size": 128,         # width of the observation pre-processing layers
+    "hidden_size": 256,      # the memory's output size
+    "head_size": 128,        # width of the actor and critic MLPs
+}
+
+_RLLIB_DEFAULTS = DefaultModelConfig().__dict__
+
+
+def check_model_config(model_config: dict) -> dict[str, Any]:
+    """model_config with defaults filled in; bad keys or values raise ValueError.
+
+    RLlib merges its generic model-config keys (`vf_share_layers`, `fcnet_hiddens`, ...) into
+    every module's config; they are accepted only at RLlib's default values (where they do
+    nothing), any other value of them is an error, as it would be silently ignored.
+    """
+    if not isinstance(model_config, dict):
+        raise TypeError(f"model_config must be a dict, got {type(model_config).__name__}")
+    valid = sorted(MODEL_CONFIG_DEFAULTS)
+    config = {k: v for k, v in model_config.items() if k in MODEL_CONFIG_DEFAULTS}
+    for key, value in model_config.items():
+        if key in MODEL_CONFIG_DEFAULTS or key == "vf_share_layers":  # PPO always injects it
+            continue
+        if key in _RLLIB_DEFAULTS:
+            if value != _RLLIB_DEFAULTS[key]:
+                raise ValueError(f"model_config key {key!r} is an RLlib default-model setting "
+                                 f"that MemoryRLModule does not use; valid keys: {valid}")
+            continue
+        raise ValueError(f"unknown model_config key {key!r} for MemoryRLModule; "
+                         f"valid keys: {valid}")
+    config = {**MODEL_CONFIG_DEFAULTS, **config}
+    if config["memory"] is None:
+        raise ValueError(f"model_config needs 'memory', one of {memory_models.available()}")
+    memory_models.get(config["memory"])                     # unknown name -> ValueError
+    if not isinstance(config["memory_kwargs"], dict):
+        raise ValueError(f"model_config['memory_kwargs'] must be a dict, "
+                         f"got {config['memory_kwargs']!r}")
+    accepted = memory_models.keywords(config["memory"])
+    unknown = sorted(set(config["memory_kwargs"]) - set(accepted))
+    if unknown:
+        raise ValueError(f"memory {config['memory']!r} got unknown memory_kwargs {unknown}; "
+                         f"valid: {sorted(accepted) or 'none'}")
+    for key in ("max_seq_len", "pre_size", "hidden_size", "head_size"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model_config[{key!r}] must be a positive int, got {value!r}")
+    return config
+
+
+def memory_module_spec(memory: str, memory_kwargs: dict | None = None,
+                       **model_config) -> RLModuleSpec:
+    """RLModuleSpec of a MemoryRLModule around `memory`; model_config keys as in
+    MODEL_CONFIG_DEFAULTS (every default is written into the spec: RLlib's connectors read
+    `max_seq_len` from it)."""
+    config = check_model_config({**model_config, "memory": memory,
+                                 "memory_kwargs": dict(memory_kwargs or {})})
+    return RLModuleSpec(module_class=MemoryRLModule, model_config=config)
+
+
+def _orthogonal(layer: nn.Linear) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight)
+    return layer
+
+
+def _final(layer: nn.Linear) -> nn.Linear:
+    nn.init.normal_(layer.weight, std=0.01)
+    return layer
+
+
+def _head(hidden_size: int, head_size: int, out_size: int) -> nn.Sequential:
+    return nn.Sequential(_orthogonal(nn.Linear(hidden_size, head_size)), nn.LeakyReLU(),
+                         _orthogonal(nn.Linear(head_size, head_size)), nn.LeakyReLU(),
+                         _final(nn.Linear(head_size, out_size)))
+
+
+class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
+    """PPO actor-critic around a registered memory (see module docstring)."""
+
+    def setup(self):
+        config = check_model_config(dict(self.model_config))
+        self.model_config = config     # connectors read model_config["max_seq_len"]
+        if not isinstance(self.observation_space, gym.spaces.Box) or \
+                len(self.observation_space.shape) != 1:
+            raise ValueError(f"MemoryRLModule needs a flat Box observation space (envs.make_env "
+                             f"gives one), got {self.observation_space}")
+        obs_size = self.observation_space.shape[0]
+        self.action_dist_cls = Catalog._get_dist_cls_from_action_space(self.action_space,
+                                                                        framework="torch")
+        dist_inputs = int(self.action_dist_cls.required_input_dim(self.action_space))
+
+        pre, hidden, head = config["pre_size"], config["hidden_size"], config["head_size"]
+        self.pre = nn.Sequential(_orthogonal(nn.Linear(obs_size, pre)),
+                                 nn.LayerNorm(pre, elementwise_affine=False),
+                                 _orthogonal(nn.Linear(pre, pre)), nn.LeakyReLU())
+        self.memory = memory_models.make(config["memory"], input_size=pre, hidden_size=hidden,
+                                         **config["memory_kwargs"])
+        self.actor = _head(hidden, head, dist_inputs)
+        self.critic = _head(hidden, head, 1)
+
+    def get_initial_state(self) -> dict[str, np.ndarray]:
+        """The memory's initial state without the batch dim ({} for a memoryless model)."""
+        state = self.memory.initial_state(1, device="cpu")
+        return {k: v[0].detach().numpy() for k, v in state.items()}
+
+    # ------------------------------------------------------------------ forward passes
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        features, state_out = self._features(batch)
+        out = {Columns.ACTION_DIST_INPUTS: self.actor(features)}
+        if state_out is not None:
+            out[Columns.STATE_OUT] = state_out
+        return out
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        features, state_out = self._features(batch)
+        out = {Columns.ACTION_DIST_INPUTS: self.actor(features), Columns.EMBEDDINGS: features}
+        if state_out is not None:
+            out[Columns.STATE_OUT] = state_out
+        return out
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Tensor | None = None) -> Tensor:
+        """V(obs): (B, T) or (N,) like the observations."""
+        if embeddings is None:
+            embeddings, _ = self._features(batch)
+        return self.critic(embeddings).squeeze(-1)
+
+    # ------------------------------------------------------------------ the memory
+    def _features(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Memory features (B, T, hidden) or (N, hidden), and the state after each row."""
+        obs = batch[Columns.OBS]
+        dtype = self.pre[0].weight.dtype
+        obs = obs.to(dtype)
+        if obs.ndim == 2:                            # (N, D): one step per row
+            features, state_out = self._scan(obs[:, None], batch, lengths=None)
+            return features[:, 0], state_out
+        if obs.ndim != 3:
+            raise ValueError(f"observations must be (B, T, obs) or (B, obs), got {obs.shape}")
+        return self._scan(obs, batch, lengths=_row_lengths(batch, obs.shape[:2]))
+
+    def _scan(self, obs: Tensor, batch: dict[str, Any],
+              lengths: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        batch_size, steps = obs.shape[:2]
+        longest = steps if lengths is None else max(int(lengths.max()), 1)
+        x = self.pre(obs[:, :longest])                                      # (B, L, pre)
+        state = self._state_in(batch, batch_size, x)
+        y, state_out = self.memory.scan(x, state, lengths=lengths)          # (B, L, hidden)
+        if longest < steps:                                                 # padding back
+            y = torch.cat([y, y.new_zeros(batch_size, steps - longest, y.shape[-1])], dim=1)
+        return y, (state_out if self.is_stateful() else None)
+
+    def _state_in(self, batch: dict[str, Any], batch_size: int, like: Tensor) -> dict:
+        """STATE_IN cast to the memory's dtype (RLlib may hand back ints), or initial state."""
+        state = batch.get(Columns.STATE_IN)
+        if not self.is_stateful():
+            return {}
+        if state is None:
+            return self.memory.initial_state(batch_size, device=like.device, dtype=like.dtype)
+        return {k: torch.as_tensor(v).to(device=like.device, dtype=like.dtype)
+                for k, v in state.items()}
+
+
+def _row_lengths(batch: dict[str, Any], shape: tuple[int, int]) -> Tensor | None:
+    """Valid steps per row: SEQ_LENS (includes PPO's bootstrap step, which the loss mask
+    hides), else one past the last True of LOSS_MASK, else None (every step valid)."""
+    batch_size, steps = shape
+    if batch.get(Columns.SEQ_LENS) is not None:
+        lengths = torch.as_tensor(batch[Columns.SEQ_LENS]).long()
+    elif batch.get(Columns.LOSS_MASK) is not None:
+        mask = torch.as_tensor(batch[Columns.LOSS_MASK]).bool()
+        positions = torch.arange(1, steps + 1, device=mask.device)
+        lengths = (mask * positions).amax(dim=1).long()
+    else:
+        return None
+    if tuple(lengths.shape) != (batch_size,):
+        raise ValueError(f"seq lens must have shape ({batch_size},), got {tuple(lengths.shape)}")
+    return lengths.clamp(max=steps)

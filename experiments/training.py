@@ -1,0 +1,119 @@
+"""PPO on POPGym with a MemoryRLModule (RLlib new API stack).
+
+    from experiments.training import ppo_config, POPGYM_PPO
+    algo = ppo_config(env="popgym-RepeatPreviousEasy-v0", memory="gru").build_algo()
+    algo.train()
+
+`ppo_config` starts from the POPGym paper's PPO protocol (`POPGYM_PPO`) and lets every value be
+overridden. `register_rllib_envs()` makes every POPGym id known to RLlib / Tune.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.tune.registry import ENV_CREATOR, _global_registry, register_env
+
+import envs
+
+from .rl_module import memory_module_spec
+
+__all__ = ["POPGYM_PPO", "ppo_config", "register_rllib_envs"]
+
+# The POPGym paper's PPO protocol (popgym/baselines/ppo.py, run on RLlib ~2.0's PPO).
+# Set in ppo.py: gamma, vf_loss_coeff, bptt_cutoff = 1024 (max_seq_len and rollout fragment),
+# 4 workers x 16 envs, train batch = 1024 * 4 * 16 = 65536, minibatch = 8 * 1024 = 8192,
+# complete_episodes. Not set there, so the old PPOConfig defaults applied (and are RLlib
+# 2.60's PPOConfig defaults still): lr 5e-5, num_sgd_iter (now num_epochs) 30, lambda 1.0,
+# clip_param 0.3, vf_clip_param 10.0, entropy_coeff 0.0, kl_coeff 0.2, kl_target 0.01,
+# grad_clip None.
+POPGYM_PPO: dict = {
+    "gamma": 0.99,
+    "lr": 5e-5,
+    "lambda_": 1.0,
+    "vf_loss_coeff": 1.0,
+    "entropy_coeff": 0.0,
+    "clip_param": 0.3,
+    "vf_clip_param": 10.0,
+    "kl_coeff": 0.2,
+    "kl_target": 0.01,
+    "grad_clip": None,
+    "num_epochs": 30,
+    "train_batch_size_per_learner": 65536,
+    "minibatch_size": 8192,
+    "max_seq_len": 1024,
+    "batch_mode": "complete_episodes",
+    "num_env_runners": 4,
+    "num_envs_per_env_runner": 16,
+}
+
+# keys of POPGYM_PPO (and of ppo_config's **ppo) that are not PPOConfig.training() arguments
+_ENV_RUNNER_KEYS = ("batch_mode", "rollout_fragment_length")
+_TRAINING_DEFAULTS = {k: v for k, v in POPGYM_PPO.items()
+                      if k not in (*_ENV_RUNNER_KEYS, "max_seq_len", "num_env_runners",
+                                   "num_envs_per_env_runner")}
+
+
+def _training_keys() -> set[str]:
+    names = set()
+    for cls in (PPOConfig, AlgorithmConfig):
+        names |= {k for k, p in inspect.signature(cls.training).parameters.items()
+                  if k != "self" and p.kind == p.KEYWORD_ONLY}
+    return names
+
+
+def register_rllib_envs() -> None:
+    """ray.tune.register_env for every POPGym id (creator: envs.make_env); idempotent."""
+    envs.register_envs()
+    for env_id in envs.list_envs():
+        if not _global_registry.contains(ENV_CREATOR, env_id):
+            register_env(env_id, functools.partial(envs.make_env, env_id))
+
+
+def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
+               model_config: dict | None = None, seed: int = 0, num_env_runners: int = 0,
+               num_envs_per_env_runner: int = 1, **ppo) -> PPOConfig:
+    """PPOConfig (new API stack) training a MemoryRLModule around `memory` on POPGym `env`.
+
+    `ppo` overrides POPGYM_PPO's training() values (lr, gamma, train_batch_size_per_learner,
+    minibatch_size, num_epochs, clip_param, entropy_coeff, vf_loss_coeff, lambda_, ...) and
+    also takes `max_seq_len` (into model_config), `batch_mode` and `rollout_fragment_length`,
+    so `ppo_config(env=..., memory=..., **POPGYM_PPO)` is the paper's protocol.
+    """
+    register_rllib_envs()
+    env_id, = _one_env(env)
+    ppo = dict(ppo)
+    model_config = dict(model_config or {})
+    if "max_seq_len" in ppo:
+        model_config["max_seq_len"] = ppo.pop("max_seq_len")
+    env_runner_args = {k: ppo.pop(k) for k in _ENV_RUNNER_KEYS if k in ppo}
+    env_runner_args.setdefault("batch_mode", POPGYM_PPO["batch_mode"])
+    valid = _training_keys()
+    unknown = sorted(set(ppo) - valid)
+    if unknown:
+        raise ValueError(f"unknown PPO setting(s) {unknown}; valid: "
+                         f"{sorted(valid | {'max_seq_len', *_ENV_RUNNER_KEYS})}")
+    spec = memory_module_spec(memory, memory_kwargs, **model_config)
+    return (
+        PPOConfig()
+        .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
+        .framework("torch")
+        .environment(env_id)
+        .env_runners(num_env_runners=num_env_runners,
+                     num_envs_per_env_runner=num_envs_per_env_runner, **env_runner_args)
+        .rl_module(rl_module_spec=spec)
+        .training(**{**_TRAINING_DEFAULTS, **ppo})
+        .debugging(seed=seed)
+    )
+
+
+def _one_env(env: str) -> list[str]:
+    if not isinstance(env, str):
+        raise TypeError(f"env must be one POPGym id, got {env!r}")
+    ids = envs.resolve(env)
+    if len(ids) != 1:
+        raise ValueError(f"env must be one POPGym id, got group {env!r} ({len(ids)} envs)")
+    return ids
