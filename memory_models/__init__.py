@@ -9,9 +9,11 @@
 from .interface import RecurrentMemory, State, gather_at_lengths, scan_episodes_as_rows
 from .registry import available, get, keywords, make, register
 from .reference import GRU, LSTM, MLP
+from .lmu import LMU, LMUFFT, LMUCell, leCunUniform
 
 __all__ = [
     "RecurrentMemory", "State", "gather_at_lengths", "scan_episodes_as_rows",
     "available", "get", "keywords", "make", "register",
     "GRU", "LSTM", "MLP",
+    "LMUCell", "LMU", "LMUFFT", "leCunUniform",
 ]

@@ -1,0 +1,332 @@
+"""Legendre Memory Units: the recurrent LMU and the parallel (FFT) LMUFFT.
+
+The memory m (N,) is the Legendre delay system, which keeps the last `theta` steps of a scalar
+signal u as the coefficients of N Legendre polynomials (Voelker et al., 2019):
+
+    continuous:  dm/dt = A m + B u
+                 A[i, j] = (2i+1)/theta * (-1 if i < j else (-1)^(i-j+1)),  B[i] = (2i+1)/theta * (-1)^i
+    discrete:    m_t = Ā m_{t-1} + B̄ u_t          (zero-order hold over one step)
+
+A is highly non-normal, so Ā and B̄ come from one dense matrix exponential in float64, never from
+an eigendecomposition; powers Ā^k come from repeated squaring of Ā, also in float64.
+
+LMU (recurrent, registered "lmu"), state {"h": (B, H), "m": (B, N)}:
+    u_t = e_x·x_t + e_h·h_{t-1} + e_m·m_{t-1}
+    m_t = Ā m_{t-1} + B̄ u_t
+    h_t = tanh(W_x x_t + W_h h_{t-1} + W_m m_t);   y_t = h_t
+
+LMUFFT (parallel, registered "lmu_fft"), state {"m": (B, N)}:
+    u_t = ReLU(W_u x_t)
+    m_t = Ā^(t+1) m_{-1} + Σ_{j<=t} Ā^(t-j) B̄ u_j        (free response + causal convolution)
+    h_t = ReLU(W_h [m_t; x_t]);   y_t = h_t
+
+The public names and signatures follow popgym.baselines.models.lmu.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .interface import RecurrentMemory, State, gather_at_lengths, scan_episodes_as_rows
+from .ops.fft_conv import causal_fft_conv, fft_length
+from .registry import register
+
+
+def leCunUniform(tensor: Tensor) -> Tensor:
+    """LeCun uniform initialisation in place: U(-sqrt(3/fan_in), sqrt(3/fan_in))."""
+    if tensor.ndim < 2:
+        raise ValueError(f"leCunUniform needs a tensor with >= 2 dims (out, in, ...), "
+                         f"got shape {tuple(tensor.shape)}")
+    fan_in = tensor[0].numel()
+    limit = math.sqrt(3.0 / fan_in)
+    with torch.no_grad():
+        return tensor.uniform_(-limit, limit)
+
+
+# ---------------------------------------------------------------------- the Legendre system
+def legendre_delay_system(memory_size: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous Legendre delay system in float64: A (N, N), B (N, 1)."""
+    _check_sizes(memory_size, theta)
+    q = np.arange(memory_size, dtype=np.float64)
+    rate = (2 * q + 1)[:, None] / theta                                        # (N, 1)
+    i, j = np.meshgrid(q, q, indexing="ij")
+    A = rate * np.where(i < j, -1.0, (-1.0) ** (i - j + 1))                     # (N, N)
+    B = rate * (-1.0) ** q[:, None]                                            # (N, 1)
+    return A, B
+
+
+def discretize_zoh(A: np.ndarray, B: np.ndarray, step: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-order hold: expm([[A, B], [0, 0]] * step) = [[Ā, B̄], [0, I]], in float64."""
+    n, m = B.shape
+    block = np.zeros((n + m, n + m), dtype=np.float64)
+    block[:n, :n] = A * step
+    block[:n, n:] = B * step
+    exp_block = scipy.linalg.expm(block)
+    return exp_block[:n, :n], exp_block[:n, n:]
+
+
+def discrete_legendre_system(memory_size: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ā (N, N), B̄ (N, 1) of the Legendre delay system for a unit step, float64."""
+    return discretize_zoh(*legendre_delay_system(memory_size, theta))
+
+
+def _check_sizes(memory_size, theta) -> None:
+    if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:
+        raise ValueError(f"memory_size must be a positive int, got {memory_size!r}")
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not (
+            math.isfinite(theta) and theta > 0):
+        raise ValueError(f"theta must be a finite number > 0 (window length in steps), "
+                         f"got {theta!r}")
+
+
+# ---------------------------------------------------------------------- powers by doubling
+def doublings(steps: int) -> int:
+    """How many squarings Ā, Ā^2, Ā^4, ... cover `steps` steps (at least one: Ā itself)."""
+    return max(1, (steps - 1).bit_length())
+
+
+def power_ladder(A: Tensor, count: int) -> Tensor:
+    """(count, N, N): Ā^(2^k) for k < count, by repeated squaring."""
+    powers = [A]
+    for _ in range(count - 1):
+        powers.append(powers[-1] @ powers[-1])
+    return torch.stack(powers)
+
+
+def impulse_response(B: Tensor, ladder: Tensor, steps: int) -> Tensor:
+    """(N, steps) with [:, j] = Ā^j B̄, by doubling: H[:, 2^k:2^(k+1)] = Ā^(2^k) H[:, :2^k]."""
+    H = B                                                                      # (N, 1)
+    for power in ladder:
+        if H.shape[1] >= steps:
+            break
+        H = torch.cat([H, power @ H[:, :steps - H.shape[1]]], dim=1)
+    return H[:, :steps]
+
+
+def free_response(m0: Tensor, ladder: Tensor, steps: int) -> Tensor:
+    """m0 (B, N) -> (B, steps, N) with [:, t] = Ā^(t+1) m0, by doubling (no eigendecomposition):
+    z[:, 2^k:2^(k+1)] = z[:, :2^k] @ (Ā^(2^k))ᵀ."""
+    z = (m0 @ ladder[0].T)[:, None]                                            # (B, 1, N)
+    for power in ladder:
+        if z.shape[1] >= steps:
+            break
+        z = torch.cat([z, z[:, :steps - z.shape[1]] @ power.T], dim=1)
+    return z[:, :steps]
+
+
+# ---------------------------------------------------------------------- LMU
+class LMUCell(nn.Module):
+    """One LMU step: x (B, input_size), state (h (B, H), m (B, N)) -> (h, m). See module doc."""
+
+    def __init__(self, input_size, hidden_size, memory_size, theta, learn_a=False, learn_b=False):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.memory_size = memory_size
+        self.theta = theta
+        dtype = torch.get_default_dtype()
+        A, B = (torch.from_numpy(v).to(dtype) for v in self.stateSpaceMatrices(memory_size, theta))
+        if learn_a:
+            self.A = nn.Parameter(A)                                           # Ā (N, N)
+        else:
+            self.register_buffer("A", A)
+        if learn_b:
+            self.B = nn.Parameter(B)                                           # B̄ (N, 1)
+        else:
+            self.register_buffer("B", B)
+        self.e_x = nn.Parameter(torch.empty(1, input_size))
+        self.e_h = nn.Parameter(torch.empty(1, hidden_size))
+        self.e_m = nn.Parameter(torch.empty(1, memory_size))
+        self.W_x = nn.Parameter(torch.empty(hidden_size, input_size))
+        self.W_h = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.W_m = nn.Parameter(torch.empty(hidden_size, memory_size))
+        self.initParameters()
+
+    def initParameters(self) -> None:
+        """Encoders LeCun-uniform (e_m zero), kernels Xavier-normal, as in the LMU paper."""
+        leCunUniform(self.e_x)
+        leCunUniform(self.e_h)
+        nn.init.zeros_(self.e_m)
+        for kernel in (self.W_x, self.W_h, self.W_m):
+            nn.init.xavier_normal_(kernel)
+
+    def stateSpaceMatrices(self, memory_size, theta) -> tuple[np.ndarray, np.ndarray]:
+        """Discrete Ā (N, N), B̄ (N, 1) as float64 numpy arrays."""
+        return discrete_legendre_system(memory_size, theta)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """x (B, input_size), state (h (B, H), m (B, N)) -> (h_t, m_t)."""
+        h, m = state
+        u = F.linear(x, self.e_x) + F.linear(h, self.e_h) + F.linear(m, self.e_m)      # (B, 1)
+        m = F.linear(m, self.A) + F.linear(u, self.B)                                   # (B, N)
+        h = torch.tanh(F.linear(x, self.W_x) + F.linear(h, self.W_h) + F.linear(m, self.W_m))
+        return h, m
+
+
+@register("lmu")
+class LMU(RecurrentMemory):
+    """Recurrent LMU layer over sequences; state {"h": (B, H), "m": (B, N)}, zero initially.
+
+    The scan runs the cell on the joint state s = [m | h] (B, N+H) with one matmul a step:
+        z_t = s_{t-1} @ M + [e_x x_t | 0 | W_x x_t]      z = [u | Ā m | W_h h + W_m Ā m] (B, 1+N+H)
+        [m_t | p_t] = z[:, 1:] + u_t [B̄ | W_m B̄]ᵀ;     h_t = tanh(p_t)
+    which is the cell's equation with W_m m_t = W_m Ā m_{t-1} + W_m B̄ u_t expanded.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, memory_size: int = 256,
+                 theta: float = 64.0, learn_a: bool = False, learn_b: bool = False):
+        super().__init__(input_size, hidden_size)
+        self.memory_size = memory_size
+        self.cell = LMUCell(input_size, hidden_size, memory_size, theta, learn_a, learn_b)
+
+    def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device, dtype = self._defaults(device, dtype)
+        return {"h": torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype),
+                "m": torch.zeros(batch_size, self.memory_size, device=device, dtype=dtype)}
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None):
+        """popgym call: x (B, T, input_size), state (h, m) or None -> (h (B, T, H), (h_T, m_T))."""
+        if state is None:
+            start = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        else:
+            start = {"h": state[0], "m": state[1]}
+        y, final = self.scan(x, start)
+        return y, (final["h"], final["m"])
+
+    def _fused_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """M (N+H, 1+N+H), input weights [e_x; W_x] (1+H, I), gain [B̄ | W_m B̄] (N+H,)."""
+        cell = self.cell
+        A, W_m = cell.A, cell.W_m
+        from_m = torch.cat([cell.e_m.T, A.T, (W_m @ A).T], dim=1)                  # (N, 1+N+H)
+        from_h = torch.cat([cell.e_h.T, A.new_zeros(self.hidden_size, self.memory_size),
+                            cell.W_h.T], dim=1)                                     # (H, 1+N+H)
+        gain = torch.cat([cell.B[:, 0], (W_m @ cell.B)[:, 0]])                      # (N+H,)
+        return torch.cat([from_m, from_h]), torch.cat([cell.e_x, cell.W_x]), gain
+
+    def _scan(self, x, state, resets, integration_timesteps, lengths):
+        N, (batch, steps, _) = self.memory_size, x.shape
+        transition, input_weights, gain = self._fused_weights()
+        from_x = F.linear(x, input_weights)                                         # (B, T, 1+H)
+        from_x = torch.cat([from_x[..., :1], x.new_zeros(batch, steps, N), from_x[..., 1:]], -1)
+        reset_at = resets.any(0).tolist()                       # python flags: no sync per step
+        first_past_length = int(lengths.min())
+        s = torch.cat([state["m"], state["h"]], dim=1)                              # (B, N+H)
+        states = []
+        for t in range(steps):
+            s_in = torch.where(resets[:, t, None], 0.0, s) if reset_at[t] else s   # initial = 0
+            z = torch.addmm(from_x[:, t], s_in, transition)                         # (B, 1+N+H)
+            a = torch.addcmul(z[:, 1:], z[:, :1], gain)                             # (B, N+H)
+            s_new = torch.cat([a[:, :N], torch.tanh(a[:, N:])], dim=1)
+            if t >= first_past_length:                          # freeze rows past their length
+                s_new = torch.where((lengths > t)[:, None], s_new, s)
+            s = s_new
+            states.append(s)
+        y = torch.stack(states, 1)[..., N:] if states else x.new_zeros(batch, 0, self.hidden_size)
+        return y, {"h": s[:, N:], "m": s[:, :N]}
+
+    def _step(self, x_t, state, reset, integration_timestep):
+        keep = ~reset[:, None]
+        h, m = self.cell(x_t, (torch.where(keep, state["h"], 0.0),
+                               torch.where(keep, state["m"], 0.0)))
+        return h, {"h": h, "m": m}
+
+
+# ---------------------------------------------------------------------- LMUFFT
+@register("lmu_fft")
+class LMUFFT(RecurrentMemory):
+    """Parallel LMU: the memory is a causal convolution of u with the impulse response Ā^j B̄
+    (by FFT), plus the free response Ā^(t+1) m_{-1} of the carried state. Any sequence length:
+    `seq_len` only sets how long an impulse response is precomputed. State {"m": (B, N)}.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, memory_size: int = 256,
+                 seq_len: int = 1024, theta: float = 64.0):
+        super().__init__(input_size, hidden_size)
+        _check_sizes(memory_size, theta)
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        self.memory_size = memory_size
+        self.seq_len = seq_len
+        self.theta = theta
+        self.W_u = nn.Linear(input_size, 1)
+        self.W_h = nn.Linear(memory_size + input_size, hidden_size)
+        A, B = discrete_legendre_system(memory_size, theta)
+        self._A64, self._B64 = torch.from_numpy(A), torch.from_numpy(B)   # float64 masters, CPU
+        dtype = torch.get_default_dtype()
+        self.register_buffer("A", torch.empty(0, dtype=dtype))                    # Ā (N, N)
+        self.register_buffer("B", torch.empty(0, dtype=dtype))                    # B̄ (N, 1)
+        self.register_buffer("H", torch.empty(0, dtype=dtype), persistent=False)  # (N, seq_len)
+        self.register_buffer("A_powers", torch.empty(0, dtype=dtype), persistent=False)
+        self._derive_buffers()
+
+    def _derive_buffers(self) -> None:
+        """Ā, B̄, H and Ā^(2^k) from the float64 masters, cast to the buffers' dtype/device."""
+        like = dict(dtype=self.A.dtype, device=self.A.device)
+        ladder = power_ladder(self._A64, doublings(self.seq_len))
+        self.A, self.B = self._A64.to(**like), self._B64.to(**like)
+        self.H = impulse_response(self._B64, ladder, self.seq_len).to(**like)
+        self.A_powers = ladder.to(**like)                                        # (K, N, N)
+
+    def _apply(self, fn, recurse=True):
+        """After .to()/.double()/.cuda(): recompute the derived buffers in float64 and cast, so
+        a float64 LMUFFT is exact and its kernel agrees with its own Ā."""
+        super()._apply(fn, recurse)
+        self._derive_buffers()
+        return self
+
+    def stateSpaceMatrices(self) -> tuple[Tensor, Tensor]:
+        """Discrete Ā (N, N), B̄ (N, 1) as tensors in the module's dtype and device."""
+        return self.A.clone(), self.B.clone()
+
+    def impulse(self) -> tuple[Tensor, Tensor]:
+        """H (N, seq_len) with H[:, j] = Ā^j B̄, and its rfft at fft_length(seq_len)."""
+        return self.H.clone(), torch.fft.rfft(self.H, n=fft_length(self.seq_len), dim=-1)
+
+    def _kernel_and_powers(self, steps: int) -> tuple[Tensor, Tensor]:
+        """Impulse response (N, >= steps) and ladder covering `steps`, extended past seq_len in
+        float64 when needed."""
+        if steps <= self.seq_len:
+            return self.H, self.A_powers
+        like = dict(dtype=self.A.dtype, device=self.A.device)
+        ladder = power_ladder(self._A64, doublings(steps))
+        return impulse_response(self._B64, ladder, steps).to(**like), ladder.to(**like)
+
+    def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device, dtype = self._defaults(device, dtype)
+        return {"m": torch.zeros(batch_size, self.memory_size, device=device, dtype=dtype)}
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """popgym call: x (B, T, input_size) from a zero memory -> (h (B, T, H), h_T (B, H))."""
+        h, _ = self.scan(x, self.initial_state(x.shape[0], device=x.device, dtype=x.dtype))
+        return h, h[:, -1]
+
+    def _scan(self, x, state, resets, integration_timesteps, lengths):
+        return scan_episodes_as_rows(self._scan_from_state, self.initial_state, x, state, resets,
+                                     integration_timesteps, lengths)
+
+    def _scan_from_state(self, x, state, integration_timesteps, lengths):
+        """One episode per row: x (B, T, I) from state m_{-1} -> y (B, T, H), {"m": m_{len-1}}."""
+        steps = x.shape[1]
+        m0 = state["m"]                                                              # (B, N)
+        if steps == 0:
+            return x.new_zeros(x.shape[0], 0, self.hidden_size), {"m": m0}
+        kernel, ladder = self._kernel_and_powers(steps)
+        u = F.relu(self.W_u(x))                                                      # (B, T, 1)
+        m = causal_fft_conv(u.transpose(1, 2), kernel[:, :steps]).transpose(1, 2)   # (B, T, N)
+        if m0.requires_grad or bool(m0.any()):
+            m = m + free_response(m0, ladder, steps)
+        h = F.relu(self.W_h(torch.cat([m, x], dim=-1)))                             # (B, T, H)
+        return h, {"m": gather_at_lengths(m, lengths, m0)}
+
+    def _step(self, x_t, state, reset, integration_timestep):
+        m = torch.where(reset[:, None], 0.0, state["m"])                            # (B, N)
+        u = F.relu(self.W_u(x_t))                                                    # (B, 1)
+        m = torch.addmm(u * self.B[:, 0], m, self.A.T)                              # Ā m + B̄ u
+        h = F.relu(self.W_h(torch.cat([m, x_t], dim=-1)))
+        return h, {"m": m}
