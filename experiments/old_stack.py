@@ -1,0 +1,156 @@
+"""Every registered memory as an RLlib *old API stack* custom model, named "memrl_<name>".
+
+    from experiments.old_stack import register_old_stack_models
+    names = register_old_stack_models()          # {"gru": "memrl_gru", "lmu": "memrl_lmu", ...}
+    config = (PPOConfig()
+              .api_stack(enable_rl_module_and_learner=False,
+                         enable_env_runner_and_connector_v2=False)
+              .training(model={"custom_model": names["gru"], "max_seq_len": 64,
+                               "custom_model_config": {"hidden_size": 256}}))
+
+The network is the one of the new-stack `MemoryRLModule` (the POPGym baselines' layout):
+
+    obs (B, T, obs) -> Linear(obs, pre) -> LayerNorm(pre, no affine) -> Linear(pre, pre) + LeakyReLU
+        -> memory(pre -> hidden) -> actor:  Linear(hidden, head) LeakyReLU Linear(head, head)
+                                            LeakyReLU Linear(head, num_outputs)
+                                 -> critic: same layout, Linear(head, 1)
+
+Orthogonal init for every Linear, N(0, 0.01) for the two final layers.
+
+RLlib's old stack carries a recurrent state as a list of tensors, each (B, ...). The memory's
+state dict travels as that list in sorted key order (`state_keys`). Each row of an old-stack
+training batch is a piece of one episode starting at its stored state, so the memory runs with
+`lengths=seq_lens` and no resets. A memory with no state (`mlp`) is a non-recurrent model here:
+RLlib then sends no state and no sequence lengths, and every step is a length-1 sequence.
+
+`custom_model_config` keys: `memory_kwargs` (dict for `memory_models.make`), `pre_size` (128),
+`hidden_size` (256, the memory's hidden size), `head_size` (128). The sequence cut-off is the
+old stack's own `model["max_seq_len"]`.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import torch
+from ray.rllib.models import ModelCatalog
+from ray.rllib.models.torch.recurrent_net import RecurrentNetwork
+from torch import Tensor, nn
+
+import memory_models
+
+PREFIX = "memrl_"
+
+DEFAULTS = {"memory_kwargs": {}, "pre_size": 128, "hidden_size": 256, "head_size": 128}
+
+
+def custom_model_name(memory: str) -> str:
+    """The old-stack custom model name of a registered memory: "memrl_<memory>"."""
+    memory_models.get(memory)           # unknown names raise, listing the valid ones
+    return PREFIX + memory
+
+
+def register_old_stack_models() -> dict[str, str]:
+    """Register every memory with `ModelCatalog.register_custom_model`; name -> custom name.
+
+    Idempotent. Call it in the driver before building the algorithm (RLlib ships the classes
+    to its workers through the same registry).
+    """
+    names = {}
+    for memory in memory_models.available():
+        names[memory] = custom_model_name(memory)
+        ModelCatalog.register_custom_model(names[memory], old_stack_model_class(memory))
+    return names
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def old_stack_model_class(memory: str) -> type:
+    """The `MemoryModelV2` subclass bound to `memory` (one class per memory, cached)."""
+    memory_models.get(memory)
+    if memory not in _CLASSES:
+        _CLASSES[memory] = type(f"MemoryModelV2_{memory}", (MemoryModelV2,),
+                                {"memory_name": memory, "__module__": __name__})
+    return _CLASSES[memory]
+
+
+def __getattr__(name):
+    # Cloudpickle finds the generated classes by their module-level name in the workers.
+    if name.startswith("MemoryModelV2_"):
+        return old_stack_model_class(name[len("MemoryModelV2_"):])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _mlp_head(in_size: int, head_size: int, out_size: int) -> nn.Sequential:
+    """Linear(in, head) LeakyReLU Linear(head, head) LeakyReLU Linear(head, out)."""
+    head = nn.Sequential(nn.Linear(in_size, head_size), nn.LeakyReLU(),
+                         nn.Linear(head_size, head_size), nn.LeakyReLU(),
+                         nn.Linear(head_size, out_size))
+    for layer in head[:-1]:
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    nn.init.normal_(head[-1].weight, std=0.01)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
+class MemoryModelV2(RecurrentNetwork, nn.Module):
+    """Old-stack TorchModelV2 around one registered memory (`memory_name`, set by subclass)."""
+
+    memory_name: str = ""
+
+    def __init__(self, obs_space: gym.spaces.Space, action_space: gym.spaces.Space,
+                 num_outputs: int, model_config: dict, name: str, **custom_model_config):
+        nn.Module.__init__(self)
+        super().__init__(obs_space, action_space, num_outputs, model_config, name)
+        unknown = sorted(set(custom_model_config) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"{PREFIX}{self.memory_name}: unknown custom_model_config key(s) "
+                             f"{unknown}; valid keys: {sorted(DEFAULTS)}")
+        cfg = {**DEFAULTS, **custom_model_config}
+        obs_size = gym.spaces.utils.flatdim(obs_space)
+        pre, hidden, head = cfg["pre_size"], cfg["hidden_size"], cfg["head_size"]
+
+        self.feature_map = nn.Sequential(nn.Linear(obs_size, pre),
+                                         nn.LayerNorm(pre, elementwise_affine=False),
+                                         nn.Linear(pre, pre), nn.LeakyReLU())
+        for layer in self.feature_map:
+            if isinstance(layer, nn.Linear):
+                nn.init.orthogonal_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        self.memory = memory_models.make(self.memory_name, input_size=pre, hidden_size=hidden,
+                                         **dict(cfg["memory_kwargs"]))
+        self.actor = _mlp_head(hidden, head, num_outputs)
+        self.critic = _mlp_head(hidden, head, 1)
+        self.state_keys = tuple(sorted(self.memory.initial_state(1, device="meta")))
+        self._features: Tensor | None = None
+
+    # ------------------------------------------------------------------ ModelV2 API
+    def get_initial_state(self) -> list[Tensor]:
+        """The memory's initial state without the batch dim, in `state_keys` order."""
+        param = self.feature_map[0].weight
+        state = self.memory.initial_state(1, device=param.device, dtype=param.dtype)
+        return [state[k][0] for k in self.state_keys]
+
+    def forward(self, input_dict, state, seq_lens):
+        if not self.state_keys:        # memoryless: every step is its own length-1 sequence
+            obs = input_dict["obs_flat"].float()[:, None]                       # (N, 1, obs)
+            logits, _ = self.forward_rnn(obs, [], torch.ones(obs.shape[0], dtype=torch.long))
+            return logits.reshape(-1, self.num_outputs), []
+        return super().forward(input_dict, state, seq_lens)
+
+    def forward_rnn(self, inputs: Tensor, state: list[Tensor], seq_lens: Tensor):
+        """inputs (B, T, obs), state [(B, ...)] in key order, seq_lens (B,) -> (B, T, out)."""
+        param = self.feature_map[0].weight
+        memory_state = {k: s.to(param.dtype) for k, s in zip(self.state_keys, state)}
+        lengths = seq_lens.to(device=inputs.device, dtype=torch.long)
+        z = self.feature_map(inputs.to(param.dtype))                            # (B, T, pre)
+        features, memory_state = self.memory.scan(z, memory_state, lengths=lengths)
+        self._features = features                                               # (B, T, hidden)
+        return self.actor(features), [memory_state[k] for k in self.state_keys]
+
+    def value_function(self) -> Tensor:
+        if self._features is None:
+            raise RuntimeError("value_function() called before forward()")
+        return self.critic(self._features).reshape(-1)
