@@ -15,7 +15,8 @@ The network is the one of the new-stack `MemoryRLModule` (the POPGym baselines' 
                                             LeakyReLU Linear(head, num_outputs)
                                  -> critic: same layout, Linear(head, 1)
 
-Orthogonal init for every Linear, N(0, 0.01) for the two final layers.
+Orthogonal init for every Linear, N(0, 0.01) for the two final layers. The layers are built by
+the same helpers as MemoryRLModule's, so a memory trains the same network on either stack.
 
 RLlib's old stack carries a recurrent state as a list of tensors, each (B, ...). The memory's
 state dict travels as that list in sorted key order (`state_keys`). Each row of an old-stack
@@ -38,9 +39,14 @@ from torch import Tensor, nn
 
 import memory_models
 
+from .rl_module import MODEL_CONFIG_DEFAULTS, _head, _orthogonal, check_model_config
+
 PREFIX = "memrl_"
 
-DEFAULTS = {"memory_kwargs": {}, "pre_size": 128, "hidden_size": 256, "head_size": 128}
+# custom_model_config keys: MemoryRLModule's model_config keys less the two the old stack
+# fixes elsewhere (the memory: by the registered name; max_seq_len: model["max_seq_len"])
+CUSTOM_MODEL_CONFIG_KEYS = tuple(k for k in MODEL_CONFIG_DEFAULTS
+                                 if k not in ("memory", "max_seq_len"))
 
 
 def custom_model_name(memory: str) -> str:
@@ -81,20 +87,6 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _mlp_head(in_size: int, head_size: int, out_size: int) -> nn.Sequential:
-    """Linear(in, head) LeakyReLU Linear(head, head) LeakyReLU Linear(head, out)."""
-    head = nn.Sequential(nn.Linear(in_size, head_size), nn.LeakyReLU(),
-                         nn.Linear(head_size, head_size), nn.LeakyReLU(),
-                         nn.Linear(head_size, out_size))
-    for layer in head[:-1]:
-        if isinstance(layer, nn.Linear):
-            nn.init.orthogonal_(layer.weight)
-            nn.init.zeros_(layer.bias)
-    nn.init.normal_(head[-1].weight, std=0.01)
-    nn.init.zeros_(head[-1].bias)
-    return head
-
-
 class MemoryModelV2(RecurrentNetwork, nn.Module):
     """Old-stack TorchModelV2 around one registered memory (`memory_name`, set by subclass)."""
 
@@ -104,32 +96,30 @@ class MemoryModelV2(RecurrentNetwork, nn.Module):
                  num_outputs: int, model_config: dict, name: str, **custom_model_config):
         nn.Module.__init__(self)
         super().__init__(obs_space, action_space, num_outputs, model_config, name)
-        unknown = sorted(set(custom_model_config) - set(DEFAULTS))
+        unknown = sorted(set(custom_model_config) - set(CUSTOM_MODEL_CONFIG_KEYS))
         if unknown:
             raise ValueError(f"{PREFIX}{self.memory_name}: unknown custom_model_config key(s) "
-                             f"{unknown}; valid keys: {sorted(DEFAULTS)}")
-        cfg = {**DEFAULTS, **custom_model_config}
+                             f"{unknown}; valid keys: {sorted(CUSTOM_MODEL_CONFIG_KEYS)}")
+        cfg = check_model_config({**custom_model_config, "memory": self.memory_name,
+                                  "max_seq_len": model_config["max_seq_len"]})
         obs_size = gym.spaces.utils.flatdim(obs_space)
         pre, hidden, head = cfg["pre_size"], cfg["hidden_size"], cfg["head_size"]
 
-        self.feature_map = nn.Sequential(nn.Linear(obs_size, pre),
-                                         nn.LayerNorm(pre, elementwise_affine=False),
-                                         nn.Linear(pre, pre), nn.LeakyReLU())
-        for layer in self.feature_map:
-            if isinstance(layer, nn.Linear):
-                nn.init.orthogonal_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        # the layers of MemoryRLModule (experiments/rl_module.py), built by its helpers
+        self.pre = nn.Sequential(_orthogonal(nn.Linear(obs_size, pre)),
+                                 nn.LayerNorm(pre, elementwise_affine=False),
+                                 _orthogonal(nn.Linear(pre, pre)), nn.LeakyReLU())
         self.memory = memory_models.make(self.memory_name, input_size=pre, hidden_size=hidden,
-                                         **dict(cfg["memory_kwargs"]))
-        self.actor = _mlp_head(hidden, head, num_outputs)
-        self.critic = _mlp_head(hidden, head, 1)
+                                         **cfg["memory_kwargs"])
+        self.actor = _head(hidden, head, num_outputs)
+        self.critic = _head(hidden, head, 1)
         self.state_keys = tuple(sorted(self.memory.initial_state(1, device="meta")))
         self._features: Tensor | None = None
 
     # ------------------------------------------------------------------ ModelV2 API
     def get_initial_state(self) -> list[Tensor]:
         """The memory's initial state without the batch dim, in `state_keys` order."""
-        param = self.feature_map[0].weight
+        param = self.pre[0].weight
         state = self.memory.initial_state(1, device=param.device, dtype=param.dtype)
         return [state[k][0] for k in self.state_keys]
 
@@ -142,10 +132,10 @@ class MemoryModelV2(RecurrentNetwork, nn.Module):
 
     def forward_rnn(self, inputs: Tensor, state: list[Tensor], seq_lens: Tensor):
         """inputs (B, T, obs), state [(B, ...)] in key order, seq_lens (B,) -> (B, T, out)."""
-        param = self.feature_map[0].weight
+        param = self.pre[0].weight
         memory_state = {k: s.to(param.dtype) for k, s in zip(self.state_keys, state)}
         lengths = seq_lens.to(device=inputs.device, dtype=torch.long)
-        z = self.feature_map(inputs.to(param.dtype))                            # (B, T, pre)
+        z = self.pre(inputs.to(param.dtype))                                    # (B, T, pre)
         features, memory_state = self.memory.scan(z, memory_state, lengths=lengths)
         self._features = features                                               # (B, T, hidden)
         return self.actor(features), [memory_state[k] for k in self.state_keys]
