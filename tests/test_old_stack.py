@@ -89,16 +89,8 @@ def test_unknown_custom_model_config_key_names_the_valid_ones():
         build_model("gru", register_old_stack_models()["gru"], hiden_size=4)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("name", ["gru", "mlp"])
-def test_one_old_stack_ppo_iteration(ray_local, name):
+def test_one_old_stack_ppo_iteration(ray_session, name):
     from ray import tune
     from ray.rllib.algorithms.ppo import PPOConfig
 
