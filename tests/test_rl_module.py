@@ -1,0 +1,179 @@
+"""MemoryRLModule without Ray running: layouts, padding, state, memory use, action spaces, errors."""
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+import envs
+import memory_models
+from experiments.rl_module import MODEL_CONFIG_DEFAULTS, MemoryRLModule, memory_module_spec
+
+SIZES = dict(pre_size=8, hidden_size=8, head_size=8, max_seq_len=12)
+MODELS = memory_models.available()
+
+
+def small_memory_kwargs(name):
+    """Small sizes for the keywords a memory takes (memory_size / state_size 8 ...)."""
+    wanted = {"memory_size": 8, "state_size": 8, "theta": 8.0, "seq_len": SIZES["max_seq_len"]}
+    return {k: v for k, v in wanted.items() if k in memory_models.keywords(name)}
+
+
+def build(name, env_id="popgym-RepeatPreviousEasy-v0", seed=0, **config):
+    torch.manual_seed(seed)
+    env = envs.make_env(env_id)
+    spec = memory_module_spec(name, small_memory_kwargs(name), **{**SIZES, **config})
+    spec.observation_space, spec.action_space = env.observation_space, env.action_space
+    return spec.build(), env
+
+
+def batched_state(module, batch):
+    return {k: torch.as_tensor(v)[None].repeat(batch, *([1] * v.ndim))
+            for k, v in module.get_initial_state().items()}
+
+
+def train_batch(module, obs, seq_lens):
+    batch = {Columns.OBS: obs, Columns.SEQ_LENS: torch.as_tensor(seq_lens)}
+    if module.is_stateful():
+        batch[Columns.STATE_IN] = batched_state(module, obs.shape[0])
+    return batch
+
+
+def test_spec_has_every_default_and_architecture_follows_popgym():
+    module, env = build("gru")
+    assert module.model_config == {**MODEL_CONFIG_DEFAULTS, "memory": "gru", "memory_kwargs": {},
+                                   **SIZES}
+    assert isinstance(module, MemoryRLModule)
+    pre = module.pre
+    assert pre[0].in_features == env.observation_space.shape[0] and pre[0].out_features == 8
+    assert isinstance(pre[1], torch.nn.LayerNorm) and not pre[1].elementwise_affine
+    assert module.memory.input_size == 8 and module.memory.hidden_size == 8
+    assert module.actor[-1].out_features == env.action_space.n
+    assert module.critic[-1].out_features == 1
+    assert module.actor[-1].weight.std() < 0.05            # final layers N(0, 0.01)
+    w = module.actor[0].weight                             # orthogonal rows
+    torch.testing.assert_close(w @ w.T, torch.eye(w.shape[0]), atol=1e-5, rtol=0)
+    assert memory_module_spec("gru").model_config["max_seq_len"] == 1024
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_initial_state_has_no_batch_dim_and_stays_floating(name):
+    module, _ = build(name)
+    state = module.get_initial_state()
+    reference = module.memory.initial_state(3)
+    assert set(state) == set(reference)
+    for k, v in state.items():
+        assert tuple(v.shape) == tuple(reference[k].shape[1:])
+        assert np.issubdtype(v.dtype, np.floating)
+    assert module.is_stateful() == bool(reference)
+    if name == "mlp":
+        assert state == {} and not module.is_stateful()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_rows_equal_step_by_step_rollout_and_padding_is_ignored(name):
+    """A (B, T) learner batch with per-row lengths gives the env runner's (B, 1) step outputs
+    on valid steps, whatever is in the padding, and STATE_OUT after each row's last step."""
+    module, env = build(name)
+    B, T = 3, SIZES["max_seq_len"]
+    lengths = [T, 5, 1]
+    obs = torch.randn(B, T, env.observation_space.shape[0])
+    padded = obs.clone()
+    for b, n in enumerate(lengths):
+        padded[b, n:] = 1e3 * torch.randn(T - n, obs.shape[-1])
+    if not module.is_stateful():          # RLlib sends (N, D) to a stateless module
+        flat = module.forward_train({Columns.OBS: obs.reshape(B * T, -1)})
+        by_row = flat[Columns.ACTION_DIST_INPUTS].reshape(B, T, -1)
+        steps = module.forward_inference({Columns.OBS: obs[:, 3]})[Columns.ACTION_DIST_INPUTS]
+        torch.testing.assert_close(by_row[:, 3], steps)
+        return
+    with torch.no_grad():
+        out = module.forward_train(train_batch(module, padded, lengths))
+        values = module.compute_values(train_batch(module, padded, lengths))
+        state = batched_state(module, B)
+        step_logits, step_states = [], []
+        for t in range(T):
+            step = module.forward_inference({Columns.OBS: obs[:, t:t + 1],
+                                             Columns.STATE_IN: state})
+            state = step[Columns.STATE_OUT]
+            step_logits.append(step[Columns.ACTION_DIST_INPUTS][:, 0])
+            step_states.append(state)
+    logits = out[Columns.ACTION_DIST_INPUTS]
+    assert logits.shape == (B, T, env.action_space.n) and values.shape == (B, T)
+    assert torch.isfinite(logits).all() and torch.isfinite(values).all()
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(logits[b, :n], torch.stack(step_logits, 1)[b, :n],
+                                   atol=2e-4, rtol=2e-4)
+        for k, v in out[Columns.STATE_OUT].items():
+            torch.testing.assert_close(v[b], step_states[n - 1][k][b], atol=2e-4, rtol=2e-4)
+
+
+def test_state_in_of_another_dtype_is_cast_to_the_memory_dtype():
+    module, env = build("gru")
+    obs = torch.randn(2, 1, env.observation_space.shape[0])
+    state = {k: v.to(torch.int32) for k, v in batched_state(module, 2).items()}
+    out = module.forward_inference({Columns.OBS: obs, Columns.STATE_IN: state})
+    assert all(v.dtype == torch.float32 for v in out[Columns.STATE_OUT].values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_memory_is_used_perturbing_t0_changes_t5_only_with_memory(name):
+    module, env = build(name)
+    obs = torch.randn(2, SIZES["max_seq_len"], env.observation_space.shape[0])
+    perturbed = obs.clone()
+    perturbed[:, 0] += 3.0
+    with torch.no_grad():
+        if module.is_stateful():
+            a = module.forward_train(train_batch(module, obs, [6, 6]))
+            b = module.forward_train(train_batch(module, perturbed, [6, 6]))
+            a, b = a[Columns.ACTION_DIST_INPUTS][:, 5], b[Columns.ACTION_DIST_INPUTS][:, 5]
+        else:
+            a = module.forward_train({Columns.OBS: obs[:, 5]})[Columns.ACTION_DIST_INPUTS]
+            b = module.forward_train({Columns.OBS: perturbed[:, 5]})[Columns.ACTION_DIST_INPUTS]
+    if name == "mlp":
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    else:
+        assert (a - b).abs().max() > 1e-6, f"{name}: output at t=5 ignores the input at t=0"
+
+
+@pytest.mark.parametrize("env_id, space", [
+    ("popgym-RepeatPreviousEasy-v0", gymnasium.spaces.Discrete),
+    ("popgym-BattleshipEasy-v0", gymnasium.spaces.MultiDiscrete),
+    ("popgym-PositionOnlyPendulumEasy-v0", gymnasium.spaces.Box),
+])
+def test_action_spaces_sample_logp_and_backprop(env_id, space):
+    module, env = build("gru", env_id)
+    assert isinstance(env.action_space, space)
+    obs = torch.randn(2, 4, env.observation_space.shape[0])
+    out = module.forward_train(train_batch(module, obs, [4, 2]))
+    dist_cls = module.get_train_action_dist_cls()
+    inputs = out[Columns.ACTION_DIST_INPUTS]
+    assert inputs.shape[-1] == dist_cls.required_input_dim(env.action_space)
+    dist = dist_cls.from_logits(inputs)
+    actions = dist.sample()
+    assert env.action_space.contains(np.asarray(actions[0, 0], dtype=env.action_space.dtype)) \
+        or space is gymnasium.spaces.Box            # Gaussian samples are clipped by RLlib
+    loss = -dist.logp(actions).mean() + module.compute_values(
+        train_batch(module, obs, [4, 2]), out[Columns.EMBEDDINGS]).pow(2).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in module.parameters() if p.requires_grad)
+
+
+def test_bad_memory_names_and_model_config_keys_are_clear_errors():
+    with pytest.raises(ValueError, match=r"unknown memory model 'gur'.*Did you mean 'gru'"):
+        memory_module_spec("gur")
+    with pytest.raises(ValueError, match=r"unknown model_config key 'hiden_size'.*valid keys.*"
+                                         r"hidden_size"):
+        memory_module_spec("gru", hiden_size=8)
+    with pytest.raises(ValueError, match=r"RLlib default-model setting.*valid keys"):
+        memory_module_spec("gru", fcnet_hiddens=[64])
+    with pytest.raises(ValueError, match=r"unknown memory_kwargs \['memory_size'\]"):
+        memory_module_spec("gru", {"memory_size": 8})
+    with pytest.raises(ValueError, match=r"'max_seq_len'.*positive int"):
+        memory_module_spec("gru", max_seq_len=0)
+    env = envs.make_env("popgym-RepeatPreviousEasy-v0")
+    with pytest.raises(ValueError, match="needs 'memory'"):
+        MemoryRLModule(observation_space=env.observation_space, action_space=env.action_space,
+                       model_config={"hidden_size": 8})
