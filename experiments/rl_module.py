@@ -149,32 +149,34 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
         return {k: v[0].detach().numpy() for k, v in state.items()}
 
     # ------------------------------------------------------------------ forward passes
+    # Features and head outputs exist only up to the batch's longest row; `_pad` restores
+    # RLlib's (B, max_seq_len) layout with zeros (finite, and masked out by the loss).
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         features, state_out = self._features(batch)
-        out = {Columns.ACTION_DIST_INPUTS: self.actor(features)}
+        out = {Columns.ACTION_DIST_INPUTS: _pad(self.actor(features), batch)}
         if state_out is not None:
             out[Columns.STATE_OUT] = state_out
         return out
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         features, state_out = self._features(batch)
-        out = {Columns.ACTION_DIST_INPUTS: self.actor(features), Columns.EMBEDDINGS: features}
+        out = {Columns.ACTION_DIST_INPUTS: _pad(self.actor(features), batch),
+               Columns.EMBEDDINGS: features}
         if state_out is not None:
             out[Columns.STATE_OUT] = state_out
         return out
 
     def compute_values(self, batch: dict[str, Any], embeddings: Tensor | None = None) -> Tensor:
-        """V(obs): (B, T) or (N,) like the observations."""
+        """V(obs): (B, T) or (N,) like the observations; `embeddings` from forward_train."""
         if embeddings is None:
             embeddings, _ = self._features(batch)
-        return self.critic(embeddings).squeeze(-1)
+        return _pad(self.critic(embeddings), batch).squeeze(-1)
 
     # ------------------------------------------------------------------ the memory
     def _features(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """Memory features (B, T, hidden) or (N, hidden), and the state after each row."""
-        obs = batch[Columns.OBS]
-        dtype = self.pre[0].weight.dtype
-        obs = obs.to(dtype)
+        """Memory features (B, L, hidden), L = longest row, or (N, hidden) for (N, obs)
+        batches; and the state after each row's last valid step (None when stateless)."""
+        obs = batch[Columns.OBS].to(self.pre[0].weight.dtype)
         if obs.ndim == 2:                            # (N, D): one step per row
             features, state_out = self._scan(obs[:, None], batch, lengths=None)
             return features[:, 0], state_out
@@ -188,9 +190,11 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
         longest = steps if lengths is None else max(int(lengths.max()), 1)
         x = self.pre(obs[:, :longest])                                      # (B, L, pre)
         state = self._state_in(batch, batch_size, x)
-        y, state_out = self.memory.scan(x, state, lengths=lengths)          # (B, L, hidden)
-        if longest < steps:                                                 # padding back
-            y = torch.cat([y, y.new_zeros(batch_size, steps - longest, y.shape[-1])], dim=1)
+        if longest == 1 and lengths is None:     # env runners: the memory's recurrent step
+            y_t, state_out = self.memory.step(x[:, 0], state)
+            y = y_t[:, None]
+        else:
+            y, state_out = self.memory.scan(x, state, lengths=lengths)      # (B, L, hidden)
         return y, (state_out if self.is_stateful() else None)
 
     def _state_in(self, batch: dict[str, Any], batch_size: int, like: Tensor) -> dict:
@@ -202,6 +206,15 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
             return self.memory.initial_state(batch_size, device=like.device, dtype=like.dtype)
         return {k: torch.as_tensor(v).to(device=like.device, dtype=like.dtype)
                 for k, v in state.items()}
+
+
+def _pad(out: Tensor, batch: dict[str, Any]) -> Tensor:
+    """Head outputs (B, L, n) -> (B, T, n) with zeros, T = the observations' time length."""
+    obs = batch[Columns.OBS]
+    if obs.ndim != 3 or out.shape[1] == obs.shape[1]:
+        return out
+    return torch.cat([out, out.new_zeros(out.shape[0], obs.shape[1] - out.shape[1],
+                                         *out.shape[2:])], dim=1)
 
 
 def _row_lengths(batch: dict[str, Any], shape: tuple[int, int]) -> Tensor | None:

@@ -109,6 +109,20 @@ def test_training_rows_equal_step_by_step_rollout_and_padding_is_ignored(name):
             torch.testing.assert_close(v[b], step_states[n - 1][k][b], atol=2e-4, rtol=2e-4)
 
 
+def test_padding_past_the_longest_row_is_cut_and_restored_as_zeros():
+    module, env = build("lstm")
+    obs = torch.randn(2, SIZES["max_seq_len"], env.observation_space.shape[0])
+    batch = train_batch(module, obs, [5, 3])
+    out = module.forward_train(batch)
+    logits = out[Columns.ACTION_DIST_INPUTS]
+    values = module.compute_values(batch, out[Columns.EMBEDDINGS])
+    assert logits.shape == (2, SIZES["max_seq_len"], env.action_space.n)
+    assert values.shape == (2, SIZES["max_seq_len"])
+    assert out[Columns.EMBEDDINGS].shape[1] == 5                # the memory ran 5 steps, not 12
+    assert (logits[:, 5:] == 0).all() and (values[:, 5:] == 0).all()
+    torch.testing.assert_close(values, module.compute_values(batch))
+
+
 def test_state_in_of_another_dtype_is_cast_to_the_memory_dtype():
     module, env = build("gru")
     obs = torch.randn(2, 1, env.observation_space.shape[0])
