@@ -1,0 +1,325 @@
+"""PPO env steps per second on CPU for every registered memory beside its peers, in one run.
+
+    .venv/bin/python benchmarks/rl_throughput.py [--quick] [--models gru,lmu,rllib-lstm]
+
+Every subject trains PPO on the same POPGym task with the same env runners (2 runners x 8 envs,
+complete episodes), batch, epochs, minibatch and sizes (obs -> 128 -> memory 256 -> heads 128,
+max_seq_len 64). Throughput = env steps sampled / wall time of `algo.train()`, summed over the
+measured iterations after one warm-up iteration (sampling and learning both count).
+
+Subjects:
+  <memory>         ours, new API stack: MemoryRLModule via experiments.training.ppo_config
+  old:<memory>     ours, old API stack: the "memrl_<memory>" custom model (experiments.old_stack)
+  rllib-lstm       RLlib's built-in LSTM, new stack (DefaultPPOTorchRLModule, use_lstm=True,
+                   encoder shared by actor and critic as ours is)
+  popgym-GRU / popgym-LMU / popgym-S4D
+                   POPGym's own old-stack models (popgym.baselines.ray_models) with the
+                   custom_model_config of popgym/baselines/ppo.py
+
+Targets: each memory >= 0.7x rllib-lstm; each memory with a POPGym peer (PEERS) >= that peer.
+Writes the table to benchmarks/results/rl_throughput.md (--out to change). A subject that fails
+to build or train is listed with its error instead of a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rl_throughput.md"
+REFERENCE = "rllib-lstm"
+LSTM_TARGET = 0.7
+# our memory -> the POPGym old-stack model of the same cell
+PEERS = {"gru": "popgym-GRU", "lmu": "popgym-LMU", "s4d": "popgym-S4D"}
+POPGYM_MODELS = ("popgym-GRU", "popgym-LMU", "popgym-S4D")
+
+
+@dataclass(frozen=True)
+class Setup:
+    env: str = "popgym-RepeatPreviousEasy-v0"
+    env_runners: int = 2
+    envs_per_runner: int = 8
+    train_batch: int = 4096
+    minibatch: int = 1024
+    epochs: int = 2
+    max_seq_len: int = 64
+    iterations: int = 3              # measured, after one warm-up iteration
+    pre_size: int = 128
+    hidden_size: int = 256
+    head_size: int = 128
+
+
+QUICK = Setup(train_batch=2048, minibatch=1024, epochs=1, iterations=2)
+
+
+# --------------------------------------------------------------------------- configs
+def ours_new_stack(memory: str, setup: Setup):
+    from experiments.training import ppo_config
+    return ppo_config(env=setup.env, memory=memory, num_env_runners=setup.env_runners,
+                      num_envs_per_env_runner=setup.envs_per_runner,
+                      model_config={"pre_size": setup.pre_size, "hidden_size": setup.hidden_size,
+                                    "head_size": setup.head_size},
+                      max_seq_len=setup.max_seq_len, **_new_stack_training(setup))
+
+
+def rllib_lstm(setup: Setup):
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    from experiments.training import POPGYM_PPO
+    model = DefaultModelConfig(fcnet_hiddens=[setup.pre_size], fcnet_activation="relu",
+                               use_lstm=True, lstm_cell_size=setup.hidden_size,
+                               max_seq_len=setup.max_seq_len,
+                               head_fcnet_hiddens=[setup.head_size, setup.head_size],
+                               vf_share_layers=True)
+    return (PPOConfig().framework("torch").environment(setup.env)
+            .env_runners(num_env_runners=setup.env_runners,
+                         num_envs_per_env_runner=setup.envs_per_runner,
+                         batch_mode="complete_episodes")
+            .rl_module(model_config=model)
+            .training(**_new_stack_training(setup), lambda_=POPGYM_PPO["lambda_"],
+                      gamma=POPGYM_PPO["gamma"], vf_loss_coeff=POPGYM_PPO["vf_loss_coeff"]))
+
+
+def _new_stack_training(setup: Setup) -> dict:
+    return {"train_batch_size_per_learner": setup.train_batch, "minibatch_size": setup.minibatch,
+            "num_epochs": setup.epochs}
+
+
+def old_stack(custom_model, custom_model_config: dict, setup: Setup):
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from experiments.training import POPGYM_PPO
+    return (PPOConfig()
+            .api_stack(enable_rl_module_and_learner=False,
+                       enable_env_runner_and_connector_v2=False)
+            .framework("torch").environment(setup.env)
+            .env_runners(num_env_runners=setup.env_runners,
+                         num_envs_per_env_runner=setup.envs_per_runner,
+                         rollout_fragment_length="auto", batch_mode="complete_episodes")
+            .training(train_batch_size=setup.train_batch, minibatch_size=setup.minibatch,
+                      num_epochs=setup.epochs, lambda_=POPGYM_PPO["lambda_"],
+                      gamma=POPGYM_PPO["gamma"], vf_loss_coeff=POPGYM_PPO["vf_loss_coeff"],
+                      model={"custom_model": custom_model, "max_seq_len": setup.max_seq_len,
+                             "custom_model_config": custom_model_config}))
+
+
+def ours_old_stack(memory: str, setup: Setup):
+    from experiments.old_stack import register_old_stack_models
+    name = register_old_stack_models()[memory]
+    return old_stack(name, {"pre_size": setup.pre_size, "hidden_size": setup.hidden_size,
+                            "head_size": setup.head_size}, setup)
+
+
+def popgym_model(label: str, setup: Setup):
+    """POPGym's model with the custom_model_config of popgym/baselines/ppo.py (h, h_memory)."""
+    from torch import nn
+    from popgym.baselines.ray_models.ray_gru import GRU
+    from popgym.baselines.ray_models.ray_lmu import LMU
+    from popgym.baselines.ray_models.ray_s4d import S4D
+
+    h, h_memory = setup.head_size, setup.hidden_size
+    assert setup.pre_size == h, "POPGym's layout has one width for pre-processing and heads"
+
+    def head():
+        return nn.Sequential(nn.Linear(h_memory, h), nn.LeakyReLU(inplace=True),
+                             nn.Linear(h, h), nn.LeakyReLU(inplace=True))
+
+    config = {"preprocessor_input_size": h,
+              "preprocessor": nn.Sequential(nn.Linear(h, h), nn.LeakyReLU(inplace=True)),
+              "preprocessor_output_size": h, "hidden_size": h_memory,
+              "postprocessor": nn.Identity(), "actor": head(), "critic": head(),
+              "postprocessor_output_size": h}
+    cls = {"popgym-GRU": GRU, "popgym-LMU": LMU, "popgym-S4D": S4D}[label]
+    return old_stack(cls, config, setup)
+
+
+def build_config(subject: str, setup: Setup):
+    if subject == REFERENCE:
+        return rllib_lstm(setup)
+    if subject in POPGYM_MODELS:
+        return popgym_model(subject, setup)
+    if subject.startswith("old:"):
+        return ours_old_stack(subject[4:], setup)
+    return ours_new_stack(subject, setup)
+
+
+def subjects_for(memories: list[str], all_peers: bool) -> list[str]:
+    """The run order: the reference, our memories (new stack), then each POPGym model with our
+    old-stack model of the same cell beside it (all POPGym models, or only the peers of
+    `memories` when not `all_peers`)."""
+    subjects = [REFERENCE, *memories]
+    ours_of = {peer: memory for memory, peer in PEERS.items()}
+    for peer in POPGYM_MODELS:
+        memory = ours_of[peer]
+        if memory in memories:
+            subjects += [peer, f"old:{memory}"]
+        elif all_peers:
+            subjects.append(peer)
+    return subjects
+
+
+# --------------------------------------------------------------------------- measuring
+def steps_sampled(result: dict) -> int:
+    """Lifetime env steps sampled, new or old stack result dict."""
+    runners = result.get("env_runners", {})
+    if "num_env_steps_sampled_lifetime" in runners:
+        return int(runners["num_env_steps_sampled_lifetime"])
+    return int(result["num_env_steps_sampled_lifetime"])
+
+
+def measure(subject: str, setup: Setup) -> dict:
+    started = time.perf_counter()
+    algo = build_config(subject, setup).build_algo()
+    try:
+        build_s = time.perf_counter() - started
+        before = steps_sampled(algo.train())                  # warm-up iteration
+        clock = time.perf_counter()
+        for _ in range(setup.iterations):
+            after = steps_sampled(algo.train())
+        seconds = time.perf_counter() - clock
+    finally:
+        algo.stop()
+    steps = after - before
+    return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds,
+            "build_s": build_s}
+
+
+# --------------------------------------------------------------------------- report
+def describe(subject: str) -> str:
+    if subject == REFERENCE:
+        return "RLlib built-in LSTM (new stack)"
+    if subject in POPGYM_MODELS:
+        return f"POPGym {subject[7:]} (old stack)"
+    if subject.startswith("old:"):
+        return f"ours {subject[4:]} (old stack, memrl_{subject[4:]})"
+    return f"ours {subject} (new stack)"
+
+
+def verdicts(results: dict, memories: list[str]) -> list[str]:
+    lines = []
+    reference = results.get(REFERENCE, {}).get("steps_per_s")
+    for memory in memories:
+        ours = results.get(memory, {}).get("steps_per_s")
+        if ours is None:
+            lines.append(f"- {memory}: no measurement ({results.get(memory, {}).get('error')})")
+            continue
+        if reference:
+            ratio = ours / reference
+            lines.append(f"- {memory} vs {REFERENCE}: {ratio:.2f}x (target >= {LSTM_TARGET}) "
+                         f"{'PASS' if ratio >= LSTM_TARGET else 'FAIL'}")
+        peer = PEERS.get(memory)
+        peer_speed = results.get(peer, {}).get("steps_per_s") if peer else None
+        if peer_speed:
+            ratio = ours / peer_speed
+            lines.append(f"- {memory} vs {peer}: {ratio:.2f}x (target >= 1.0) "
+                         f"{'PASS' if ratio >= 1.0 else 'FAIL'}")
+    return lines
+
+
+def render(results: dict, memories: list[str], setup: Setup, argv: list[str]) -> str:
+    import ray
+    import torch
+    reference = results.get(REFERENCE, {}).get("steps_per_s")
+    rows = ["| subject | what | env steps/s | vs rllib-lstm | vs POPGym peer | steps timed | "
+            "build s |", "|---|---|---:|---:|---:|---:|---:|"]
+    peer_of = {f"old:{m}": p for m, p in PEERS.items()} | PEERS
+    for subject, r in results.items():
+        if "error" in r:
+            rows.append(f"| {subject} | {describe(subject)} | failed: {r['error']} | | | | |")
+            continue
+        vs_ref = f"{r['steps_per_s'] / reference:.2f}x" if reference else "-"
+        peer = results.get(peer_of.get(subject, ""), {}).get("steps_per_s")
+        vs_peer = f"{r['steps_per_s'] / peer:.2f}x" if peer else "-"
+        rows.append(f"| {subject} | {describe(subject)} | {r['steps_per_s']:.0f} | {vs_ref} | "
+                    f"{vs_peer} | {r['steps']} in {r['seconds']:.1f}s | {r['build_s']:.1f} |")
+    settings = (f"env {setup.env}; {setup.env_runners} env runners x {setup.envs_per_runner} "
+                f"envs, complete episodes; train batch {setup.train_batch}, minibatch "
+                f"{setup.minibatch}, {setup.epochs} epochs, max_seq_len {setup.max_seq_len}; "
+                f"sizes pre {setup.pre_size} / memory {setup.hidden_size} / heads "
+                f"{setup.head_size}; 1 warm-up + {setup.iterations} timed iterations")
+    errors = [f"### {s}\n\n```\n{r['traceback']}```" for s, r in results.items() if "error" in r]
+    return "\n".join([
+        "# PPO throughput on CPU: our memories vs RLlib's LSTM and POPGym's models",
+        "",
+        f"Command: `.venv/bin/python benchmarks/rl_throughput.py {' '.join(argv)}`".rstrip() + "  ",
+        f"Date: {datetime.date.today()}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; torch {torch.__version__}, ray {ray.__version__}, "
+        f"torch threads {torch.get_num_threads()}  ",
+        f"Settings: {settings}.",
+        "",
+        "Env steps/s = env steps sampled over the timed `algo.train()` calls / their wall time "
+        "(sampling and learning). Ratios are measured side by side in this one run.",
+        "",
+        *rows,
+        "",
+        "## Targets",
+        "",
+        *verdicts(results, memories),
+        "",
+        *(["## Errors", "", *errors, ""] if errors else []),
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller batch, fewer iterations")
+    parser.add_argument("--models", help="comma-separated memories (default: all registered, "
+                                         "and every POPGym model); their POPGym peers and the "
+                                         "reference are added automatically")
+    parser.add_argument("--iterations", type=int, help="timed iterations per subject")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"markdown ({RESULTS.name})")
+    args = parser.parse_args(argv)
+
+    import ray
+    import ray.tune.trainable.trainable as trainable
+
+    import memory_models
+    from experiments.training import register_rllib_envs
+
+    memories = memory_models.available() if not args.models else args.models.split(",")
+    unknown = [m for m in memories if m not in memory_models.available()]
+    if unknown:
+        parser.error(f"unknown memory {unknown}; available: {memory_models.available()}")
+    setup = QUICK if args.quick else Setup()
+    if args.iterations:
+        setup = Setup(**{**setup.__dict__, "iterations": args.iterations})
+
+    # Algorithms built outside Tune log under DEFAULT_STORAGE_PATH (~/ray_results by default).
+    trainable.DEFAULT_STORAGE_PATH = tempfile.mkdtemp(prefix="rl_throughput_")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    register_rllib_envs()
+    results: dict[str, dict] = {}
+    try:
+        for subject in subjects_for(memories, all_peers=not args.models):
+            try:
+                results[subject] = measure(subject, setup)
+                print(f"{subject:>14}: {results[subject]['steps_per_s']:8.0f} env steps/s "
+                      f"({results[subject]['steps']} steps in "
+                      f"{results[subject]['seconds']:.1f}s)", flush=True)
+            except Exception as error:  # noqa: BLE001 - a peer that fails is a finding
+                message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                results[subject] = {"error": message, "traceback": traceback.format_exc()}
+                print(f"{subject:>14}: FAILED {message}", flush=True)
+    finally:
+        ray.shutdown()
+    text = render(results, memories, setup, argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
