@@ -166,6 +166,8 @@ def apply_overrides(raw: Any, overrides: list[str], where: str = "config") -> An
             child = _child(node, part, parts[:depth + 1], key)
             if child is None:                       # missing mapping on the way: create it
                 child = node[part] = {}
+            elif isinstance(child, str) and parts[0] == "models" and depth == 1:
+                child = node[part] = {"name": child}    # `- gru` shorthand -> mapping
             node = child
         last = parts[-1]
         if isinstance(last, int):

@@ -183,7 +183,7 @@ class Progress(tune.Callback):
 
 
 def _result_line(name: str, result: dict, env_steps: int) -> str:
-    steps = result.get(ENV_STEPS, 0) or 0
+    steps = int(result.get(ENV_STEPS, 0) or 0)
     ret = result.get("env_runners", {}).get("episode_return_mean")
     ret_text = "  n/a " if ret is None or ret != ret else f"{ret:+.3f}"
     return (f"{name:<40} iter {result.get('training_iteration', 0):4d}  "

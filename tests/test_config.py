@@ -1,0 +1,143 @@
+"""Study files: every kind of bad input fails naming its path; overrides; grid expansion."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import memory_models
+from experiments import config
+from experiments.config import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def base():
+    return {"name": "t", "tasks": ["RepeatPreviousEasy"], "models": ["gru", "mlp"],
+            "seeds": [0, 1], "stop": {"env_steps": 100}}
+
+
+def with_(**changes):
+    raw = base()
+    raw.update(changes)
+    return raw
+
+
+def fails(raw, *fragments):
+    with pytest.raises(ConfigError) as error:
+        config.validate(raw, where="f.yaml")
+    for fragment in fragments:
+        assert fragment in str(error.value), str(error.value)
+    return str(error.value)
+
+
+def test_minimal_study_gets_popgym_defaults():
+    from experiments.training import POPGYM_PPO
+    study = config.validate(base())
+    assert study.tasks == ["popgym-RepeatPreviousEasy-v0"]
+    assert [m.label for m in study.models] == ["gru", "mlp"]
+    assert study.ppo == {}                      # overrides only: ppo_config adds POPGYM_PPO
+    assert study.resources.num_env_runners == POPGYM_PPO["num_env_runners"]
+    assert study.resources.num_envs_per_env_runner == POPGYM_PPO["num_envs_per_env_runner"]
+    assert study.directory == (Path("results") / "t").resolve()
+
+
+@pytest.mark.parametrize("raw, fragments", [
+    (with_(colour=1), ["f.yaml: colour: unknown key", "'models'"]),
+    ({k: v for k, v in base().items() if k != "stop"}, ["stop: missing"]),
+    (with_(name=3), ["name: expected str, got int 3"]),
+    (with_(name="a/b"), ["name:", "folder name"]),
+    (with_(tasks=["RepeatPrevEasy"]), ["tasks[0]:", "popgym-RepeatPreviousEasy-v0", "diagnostic"]),
+    (with_(tasks=[]), ["tasks: expected a non-empty list"]),
+    (with_(models=["gru", "lmuu"]), ["models[1].name: unknown memory model 'lmuu'", "'lmu'"]),
+    (with_(models=["gru", {"name": "lmu", "kwargs": {"memory_sise": 4}}]),
+     ["models[1].kwargs.memory_sise: unknown key", "'memory_size'", "theta"]),
+    (with_(models=[{"name": "lmu", "kwargs": {"memory_size": "big"}}]),
+     ["models[0].kwargs.memory_size: expected int, got str 'big'"]),
+    (with_(models=[{"name": "lmu", "kwargs": {"memory_size": -3}}]),
+     ["models[0].kwargs: lmu rejects these arguments"]),
+    (with_(models=[{"name": "gru", "labl": "G"}]), ["models[0].labl: unknown key", "'label'"]),
+    (with_(models=["gru", {"name": "mlp", "label": "gru"}]),
+     ["models[1].label: label 'gru' is already used by models[0]"]),
+    (with_(models=["gru", {"name": "gru", "label": "g2"}]), ["models[1]: same model and kwargs"]),
+    (with_(seeds=[0, "1"]), ["seeds[1]: expected int, got str '1'"]),
+    (with_(seeds=[0, 0]), ["seeds: repeated seed"]),
+    (with_(ppo={"lr": "fast"}), ["ppo.lr: expected float, got str 'fast'"]),
+    (with_(ppo={"learning_rate": 1e-3}), ["ppo.learning_rate: unknown key", "'lr'", "num_epochs"]),
+    (with_(ppo={"num_epochs": 2.5}), ["ppo.num_epochs: expected int"]),
+    (with_(ppo={"batch_mode": "episodes"}), ["ppo.batch_mode: 'episodes' is not one of",
+                                             "complete_episodes"]),
+    (with_(ppo={"num_env_runners": 2}), ["ppo.num_env_runners: unknown key"]),
+    (with_(model_config={"hidden": 8}), ["model_config.hidden: unknown key", "'hidden_size'"]),
+    (with_(model_config={"hidden_size": 0}), ["model_config.hidden_size: must be >= 1"]),
+    (with_(resources={"num_gpus": "one"}), ["resources.num_gpus: expected float"]),
+    (with_(resources={"cpus": 1}), ["resources.cpus: unknown key", "num_env_runners"]),
+    (with_(stop={"env_steps": 0}), ["stop.env_steps: must be >= 1"]),
+    (with_(stop={"steps": 10}), ["stop.steps: unknown key", "env_steps"]),
+    (with_(checkpoint={"frequency": -1}), ["checkpoint.frequency: must be >= 0"]),
+    ([1, 2], ["expected a mapping", "got list"]),
+])
+def test_bad_input_names_its_path(raw, fragments):
+    fails(raw, *fragments)
+
+
+def test_load_reads_1e_minus_4_as_a_float_and_applies_overrides(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(with_(ppo={"num_epochs": 3})) + "\n")
+    study = config.load(path, ["ppo.lr=1e-4", "stop.env_steps=1000", "models[1].label=MLP",
+                               "seeds=[3]", "model_config.hidden_size=32"])
+    assert study.ppo == {"num_epochs": 3, "lr": 1e-4}
+    assert study.stop.env_steps == 1000 and study.seeds == [3]
+    assert study.models[1].label == "MLP" and study.model_config == {"hidden_size": 32}
+
+
+def test_overrides_are_revalidated_and_bad_keys_explained(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError, match=r"ppo.lr: expected float, got str 'x'"):
+        config.load(path, ["ppo.lr=x"])
+    with pytest.raises(ConfigError, match=r"models\[5\] does not exist \(the list has 2\)"):
+        config.load(path, ["models[5].label=x"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        config.load(path, ["ppo.lr"])
+    with pytest.raises(ConfigError, match="name is not a mapping"):
+        config.load(path, ["name.x=1"])
+
+
+def test_unreadable_files_fail_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="no such study file"):
+        config.load(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(tmp_path / "bad.yaml")
+
+
+def test_grid_is_tasks_by_models_by_seeds_in_order():
+    study = config.validate(with_(tasks=["RepeatPreviousEasy", "CountRecallEasy"],
+                                  models=["gru", {"name": "mlp", "label": "MLP"}],
+                                  seeds=[0, 1, 2]))
+    trials = config.expand(study)
+    assert len(trials) == 2 * 2 * 3
+    assert [t.index for t in trials] == list(range(12))
+    assert [(t.task, t.model.label, t.seed) for t in trials[:4]] == [
+        ("popgym-RepeatPreviousEasy-v0", "gru", 0), ("popgym-RepeatPreviousEasy-v0", "gru", 1),
+        ("popgym-RepeatPreviousEasy-v0", "gru", 2), ("popgym-RepeatPreviousEasy-v0", "MLP", 0)]
+    assert trials[-1].name == "CountRecallEasy-MLP-s2"
+    assert len({t.name for t in trials}) == len(trials)
+
+
+def test_groups_expand_to_unique_ids():
+    study = config.validate(with_(tasks=["diagnostic", "RepeatPreviousEasy"]))
+    import envs
+    assert study.tasks == envs.list_envs("diagnostic")
+
+
+@pytest.mark.parametrize("name", ["quickstart", "popgym_paper", "smoke"])
+def test_shipped_configs_validate(name):
+    """Models not registered (yet) are dropped first: the validator rightly rejects them."""
+    raw = yaml.load((CONFIGS / f"{name}.yaml").read_text(), Loader=config._Loader)
+    registered = [m for m in raw["models"]
+                  if (m if isinstance(m, str) else m["name"]) in memory_models.available()]
+    assert registered, "no model of this config is registered"
+    study = config.validate({**raw, "models": registered}, where=name)
+    assert study.name == name and config.expand(study)
