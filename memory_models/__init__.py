@@ -10,10 +10,15 @@ from .interface import RecurrentMemory, State, gather_at_lengths, scan_episodes_
 from .registry import available, get, keywords, make, register
 from .reference import GRU, LSTM, MLP
 from .lmu import LMU, LMUFFT, LMUCell, leCunUniform
+from .discretization import DISCRETIZATIONS
+from .lrnn import LRNN, LTI_LRNN, LTV_LRNN
+from .s4d import S4D
+from .event_ssm import EventSSM
 
 __all__ = [
     "RecurrentMemory", "State", "gather_at_lengths", "scan_episodes_as_rows",
     "available", "get", "keywords", "make", "register",
     "GRU", "LSTM", "MLP",
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",
+    "DISCRETIZATIONS", "LRNN", "LTI_LRNN", "LTV_LRNN", "S4D", "EventSSM",
 ]

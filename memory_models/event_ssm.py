@@ -1,0 +1,186 @@
+"""EventSSM: an S5-style diagonal state-space memory with event-driven (asynchronous) steps,
+after Schöne et al. 2024, "Scalable Event-by-event Processing of Neuromorphic Sensory Signals
+With Deep State-Space Models" (arXiv 2404.18508).
+
+One complex diagonal state of P/2 modes (P = state_size) shared by all channels:
+
+    s_t = A_bar_t ⊙ s_{t-1} + B_scale_t ⊙ (B x_t)            (B, P/2) complex
+    y_t = GELU(2·Re(C s_t) + D x_t)                          (B, hidden_size)
+
+A = -exp(log_A_real) + i·A_imag (P/2,) (S4D-Lin init -1/2 + iπn), B (P/2 × input_size) and
+C (hidden_size × P/2) complex, D a real (hidden_size × input_size) skip with bias. The modes
+come in conjugate pairs (output 2·Re); the state is stored as real (B, P/2, 2) (re, im).
+
+Discretization with step δ and the time Δt_t elapsed before observation t:
+
+    async (default)  A_bar_t = exp(A δ Δt_t),  B_scale = (exp(A δ) - 1)/A   (Δt-independent)
+    zoh              A_bar_t = exp(A δ Δt_t),  B_scale_t = (exp(A δ Δt_t) - 1)/A
+    dirac            A_bar_t = exp(A δ Δt_t),  B_scale = 1
+
+With Δt ≡ 1 all three are the synchronous (time-invariant) recurrence of their kind.
+
+δ is a learned step per mode, exp(log_dt), or with `selective=True` an input-dependent step
+δ_t = softplus(W_δ x_t + b_δ) per mode (Mamba-style). δ_t depends only on the observation x_t
+that arrives at t, so the model stays causal and `step` can compute it online.
+
+Training runs the recurrence as a parallel associative scan (memory_models.ops.scan);
+`scan_impl="sequential"` runs the same model with the reference loop over t instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .interface import RecurrentMemory, State, _check_tensor
+from .lrnn import LTV_LRNN, as_complex, real_part_weights, split_inference_cache
+from .ops.scan import linear_scan, linear_scan_sequential
+from .registry import register
+
+SCAN_IMPLS = {"parallel": linear_scan, "sequential": linear_scan_sequential}
+
+
+@register("event_ssm")
+class EventSSM(LTV_LRNN, RecurrentMemory):
+    """Event-driven S5-style memory with P/2 complex modes (P = state_size)."""
+
+    discretizations = ("async", "zoh", "dirac")
+    cache_matrix_keys = ("A", "B", "C")
+
+    def __init__(self, input_size: int, hidden_size: int, state_size: int = 64,
+                 discretization: str = "async", selective: bool = False, dt_min: float = 1e-3,
+                 dt_max: float = 1e-1, scan_impl: str = "parallel"):
+        super().__init__(discretization=discretization, input_size=input_size,
+                         hidden_size=hidden_size)
+        if discretization not in self.discretizations:
+            raise ValueError(f"EventSSM discretization must be one of {self.discretizations}, "
+                             f"got {discretization!r}")
+        if isinstance(state_size, bool) or not isinstance(state_size, int) or state_size < 2 \
+                or state_size % 2:
+            raise ValueError(f"state_size must be an even int >= 2 (P/2 conjugate pairs), "
+                             f"got {state_size!r}")
+        if not isinstance(selective, bool):
+            raise TypeError(f"selective must be a bool, got {selective!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if scan_impl not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl must be one of {tuple(SCAN_IMPLS)}, got {scan_impl!r}")
+        self.state_size, self.selective, self.scan_impl = state_size, selective, scan_impl
+        modes = state_size // 2
+
+        self.log_A_real = nn.Parameter(torch.full((modes,), math.log(0.5)))
+        self.A_imag = nn.Parameter(math.pi * torch.arange(modes, dtype=torch.float32))
+        self.B = nn.Parameter(torch.randn(modes, input_size, 2) / math.sqrt(2 * input_size))
+        self.C = nn.Parameter(torch.randn(hidden_size, modes, 2) / math.sqrt(2 * modes))
+        self.D = nn.Linear(input_size, hidden_size)
+        dt = torch.exp(torch.rand(modes) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min))
+        if selective:                         # softplus(b_δ) = dt at init
+            self.dt_proj = nn.Linear(input_size, modes)
+            with torch.no_grad():
+                self.dt_proj.weight.mul_(0.1)
+                self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        else:
+            self.log_dt = nn.Parameter(torch.log(dt))                             # (P/2,)
+
+    # ------------------------------------------------------------------ the SSM
+    def continuous_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A (P/2,), B (P/2, input_size), C (hidden_size, P/2), complex."""
+        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        return A, torch.view_as_complex(self.B), torch.view_as_complex(self.C)
+
+    def step_size(self, x: Tensor) -> Tensor:
+        """δ: (..., P/2) from x (..., input_size) if selective, else (P/2,)."""
+        if self.selective:
+            return F.softplus(self.dt_proj(x))
+        return torch.exp(self.log_dt)
+
+    def _elements(self, x: Tensor, integration_timesteps: Tensor, matrices):
+        """(A_bar, B_scale·B x) for x (..., input_size), Δt (...): (..., P/2) complex each."""
+        A, B, _ = matrices
+        A_bar, B_scale = self.discretize_fn(A, self.step_size(x), integration_timesteps[..., None])
+        Bx = torch.view_as_complex((x @ _as_real_matrix(B)).unflatten(-1, (-1, 2)))
+        return A_bar, B_scale * Bx
+
+    def _readout(self, x: Tensor, s: Tensor, C: Tensor) -> Tensor:
+        """y = GELU(2·Re(C s) + D x) for s (..., P/2) complex."""
+        real_part = torch.view_as_real(s).flatten(-2) @ real_part_weights(C).T
+        return F.gelu(2 * real_part + self.D(x))
+
+    # ------------------------------------------------------------------ interface
+    def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device, dtype = self._defaults(device, dtype)
+        return {"s": torch.zeros(batch_size, self.state_size // 2, 2, device=device,
+                                 dtype=dtype)}
+
+    def _scan(self, x, state, resets, integration_timesteps, lengths):
+        matrices = self.continuous_matrices()
+        a, b = self._elements(x, integration_timesteps, matrices)               # (B, T, P/2)
+        s0 = as_complex(state["s"])
+        states = SCAN_IMPLS[self.scan_impl](a, b, s0, resets, lengths)          # (B, T, P/2)
+        y = self._readout(x, states, matrices[2])
+        final = states[:, -1] if x.shape[1] else s0
+        return y, {"s": torch.view_as_real(final)}
+
+    def _recurrence(self, x_t, state, reset, integration_timestep, matrices):
+        state = self.reset_state(state, reset)
+        a, b = self._elements(x_t, integration_timestep, matrices)              # (B, P/2)
+        s = state["s"]
+        s = a * as_complex(s) + b
+        return self._readout(x_t, s, matrices[2]), {"s": torch.view_as_real(s)}
+
+    def _step(self, x_t, state, reset, integration_timestep):
+        return self._recurrence(x_t, state, reset, integration_timestep,
+                                self.continuous_matrices())
+
+    # ------------------------------------------------------------------ seed API
+    def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,
+                lengths: Tensor | None = None) -> Tensor:
+        """x (B, L, input_size) -> y (B, L, hidden_size) from the initial state."""
+        return self.scan(x, self.initial_state(x.shape[0], device=x.device, dtype=x.dtype),
+                         integration_timesteps=integration_timesteps, lengths=lengths)[0]
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
+                                 dtype=None) -> dict[str, Any]:
+        """{"s": zero state (B, P/2, 2), "A", "B", "C": the continuous complex matrices}.
+
+        The discretization depends on each step's Δt (and x_t when selective), so only the
+        continuous matrices are cached; max_seqlen is unused. Allocate again after the
+        parameters change.
+        """
+        cache: dict[str, Any] = self.initial_state(batch_size, dtype=dtype)
+        cache.update(zip(self.cache_matrix_keys, self.continuous_matrices()))
+        return cache
+
+    def step(self, x_t: Tensor, state: dict[str, Any], *, reset: Tensor | None = None,
+             integration_timestep: Tensor | None = None):
+        """One observation x_t (B, input_size), either API (see memory_models.lrnn):
+
+        step(x_t, state, ...)           -> (y_t, new state dict)    state from initial_state
+        step(x_t, inference_cache, ...) -> (y_t, the cache updated)  allocate_inference_cache
+        """
+        split = split_inference_cache(state, self.cache_matrix_keys)
+        if split is None:
+            return RecurrentMemory.step(self, x_t, state, reset=reset,
+                                        integration_timestep=integration_timestep)
+        own_state, matrices = split
+        _check_tensor("x_t", x_t, ndim=2, last=self.input_size, what="(B, input_size)")
+        self._check_dtype(x_t)
+        self._check_state(own_state, x_t.shape[0])
+        batch = x_t.shape[0]
+        if reset is None:
+            reset = torch.zeros(batch, dtype=torch.bool, device=x_t.device)
+        if integration_timestep is None:
+            integration_timestep = x_t.new_ones(batch)
+        y, new_state = self._recurrence(x_t, own_state, reset, integration_timestep, matrices)
+        state.update(new_state)
+        return y, state
+
+
+def _as_real_matrix(B: Tensor) -> Tensor:
+    """B (n, I) complex -> (I, 2n) real with x @ out = interleaved (Re, Im) of B x."""
+    return torch.view_as_real(B).permute(1, 0, 2).flatten(1)

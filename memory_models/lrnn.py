@@ -1,0 +1,119 @@
+"""Abstract linear recurrent networks (the seed's LRNN / LTI_LRNN / LTV_LRNN API).
+
+    LRNN(discretization)      a linear recurrence s_k = A_bar s_{k-1} + B_bar u_k, y_k = C s_k + D u_k
+    ├── LTI_LRNN              A_bar, B_bar fixed over time: trainable as a convolution (FFT)
+    └── LTV_LRNN              A_bar, B_bar change with time (Δt_k, input): trainable by a scan
+
+`discretization` names a function of `memory_models.discretization.DISCRETIZATIONS`, stored as
+`discretize_fn` (None for None: the model discretizes by itself).
+
+The concrete cells (S4D, EventSSM) are also `RecurrentMemory`s. Both classes define `step`:
+the seed's `step(x, inference_cache) -> (y, inference_cache)` and the interface's
+`step(x_t, state, *, reset=None, integration_timestep=None) -> (y_t, new_state)`. The cells
+answer both with one method, `step`, that looks at what it was given:
+
+- a state dict (from `initial_state`): the interface step, returning a new state dict;
+- an inference cache (from `allocate_inference_cache`): the same state entries plus the
+  model's matrices computed once at allocation (`cache_matrix_keys`). The step uses those
+  matrices, writes the new state into the cache and returns the cache. The matrices are a
+  snapshot: allocate a new cache after the parameters change.
+
+The constructors are cooperative: `LRNN.__init__(discretization, **kwargs)` passes the other
+keywords on along the MRO, so `class Cell(LTI_LRNN, RecurrentMemory)` initialises both with
+`super().__init__(discretization=..., input_size=..., hidden_size=...)`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .discretization import DISCRETIZATIONS
+
+ALLOWED = (*DISCRETIZATIONS, None)
+
+
+class LRNN(nn.Module, abc.ABC):
+    """Base of every linear recurrent network; abstract (`forward` must be implemented)."""
+
+    def __init__(self, discretization: str | None, **kwargs):
+        if discretization is not None and discretization not in DISCRETIZATIONS:
+            raise ValueError(f"unknown discretization {discretization!r}; allowed: "
+                             f"{', '.join(map(repr, ALLOWED))}")
+        super().__init__(**kwargs)
+        self.discretization = discretization
+        self.discretize_fn = None if discretization is None else DISCRETIZATIONS[discretization]
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,
+                lengths: Tensor | None = None) -> Tensor:
+        """x (B, L, H_in) -> y (B, L, H_out), from the initial state."""
+
+
+class LTI_LRNN(LRNN):
+    """Linear time-invariant LRNN: one (A_bar, B_bar, C) for every step. No 'async'."""
+
+    def __init__(self, discretization: str | None, **kwargs):
+        if discretization == "async":
+            raise ValueError("an LTI model cannot use discretization 'async': event-driven "
+                             "steps make the dynamics time-varying; use an LTV model (e.g. "
+                             "EventSSM) or one of 'zoh', 'bilinear', 'dirac', "
+                             "'no_discretization'")
+        super().__init__(discretization, **kwargs)
+
+    @abc.abstractmethod
+    def discretize(self) -> tuple[Tensor, Tensor | float, Tensor]:
+        """The discrete (A_bar, B_bar, C) from the learned continuous parameters and step."""
+
+    @abc.abstractmethod
+    def compute_kernel(self, *args) -> tuple[Tensor, Tensor]:
+        """(K, B_norm): K the powers A_bar^0 .. A_bar^(L-1), B_norm the discrete input matrix."""
+
+    @abc.abstractmethod
+    def step(self, x: Tensor, inference_cache: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """One step from an inference cache; see the module docstring for the dual API."""
+
+    @abc.abstractmethod
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
+                                 dtype=None) -> dict[str, Any]:
+        """Initial state plus the matrices `step` needs, computed once."""
+
+
+class LTV_LRNN(LRNN):
+    """Linear time-varying LRNN: A_bar_k, B_bar_k depend on Δt_k (and maybe on the input)."""
+
+    @abc.abstractmethod
+    def step(self, x: Tensor, inference_cache: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """One step from an inference cache; see the module docstring for the dual API."""
+
+    @abc.abstractmethod
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
+                                 dtype=None) -> dict[str, Any]:
+        """Initial state plus the time-invariant matrices `step` needs, computed once."""
+
+
+def split_inference_cache(cache: dict[str, Any], matrix_keys: tuple[str, ...]):
+    """cache -> (state dict, matrices tuple), or None when `cache` is a plain state dict."""
+    if not isinstance(cache, dict) or not all(k in cache for k in matrix_keys):
+        return None
+    state = {k: v for k, v in cache.items() if k not in matrix_keys}
+    return state, tuple(cache[k] for k in matrix_keys)
+
+
+# ---------------------------------------------------------------------- complex helpers
+# Diagonal complex cells keep their state and complex parameters as real (..., 2) pairs.
+
+def as_complex(pairs: Tensor) -> Tensor:
+    """(..., 2) real (re, im) -> (...) complex; any strides (copies)."""
+    return torch.complex(pairs[..., 0], pairs[..., 1])
+
+
+def real_part_weights(c: Tensor) -> Tensor:
+    """c (..., n) complex -> w (..., 2n) real with w · interleave(z) = Re Σ_n c_n z_n,
+
+    where interleave(z) = (Re z_1, Im z_1, Re z_2, ...) (torch.view_as_real(z).flatten(-2)).
+    """
+    return torch.stack([c.real, -c.imag], dim=-1).flatten(-2)

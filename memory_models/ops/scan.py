@@ -1,0 +1,152 @@
+"""The linear recurrence s_t = a_t ⊙ s_{t-1} + b_t along time, in parallel and sequentially.
+
+    linear_scan(a, b, initial, resets=None, lengths=None) -> s          (parallel, log depth)
+    linear_scan_sequential(...)                           -> s          (a loop over t; reference)
+
+a, b: (B, T, *F) real or complex; initial s_{-1}: (B, *F); s: (B, T, *F), s[:, t] = s_t.
+
+Resets and lengths are folded into the elements (a_t, b_t) before the scan:
+
+- resets (B, T) bool: a reset at t replaces the state before t by zeros (the initial state of
+  the cells that use this), so s_t = b_t. The element becomes (0, b_t): a zero decay is the
+  reset flag carried inside the operator — any span that contains it composes to (0, ·) and
+  nothing before it leaks through. (With a zero initial state this is the (a, b, r) operator
+  of S5/Event-SSM, without the extra flag tensor.)
+- initial: honoured as s_{-1} by folding it into the first element, b_0 += a_0 · s_{-1}.
+- lengths (B,) long: past the length the element is the identity (1, 0), so s[:, -1] is the
+  state after lengths[b] steps.
+
+The parallel scan composes elements with the associative operator
+
+    (a1, b1) ∘ (a2, b2) = (a2·a1, a2·b1 + b2)        (apply 1, then 2)
+
+as a work-efficient Blelloch scan on the time axis padded to a power of two: an up-sweep that
+combines pairs at strides 1, 2, 4, ... and a down-sweep that hands each complete prefix to the
+middle of the next block, 2·log2(T) rounds of in-place strided updates, O(T) work. Only products
+of a_t are formed, never divided by, so decays that underflow to 0 stay exact (no cumprod /
+divide underflow). The gradient is the same scan run backwards in time,
+
+    g_t = ∂L/∂s_t + conj(a_{t+1}) g_{t+1},   ∂L/∂b_t = g_t,   ∂L/∂a_t = g_t · conj(s_{t-1}),
+
+in a custom autograd Function, so no graph of the sweeps is stored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+
+def fold_elements(a: Tensor, b: Tensor, initial: Tensor, resets: Tensor | None = None,
+                  lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Fold resets, the initial state and lengths into (a, b): the scan then starts from zero."""
+    steps = a.shape[1]
+    a, b = torch.broadcast_tensors(a, b)
+    if resets is not None:
+        a = a * _expand(~resets, a).to(a.dtype)
+    if lengths is not None:
+        valid = torch.arange(steps, device=a.device) < lengths[:, None]         # (B, T)
+        valid = _expand(valid, a)
+        a = torch.where(valid, a, torch.ones_like(a))
+        b = torch.where(valid, b, torch.zeros_like(b))
+    if steps:
+        first = b[:, :1] + a[:, :1] * initial[:, None]
+        b = torch.cat([first, b[:, 1:]], dim=1)
+        a = torch.cat([torch.zeros_like(a[:, :1]), a[:, 1:]], dim=1)
+    return a, b
+
+
+def linear_scan(a: Tensor, b: Tensor, initial: Tensor, resets: Tensor | None = None,
+                lengths: Tensor | None = None) -> Tensor:
+    """All states s_t = a_t s_{t-1} + b_t (B, T, *F) by a chunked parallel scan."""
+    a, b = fold_elements(a, b, initial, resets, lengths)
+    if a.shape[1] == 0:
+        return b
+    return _scan_from_zero(a, b)
+
+
+def linear_scan_sequential(a: Tensor, b: Tensor, initial: Tensor,
+                           resets: Tensor | None = None,
+                           lengths: Tensor | None = None) -> Tensor:
+    """The same states by a loop over t, with resets and lengths applied literally."""
+    a, b = torch.broadcast_tensors(a, b)
+    states, s = [], initial
+    for t, (a_t, b_t) in enumerate(zip(a.unbind(1), b.unbind(1))):
+        before = s
+        if resets is not None:
+            before = torch.where(_expand(resets[:, t], s), torch.zeros_like(s), s)
+        new = a_t * before + b_t
+        if lengths is not None:                        # past the length nothing happens
+            new = torch.where(_expand(t < lengths, s), new, s)
+        s = new
+        states.append(s)
+    return torch.stack(states, dim=1) if states else b
+
+
+class _ScanFromZero(torch.autograd.Function):
+    """states (B, T, *F) of s_t = a_t s_{t-1} + b_t from s_{-1} = 0; backward by reverse scan."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        states = _blelloch_scan(a, b)
+        ctx.save_for_backward(a, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states: Tensor):
+        a, states = ctx.saved_tensors
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1).conj()   # a_{t+1}
+        g = _blelloch_scan(a_next, grad_states, reverse=True)
+        s_prev = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], dim=1)
+        return g * s_prev.conj(), g
+
+
+def _scan_from_zero(a: Tensor, b: Tensor) -> Tensor:
+    return _ScanFromZero.apply(a, b)
+
+
+def _blelloch_scan(a: Tensor, b: Tensor, reverse: bool = False) -> Tensor:
+    """Inclusive scan of (a, b) (B, T, *F) along time from zero state, without autograd.
+
+    reverse=True scans from t = T-1 down to 0 (s_t = a_t s_{t+1} + b_t): the same sweeps with
+    every block mirrored, so no flipped copies are made.
+    """
+    batch, steps = a.shape[:2]
+    size = 1 << max(steps - 1, 0).bit_length()                  # next power of two >= T
+    identity_a = a.new_ones(batch, size - steps, *a.shape[2:])
+    identity_b = b.new_zeros(batch, size - steps, *b.shape[2:])
+    if reverse:            # the padding goes last in scan order; these cats copy (in-place below)
+        a, b = torch.cat([identity_a, a], dim=1), torch.cat([identity_b, b], dim=1)
+    else:
+        a, b = torch.cat([a, identity_a], dim=1), torch.cat([b, identity_b], dim=1)
+
+    # In scan order a block of 2·stride steps is two halves; `ends` gives the array offsets of
+    # the last step of each half (mirrored when reversed).
+    def ends(stride):
+        return (stride, 0) if reverse else (stride - 1, 2 * stride - 1)
+
+    next_block, previous_block = (slice(None, -1), slice(1, None)) if reverse else \
+        (slice(1, None), slice(None, -1))
+    stride = 1
+    while stride < size:   # up-sweep: each block's total lands at the end of its second half
+        a_blocks = a.unflatten(1, (size // (2 * stride), 2 * stride))
+        b_blocks = b.unflatten(1, (size // (2 * stride), 2 * stride))
+        first, second = ends(stride)
+        b_blocks[:, :, second].addcmul_(a_blocks[:, :, second], b_blocks[:, :, first])
+        a_blocks[:, :, second].mul_(a_blocks[:, :, first])
+        stride *= 2
+    stride = size // 4
+    while stride >= 1:     # down-sweep: a block's complete prefix finishes the next one's half
+        a_blocks = a.unflatten(1, (size // (2 * stride), 2 * stride))
+        b_blocks = b.unflatten(1, (size // (2 * stride), 2 * stride))
+        first, second = ends(stride)
+        b_blocks[:, next_block, first].addcmul_(a_blocks[:, next_block, first],
+                                                b_blocks[:, previous_block, second])
+        stride //= 2
+    return b[:, size - steps:] if reverse else b[:, :steps]
+
+
+def _expand(mask: Tensor, like: Tensor) -> Tensor:
+    """(B, ...) mask -> broadcastable against like (B, ..., *F)."""
+    return mask.view(*mask.shape, *([1] * (like.ndim - mask.ndim)))
