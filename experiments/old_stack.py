@@ -115,6 +115,7 @@ class MemoryModelV2(RecurrentNetwork, nn.Module):
         self.critic = _head(hidden, head, 1)
         self.state_keys = tuple(sorted(self.memory.initial_state(1, device="meta")))
         self._features: Tensor | None = None
+        self._steps = 0
 
     # ------------------------------------------------------------------ ModelV2 API
     def get_initial_state(self) -> list[Tensor]:
@@ -131,16 +132,33 @@ class MemoryModelV2(RecurrentNetwork, nn.Module):
         return super().forward(input_dict, state, seq_lens)
 
     def forward_rnn(self, inputs: Tensor, state: list[Tensor], seq_lens: Tensor):
-        """inputs (B, T, obs), state [(B, ...)] in key order, seq_lens (B,) -> (B, T, out)."""
+        """inputs (B, T, obs), state [(B, ...)] in key order, seq_lens (B,) -> (B, T, out).
+
+        Only the first L = max(seq_lens) steps are computed; the outputs past L are zeros
+        (RLlib's padding, masked out by the loss).
+        """
         param = self.pre[0].weight
         memory_state = {k: s.to(param.dtype) for k, s in zip(self.state_keys, state)}
         lengths = seq_lens.to(device=inputs.device, dtype=torch.long)
-        z = self.pre(inputs.to(param.dtype))                                    # (B, T, pre)
-        features, memory_state = self.memory.scan(z, memory_state, lengths=lengths)
-        self._features = features                                               # (B, T, hidden)
-        return self.actor(features), [memory_state[k] for k in self.state_keys]
+        steps = inputs.shape[1]
+        longest = max(int(lengths.max()), 1) if lengths.numel() else steps
+        z = self.pre(inputs[:, :longest].to(param.dtype))                       # (B, L, pre)
+        if longest == 1 and bool((lengths == 1).all()):    # sampling: the recurrent step
+            y_t, memory_state = self.memory.step(z[:, 0], memory_state)
+            features = y_t[:, None]                                             # (B, 1, hidden)
+        else:
+            features, memory_state = self.memory.scan(z, memory_state, lengths=lengths)
+        self._features, self._steps = features, steps                           # (B, L, hidden)
+        return _pad_time(self.actor(features), steps), [memory_state[k] for k in self.state_keys]
 
     def value_function(self) -> Tensor:
         if self._features is None:
             raise RuntimeError("value_function() called before forward()")
-        return self.critic(self._features).reshape(-1)
+        return _pad_time(self.critic(self._features), self._steps).reshape(-1)
+
+
+def _pad_time(out: Tensor, steps: int) -> Tensor:
+    """(B, L, n) -> (B, steps, n), zeros after L."""
+    if out.shape[1] == steps:
+        return out
+    return torch.cat([out, out.new_zeros(out.shape[0], steps - out.shape[1], out.shape[2])], 1)

@@ -63,16 +63,20 @@ def test_forward_chunks_equal_step_by_step(name):
     step_logits = torch.stack(step_logits, 1)                            # (B, T, 4)
     step_values = torch.stack(step_values, 1)                            # (B, T)
 
-    # two padded chunks with the state carried, as the learner sees them (rows padded to T)
-    cut = 3
+    # two chunks with the state carried, as the learner sees them: rows zero-padded to the
+    # chunk's length plus `extra` steps of padding beyond the longest row
+    cut, extra = 3, 2
     chunk_logits, chunk_values = [], []
     carried = state
     for lo, hi in ((0, cut), (cut, steps)):
         lens = (seq_lens - lo).clamp(0, hi - lo).to(torch.int32)
-        flat = obs[:, lo:hi].reshape(-1, obs_size)
-        logits, carried = model({"obs": flat}, carried, lens)
-        chunk_logits.append(logits.reshape(batch, hi - lo, -1))
-        chunk_values.append(model.value_function().reshape(batch, hi - lo))
+        padded = torch.cat([obs[:, lo:hi], torch.zeros(batch, extra, obs_size)], 1)
+        logits, carried = model({"obs": padded.reshape(-1, obs_size)}, carried, lens)
+        values = model.value_function()
+        assert logits.shape == (batch * (hi - lo + extra), 4) and values.shape == logits.shape[:1]
+        assert torch.isfinite(logits).all() and torch.isfinite(values).all()
+        chunk_logits.append(logits.reshape(batch, hi - lo + extra, -1)[:, :hi - lo])
+        chunk_values.append(values.reshape(batch, hi - lo + extra)[:, :hi - lo])
     chunk_logits, chunk_values = torch.cat(chunk_logits, 1), torch.cat(chunk_values, 1)
 
     tol = dict(atol=1e-4, rtol=1e-4)
