@@ -87,6 +87,9 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
     env_id, = _one_env(env)
     ppo = dict(ppo)
     model_config = dict(model_config or {})
+    for key in ("memory", "memory_kwargs"):
+        if key in model_config:
+            raise ValueError(f"pass {key!r} as ppo_config's own argument, not in model_config")
     if "max_seq_len" in ppo:
         model_config["max_seq_len"] = ppo.pop("max_seq_len")
     env_runner_args = {k: ppo.pop(k) for k in _ENV_RUNNER_KEYS if k in ppo}

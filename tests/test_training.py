@@ -81,6 +81,23 @@ def test_state_is_reset_at_episode_starts_and_carried_within_episodes(ray_sessio
         algo.stop()
 
 
+def test_same_seed_same_weights_before_and_after_an_iteration(ray_session):
+    def run(seed):
+        algo = tiny_config("gru", seed=seed).build_algo()
+        try:
+            initial = weights(algo)
+            algo.train()
+            return initial, weights(algo)
+        finally:
+            algo.stop()
+
+    (init_a, trained_a), (init_b, trained_b) = run(0), run(0)
+    assert all(torch.equal(init_a[k], init_b[k]) for k in init_a)
+    assert all(torch.equal(trained_a[k], trained_b[k]) for k in trained_a)
+    init_c, _ = run(1)
+    assert not all(torch.equal(init_a[k], init_c[k]) for k in init_a)
+
+
 def test_ppo_config_follows_the_popgym_protocol_unless_overridden():
     config = ppo_config(env="RepeatPreviousEasy", memory="gru")
     assert config.enable_rl_module_and_learner and config.enable_env_runner_and_connector_v2
@@ -109,6 +126,8 @@ def test_ppo_config_errors_name_the_problem():
         ppo_config(env="popgym-RepeatPrevEasy-v0", memory="gru")
     with pytest.raises(ValueError, match="unknown memory model 'gur'"):
         ppo_config(env=ENV, memory="gur")
+    with pytest.raises(ValueError, match="pass 'memory' as ppo_config's own argument"):
+        ppo_config(env=ENV, memory="gru", model_config={"memory": "lstm"})
     with pytest.raises(ValueError, match="unknown model_config key 'hidden'"):
         ppo_config(env=ENV, memory="gru", model_config={"hidden": 8})
 
