@@ -98,8 +98,8 @@ class S4D(LTI_LRNN, RecurrentMemory):
 
         The seed's (N, L) and (N, H) with the channel axis leading: every channel has its own
         N/2 modes, so B_norm's (N, H) block-diagonal matrix is stored as its (H, N/2) diagonal.
-        A_bar^l = exp(l·log A_bar); |A_bar| is floored at the smallest normal number so that a
-        decay that underflowed to 0 gives A_bar^0 = 1 and A_bar^l = 0 for l >= 1.
+        A_bar^l = exp(l·log A_bar); |A_bar| is floored at the smallest normal number `tiny` so
+        that a decay that underflowed to 0 gives A_bar^0 = 1 (not NaN) and |A_bar^l| <= tiny.
         """
         A_bar, B_bar, _ = self.discretize()
         tiny = torch.finfo(A_bar.real.dtype).tiny

@@ -1,0 +1,213 @@
+"""S4D: FFT path == recurrence for every discretization, seed API (LRNN, LTI_LRNN), long runs."""
+
+import inspect
+
+import pytest
+import torch
+
+import memory_models
+from memory_models import DISCRETIZATIONS, LRNN, LTI_LRNN, S4D
+
+TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+def build(dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw = {"input_size": 3, "hidden_size": 5, "state_size": 6, **kw}
+    return S4D(**kw).to(dtype)
+
+
+def step_loop(cell, x, state, lengths=None):
+    """y and the state after lengths[b] steps by the recurrence, one step at a time."""
+    outputs = []
+    for t in range(x.shape[1]):
+        y_t, new = cell.step(x[:, t], state)
+        if lengths is not None:
+            keep = (t < lengths).view(-1, 1, 1, 1)
+            new = {"s": torch.where(keep, new["s"], state["s"])}
+        state = new
+        outputs.append(y_t)
+    return torch.stack(outputs, 1), state
+
+
+@pytest.mark.parametrize("init", ["lin", "inv"])
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear", "dirac"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_fft_path_equals_recurrence_from_nonzero_state(discretization, init, dtype):
+    cell = build(dtype, discretization=discretization, init=init, dt_min=0.01, dt_max=0.5)
+    x = torch.randn(4, 37, 3, dtype=dtype)
+    state = {"s": torch.randn(4, 5, 3, 2, dtype=dtype)}
+    lengths = torch.tensor([37, 20, 1, 0])
+    y, final = cell.scan(x, state, lengths=lengths)
+    y_ref, final_ref = step_loop(cell, x, state, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(y[b, :n], y_ref[b, :n], **TOL[dtype])
+    torch.testing.assert_close(final["s"], final_ref["s"], **TOL[dtype])
+
+
+def test_compute_kernel_is_powers_of_A_bar_and_B_norm():
+    cell = build()
+    A_bar, B_bar, C = cell.discretize()
+    assert A_bar.shape == B_bar.shape == C.shape == (5, 3) and A_bar.is_complex()
+    K, B_norm = cell.compute_kernel(9)
+    assert K.shape == (5, 3, 9) and B_norm.shape == (5, 3)
+    torch.testing.assert_close(B_norm, B_bar)
+    power = torch.ones_like(A_bar)
+    for l in range(9):
+        torch.testing.assert_close(K[..., l], power)
+        power = power * A_bar
+    assert (A_bar.abs() < 1).all()
+
+
+def test_kernel_survives_decays_that_underflow():
+    cell = build(torch.float32)
+    with torch.no_grad():
+        cell.log_A_real.fill_(8.0)                     # A ≈ -3000: exp(δA) underflows to 0
+        cell.log_dt.fill_(0.0)
+    K, _ = cell.compute_kernel(5)
+    assert torch.isfinite(torch.view_as_real(K)).all()
+    assert torch.all(K[..., 0] == 1)
+    assert torch.all(K[..., 1:].abs() <= torch.finfo(torch.float32).tiny)
+    y, final = cell.scan(torch.randn(2, 5, 3), {"s": torch.randn(2, 5, 3, 2)})
+    assert torch.isfinite(y).all() and torch.isfinite(final["s"]).all()
+    (y.sum() + final["s"].sum()).backward()
+    for name, p in cell.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_long_sequence_float32_is_finite_and_matches_float64(discretization):
+    cell = build(torch.float64, state_size=64, discretization=discretization)
+    x = torch.randn(2, 8192, 3, dtype=torch.float64)
+    state = {"s": torch.randn(2, 5, 32, 2, dtype=torch.float64)}
+    y64, final64 = cell.scan(x, state)
+    y32, final32 = cell.float().scan(x.float(), {"s": state["s"].float()})
+    assert torch.isfinite(y32).all() and torch.isfinite(final32["s"]).all()
+    scale = y64.abs().max()
+    assert (y32.double() - y64).abs().max() < 1e-3 * scale
+    assert (final32["s"].double() - final64["s"]).abs().max() < 1e-3 * final64["s"].abs().max()
+
+
+def test_inference_cache_step_matches_state_step_and_updates_in_place():
+    cell = build()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    cache = cell.allocate_inference_cache(2, max_seqlen=6, dtype=torch.float64)
+    assert set(cache) == {"s", "A_bar", "B_bar", "C"}
+    state = cell.initial_state(2)
+    for t in range(6):
+        y_cache, returned = cell.step(x[:, t], cache)
+        y_state, state = cell.step(x[:, t], state)
+        assert returned is cache
+        torch.testing.assert_close(y_cache, y_state)
+        torch.testing.assert_close(cache["s"], state["s"])
+    y_scan, _ = cell.scan(x, cell.initial_state(2))
+    torch.testing.assert_close(y_state, y_scan[:, -1])
+
+
+def test_forward_is_scan_from_initial_state_and_ignores_timesteps():
+    cell = build()
+    x = torch.randn(2, 7, 3, dtype=torch.float64)
+    y = cell(x)
+    torch.testing.assert_close(y, cell.scan(x, cell.initial_state(2))[0])
+    torch.testing.assert_close(cell(x, integration_timesteps=torch.rand(2, 7,
+                                                                         dtype=torch.float64)), y)
+    assert y.shape == (2, 7, 5)
+
+
+def test_registered_with_keywords():
+    assert "s4d" in memory_models.available()
+    kw = memory_models.keywords("s4d")
+    assert kw["state_size"] == 64 and kw["init"] == "lin" and kw["discretization"] == "zoh"
+    assert (kw["dt_min"], kw["dt_max"]) == (1e-3, 1e-1)
+
+
+def test_bad_arguments_name_the_allowed_values():
+    with pytest.raises(ValueError, match="LTI model cannot use discretization 'async'"):
+        S4D(3, 5, discretization="async")
+    with pytest.raises(ValueError, match="S4D discretization must be one of"):
+        S4D(3, 5, discretization="no_discretization")
+    with pytest.raises(ValueError, match="unknown discretization 'foh'.*'zoh'.*'async'"):
+        S4D(3, 5, discretization="foh")
+    with pytest.raises(ValueError, match="even int"):
+        S4D(3, 5, state_size=5)
+    with pytest.raises(ValueError, match="init must be one of"):
+        S4D(3, 5, init="legs")
+    with pytest.raises(ValueError, match="dt_min"):
+        S4D(3, 5, dt_min=0.5, dt_max=0.1)
+
+
+# ---------------------------------------------------------------------- seed API: LRNN, LTI_LRNN
+class Minimal(LRNN):
+    def forward(self, x, integration_timesteps=None, lengths=None):
+        return x
+
+
+def test_lrnn_is_abstract():
+    with pytest.raises(TypeError):
+        LRNN("zoh")
+
+    class NoForward(LRNN):
+        pass
+
+    with pytest.raises(TypeError):
+        NoForward("zoh")
+
+
+@pytest.mark.parametrize("name", ["zoh", "bilinear", "dirac", "async", "no_discretization"])
+def test_discretize_fn_is_the_named_function(name):
+    model = Minimal(name)
+    assert model.discretize_fn is DISCRETIZATIONS[name] and model.discretization == name
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_no_discretization_and_unknown_names():
+    assert Minimal(None).discretize_fn is None
+    with pytest.raises(ValueError) as err:
+        Minimal("euler")
+    for allowed in ("'zoh'", "'bilinear'", "'dirac'", "'async'", "'no_discretization'", "None"):
+        assert allowed in str(err.value)
+
+
+def test_lti_rejects_async_and_is_abstract():
+    with pytest.raises(TypeError):
+        LTI_LRNN("zoh")
+
+    class OnlyForward(LTI_LRNN):
+        def forward(self, x, integration_timesteps=None, lengths=None):
+            return x
+
+    with pytest.raises(TypeError):
+        OnlyForward("zoh")
+
+    class Complete(OnlyForward):
+        def discretize(self):
+            return None
+
+        def compute_kernel(self, length):
+            return None
+
+        def step(self, x, inference_cache):
+            return x, inference_cache
+
+        def allocate_inference_cache(self, batch_size, max_seqlen=1, dtype=None):
+            return {}
+
+    assert Complete("bilinear").discretize_fn is DISCRETIZATIONS["bilinear"]
+    with pytest.raises(ValueError, match="LTI model cannot use discretization 'async'.*LTV"):
+        Complete("async")
+
+
+def test_seed_signatures():
+    forward = inspect.signature(LRNN.forward).parameters
+    assert list(forward) == ["self", "x", "integration_timesteps", "lengths"]
+    assert forward["integration_timesteps"].default is None and forward["lengths"].default is None
+    assert list(inspect.signature(LTI_LRNN.step).parameters) == ["self", "x", "inference_cache"]
+    cache = inspect.signature(LTI_LRNN.allocate_inference_cache).parameters
+    assert list(cache) == ["self", "batch_size", "max_seqlen", "dtype"]
+    assert cache["max_seqlen"].default == 1 and cache["dtype"].default is None
+    assert {"discretize", "compute_kernel", "step", "allocate_inference_cache", "forward"} <= \
+        LTI_LRNN.__abstractmethods__
+    # the concrete cell answers both step APIs positionally: step(x, state_or_cache)
+    step = list(inspect.signature(S4D.step).parameters)
+    assert step[:3] == ["self", "x_t", "state"]
+    assert isinstance(build(), memory_models.RecurrentMemory) and isinstance(build(), LTI_LRNN)
