@@ -214,7 +214,13 @@ def train(study: Study, *, address: str | None = None, resume: bool = False) -> 
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address)
+            try:
+                ray.init(address=address)
+            except (ConnectionError, RuntimeError) as error:
+                raise StudyError(f"cannot attach to the Ray cluster at {address}: {error}\n"
+                                 f"(`ray start --head` turns on token authentication: run with "
+                                 f"RAY_AUTH_MODE=token and the cluster's ~/.ray/auth_token)"
+                                 ) from None
         else:
             ray.init(include_dashboard=False)
     register_rllib_envs()

@@ -1,0 +1,175 @@
+"""`memrl train`: dry run, refusals, a smoke study end to end, resume after Ctrl-C, --address.
+
+The studies are configs/smoke.yaml (two models, one task, a few PPO iterations) written under
+pytest's tmp_path. Interrupting and attaching to a cluster run `memrl train` in subprocesses.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+TRIALS = ["RepeatPreviousEasy-gru-s0", "RepeatPreviousEasy-MLP-s0"]
+
+
+def memrl(*args, env=None):
+    """`memrl ARGS` in a subprocess (its own Ray), stdout+stderr to a pipe."""
+    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
+
+
+# `ray start --head` (Ray 2.60) turns on token authentication (token in ~/.ray/auth_token);
+# a driver attaching to it must run with RAY_AUTH_MODE=token.
+TOKEN_AUTH = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def iterations(progress_csv: Path) -> list[int]:
+    with open(progress_csv, newline="") as file:
+        return [int(row["training_iteration"]) for row in csv.DictReader(file)]
+
+
+def last_steps(progress_csv: Path) -> float:
+    with open(progress_csv, newline="") as file:
+        return float(list(csv.DictReader(file))[-1]["num_env_steps_sampled_lifetime"])
+
+
+def test_dry_run_lists_trials_and_starts_nothing(tmp_path, capsys):
+    assert cli.main(["train", SMOKE, "--dry-run", "--set", f"output={tmp_path}",
+                     "--set", "seeds=[0, 1]"]) == 0
+    out = capsys.readouterr().out
+    assert "2 model(s) x 2 seed(s) = 4 trial(s)" in out
+    for name in ("RepeatPreviousEasy-gru-s0", "RepeatPreviousEasy-MLP-s1"):
+        assert name in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_config_exits_2_naming_the_path(tmp_path, capsys):
+    assert cli.main(["train", SMOKE, "--set", "models[1].kwargs.memory_sise=3"]) == 2
+    err = capsys.readouterr().err
+    assert "models[1].kwargs.memory_sise: unknown key" in err
+
+
+def test_existing_study_is_not_overwritten_without_resume(tmp_path, capsys):
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "something").write_text("x")
+    assert cli.main(["train", SMOKE, "--set", f"output={tmp_path}"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_smoke_study_trains_and_reports(tmp_path, ray_session, capsys):
+    assert cli.main(["train", SMOKE, "--set", f"output={tmp_path}"]) == 0
+    study = tmp_path / "smoke"
+    out = capsys.readouterr().out
+    assert "2/2 trial(s) finished" in out and f"memrl report {study}" in out
+    for name, memory in zip(TRIALS, ["gru", "mlp"]):
+        params = json.loads((study / name / "params.json").read_text())
+        assert params["env"] == "popgym-RepeatPreviousEasy-v0"
+        assert params["_model_config"]["memory"] == memory     # the folder names its model
+        assert last_steps(study / name / "progress.csv") >= 768
+        assert list((study / name).glob("checkpoint_*")), "no checkpoint at the end"
+
+    assert cli.main(["report", str(study)]) == 0
+    table = (study / "report" / "mmer.md").read_text()
+    assert "| gru |" in table and "| MLP |" in table and "RepeatPreviousEasy" in table
+    with open(study / "report" / "mmer.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert {(r["model"], r["task"]) for r in rows} == {
+        ("gru", "popgym-RepeatPreviousEasy-v0"), ("gru", "mean"),
+        ("MLP", "popgym-RepeatPreviousEasy-v0"), ("MLP", "mean")}
+    assert all(-1 <= float(r["mmer_mean"]) <= 1 for r in rows)
+    png = study / "report" / "curves_RepeatPreviousEasy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, ray_session):
+    study = tmp_path / "smoke"
+    settings = ["--set", f"output={tmp_path}", "--set", "resources.max_concurrent_trials=1",
+                "--set", "checkpoint.frequency=1", "--set", "stop.env_steps=1500"]
+    first, second = (study / name for name in TRIALS)
+    process = memrl("train", SMOKE, *settings)
+    try:       # one trial at a time: Ctrl-C once the second has started
+        deadline = time.monotonic() + 240
+        while not (second / "progress.csv").exists():
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "second trial never started"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert last_steps(first / "progress.csv") >= 1500, output
+    assert last_steps(second / "progress.csv") < 1500, "second trial finished before Ctrl-C"
+    finished = (first / "progress.csv").read_text()
+
+    assert cli.main(["train", SMOKE, *settings, "--resume"]) == 0
+    assert (first / "progress.csv").read_text() == finished, "a finished trial ran again"
+    for trial in (first, second):
+        done = iterations(trial / "progress.csv")
+        assert done == list(range(1, len(done) + 1)), f"{trial.name}: iterations {done}"
+        assert last_steps(trial / "progress.csv") >= 1500
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """A Ray head on 127.0.0.1 with its own ports and temp dir; stopped by its process group
+    (never `ray stop`, which would stop every Ray on the machine)."""
+    temp_dir = tmp_path_factory.mktemp("ray_head")
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+               f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+               "--include-dashboard=false", f"--temp-dir={temp_dir}",
+               f"--dashboard-agent-listen-port={free_port()}",
+               f"--metrics-export-port={free_port()}"]
+    head = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, env=TOKEN_AUTH)
+    try:
+        deadline = time.monotonic() + 120
+        for line in head.stdout:                    # wait until the head is up
+            if "Ray runtime started" in line:
+                break
+            assert time.monotonic() < deadline, "ray start --head did not come up"
+        else:
+            pytest.fail(f"ray start --head exited with {head.wait()}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def test_address_runs_the_study_on_an_existing_cluster(tmp_path, ray_head):
+    process = memrl("train", SMOKE, "--address", ray_head, "--set", f"output={tmp_path}",
+                    "--set", "models=[mlp]", env=TOKEN_AUTH)
+    try:
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, output
+    assert "Connected to Ray cluster" in output, output
+    assert last_steps(tmp_path / "smoke" / "RepeatPreviousEasy-mlp-s0" / "progress.csv") >= 768
