@@ -169,14 +169,93 @@ class LMUCell(nn.Module):
         return h, m
 
 
+class _LMUScan(torch.autograd.Function):
+    """The LMU recurrence over T steps with hand-written backpropagation through time.
+
+    Time-major. Inputs: from_x (T, B, 1+H) = [e_x·x_t | W_x x_t], h0 (B, H), m0 (B, N), the cell
+    weights, resets (T, B) bool, active (T, B) bool (t < lengths[b]) or None. Per step:
+        u_t = from_x_t[0] + e_h·h + e_m·m          (h, m: previous state, zero where reset)
+        m_t = Ā m + B̄ u_t;   h_t = tanh(from_x_t[1:] + W_h h + W_m m_t)
+    rows that are not active keep their state. Outputs y (T, B, H) = h_t, and h_T, m_T.
+    The forward loop runs 3 small matmuls a step with no autograd graph; the backward loop runs
+    the transposed recurrence, and every weight gradient is one large matmul over all B*T rows.
+    """
+
+    @staticmethod
+    def forward(ctx, from_x, h0, m0, e_h, W_h, e_m, A, B, W_m, resets, active):
+        steps, batch, _ = from_x.shape
+        hs = from_x.new_empty(steps + 1, batch, h0.shape[1])                     # h_0 .. h_T
+        ms = from_x.new_empty(steps + 1, batch, m0.shape[1])                     # m_0 .. m_T
+        us = from_x.new_empty(steps, batch, 1)                                   # u_1 .. u_T
+        hs[0], ms[0] = h0, m0
+        from_h = torch.cat([e_h, W_h]).T                                         # (H, 1+H)
+        from_m = torch.cat([e_m, A]).T                                           # (N, 1+N)
+        reset_at = resets.any(1).tolist()                  # python flags: no sync per step
+        for t in range(steps):
+            h, m = hs[t], ms[t]
+            if reset_at[t]:
+                h = torch.where(resets[t, :, None], 0.0, h)
+                m = torch.where(resets[t, :, None], 0.0, m)
+            zh = torch.addmm(from_x[t], h, from_h)                              # (B, 1+H)
+            zm = torch.mm(m, from_m)                                             # (B, 1+N)
+            u = torch.add(zh[:, :1], zm[:, :1], out=us[t])                       # (B, 1)
+            m_t = torch.addcmul(zm[:, 1:], u, B.T, out=ms[t + 1])                # Ā m + B̄ u
+            torch.tanh(torch.addmm(zh[:, 1:], m_t, W_m.T), out=hs[t + 1])
+            if active is not None:
+                torch.where(active[t, :, None], hs[t + 1], hs[t], out=hs[t + 1])
+                torch.where(active[t, :, None], ms[t + 1], ms[t], out=ms[t + 1])
+        ctx.save_for_backward(hs, ms, us, e_h, W_h, e_m, A, B, W_m, resets, active)
+        return hs[1:], hs[-1].clone(), ms[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_h, grad_m):
+        hs, ms, us, e_h, W_h, e_m, A, B, W_m, resets, active = ctx.saved_tensors
+        steps = us.shape[0]
+        tanh_slope = 1 - hs[1:].square()                  # (T, B, H); rows past length unused
+        grad_p = torch.empty_like(hs[1:])                  # dL/d(pre-tanh)      (T, B, H)
+        grad_mt = torch.empty_like(ms[1:])                 # dL/dm_t inside step (T, B, N)
+        grad_u = torch.empty_like(us)                      # dL/du_t             (T, B, 1)
+        reset_at = resets.any(1).tolist()
+        grad_h, grad_m = grad_h.clone(), grad_m.clone()    # w.r.t. the state after step t
+        for t in reversed(range(steps)):
+            grad_h = grad_h + grad_y[t]
+            grad_h_step, grad_m_step = grad_h, grad_m
+            if active is not None:                         # frozen rows pass the gradient by
+                keep = active[t, :, None]
+                grad_h_step, grad_h = torch.where(keep, grad_h, 0.0), torch.where(keep, 0.0, grad_h)
+                grad_m_step, grad_m = torch.where(keep, grad_m, 0.0), torch.where(keep, 0.0, grad_m)
+            g_p = torch.mul(grad_h_step, tanh_slope[t], out=grad_p[t])
+            g_mt = torch.addmm(grad_m_step, g_p, W_m, out=grad_mt[t])
+            g_u = torch.mm(g_mt, B, out=grad_u[t])
+            grad_h_in = torch.addmm(g_u * e_h, g_p, W_h)                         # (B, H)
+            grad_m_in = torch.addmm(g_u * e_m, g_mt, A)                          # (B, N)
+            if reset_at[t]:
+                grad_h_in = torch.where(resets[t, :, None], 0.0, grad_h_in)
+                grad_m_in = torch.where(resets[t, :, None], 0.0, grad_m_in)
+            if active is not None:
+                grad_h, grad_m = grad_h + grad_h_in, grad_m + grad_m_in
+            else:
+                grad_h, grad_m = grad_h_in, grad_m_in
+        # the state each step read (zero after a reset), flattened over all B*T rows
+        read = (~resets)[..., None]
+        h_in, m_in = (hs[:-1] * read).flatten(0, 1), (ms[:-1] * read).flatten(0, 1)
+        g_zh = torch.cat([grad_u, grad_p], -1)                                   # (T, B, 1+H)
+        g_zm = torch.cat([grad_u, grad_mt], -1).flatten(0, 1)                    # (T*B, 1+N)
+        grad_from_h = g_zh.flatten(0, 1).T @ h_in                                # (1+H, H)
+        grad_from_m = g_zm.T @ m_in                                              # (1+N, N)
+        grad_W_m = grad_p.flatten(0, 1).T @ ms[1:].flatten(0, 1)                 # (H, N)
+        grad_B = grad_mt.flatten(0, 1).T @ us.flatten(0, 1)                      # (N, 1)
+        return (g_zh, grad_h, grad_m, grad_from_h[:1], grad_from_h[1:], grad_from_m[:1],
+                grad_from_m[1:], grad_B, grad_W_m, None, None)
+
+
 @register("lmu")
 class LMU(RecurrentMemory):
     """Recurrent LMU layer over sequences; state {"h": (B, H), "m": (B, N)}, zero initially.
 
-    The scan runs the cell on the joint state s = [m | h] (B, N+H) with one matmul a step:
-        z_t = s_{t-1} @ M + [e_x x_t | 0 | W_x x_t]      z = [u | Ā m | W_h h + W_m Ā m] (B, 1+N+H)
-        [m_t | p_t] = z[:, 1:] + u_t [B̄ | W_m B̄]ᵀ;     h_t = tanh(p_t)
-    which is the cell's equation with W_m m_t = W_m Ā m_{t-1} + W_m B̄ u_t expanded.
+    `scan` projects every x_t at once ([e_x; W_x] x, one matmul) and runs `_LMUScan`, a fused
+    loop with its own backward; `step` runs `LMUCell` (the readable form of the same equations).
     """
 
     def __init__(self, input_size: int, hidden_size: int, memory_size: int = 256,
@@ -199,36 +278,16 @@ class LMU(RecurrentMemory):
         y, final = self.scan(x, start)
         return y, (final["h"], final["m"])
 
-    def _fused_weights(self) -> tuple[Tensor, Tensor, Tensor]:
-        """M (N+H, 1+N+H), input weights [e_x; W_x] (1+H, I), gain [B̄ | W_m B̄] (N+H,)."""
-        cell = self.cell
-        A, W_m = cell.A, cell.W_m
-        from_m = torch.cat([cell.e_m.T, A.T, (W_m @ A).T], dim=1)                  # (N, 1+N+H)
-        from_h = torch.cat([cell.e_h.T, A.new_zeros(self.hidden_size, self.memory_size),
-                            cell.W_h.T], dim=1)                                     # (H, 1+N+H)
-        gain = torch.cat([cell.B[:, 0], (W_m @ cell.B)[:, 0]])                      # (N+H,)
-        return torch.cat([from_m, from_h]), torch.cat([cell.e_x, cell.W_x]), gain
-
     def _scan(self, x, state, resets, integration_timesteps, lengths):
-        N, (batch, steps, _) = self.memory_size, x.shape
-        transition, input_weights, gain = self._fused_weights()
-        from_x = F.linear(x, input_weights)                                         # (B, T, 1+H)
-        from_x = torch.cat([from_x[..., :1], x.new_zeros(batch, steps, N), from_x[..., 1:]], -1)
-        reset_at = resets.any(0).tolist()                       # python flags: no sync per step
-        first_past_length = int(lengths.min())
-        s = torch.cat([state["m"], state["h"]], dim=1)                              # (B, N+H)
-        states = []
-        for t in range(steps):
-            s_in = torch.where(resets[:, t, None], 0.0, s) if reset_at[t] else s   # initial = 0
-            z = torch.addmm(from_x[:, t], s_in, transition)                         # (B, 1+N+H)
-            a = torch.addcmul(z[:, 1:], z[:, :1], gain)                             # (B, N+H)
-            s_new = torch.cat([a[:, :N], torch.tanh(a[:, N:])], dim=1)
-            if t >= first_past_length:                          # freeze rows past their length
-                s_new = torch.where((lengths > t)[:, None], s_new, s)
-            s = s_new
-            states.append(s)
-        y = torch.stack(states, 1)[..., N:] if states else x.new_zeros(batch, 0, self.hidden_size)
-        return y, {"h": s[:, N:], "m": s[:, :N]}
+        cell, steps = self.cell, x.shape[1]
+        if steps == 0:
+            return x.new_zeros(x.shape[0], 0, self.hidden_size), dict(state)
+        from_x = F.linear(x.transpose(0, 1), torch.cat([cell.e_x, cell.W_x]))    # (T, B, 1+H)
+        time = torch.arange(steps, device=x.device)
+        active = (time[:, None] < lengths) if bool((lengths < steps).any()) else None
+        y, h, m = _LMUScan.apply(from_x, state["h"], state["m"], cell.e_h, cell.W_h, cell.e_m,
+                                 cell.A, cell.B, cell.W_m, resets.T.contiguous(), active)
+        return y.transpose(0, 1), {"h": h, "m": m}
 
     def _step(self, x_t, state, reset, integration_timestep):
         keep = ~reset[:, None]
