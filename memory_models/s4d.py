@@ -83,29 +83,49 @@ class S4D(LTI_LRNN, RecurrentMemory):
         self.out_proj = nn.Linear(channels, hidden_size)
 
     # ------------------------------------------------------------------ the SSM
-    def continuous_A(self) -> Tensor:
-        """A (H, N/2) complex, Re A < 0."""
-        return torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-
     def discretize(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(A_bar, B_bar, C), each (H, N/2) complex."""
-        delta = torch.exp(self.log_dt)[:, None]                                 # (H, 1)
-        A_bar, B_bar = self.discretize_fn(self.continuous_A(), delta)
-        return A_bar, B_bar, torch.view_as_complex(self.C)
+        """(A_bar, B_bar, C), each (H, N/2) complex in the parameters' dtype."""
+        C = torch.view_as_complex(self.C)
+        return (*(m.to(C.dtype) for m in self._discretize_float64()), C)
+
+    def _discretize_float64(self) -> tuple[Tensor, Tensor]:
+        """(A_bar, B_bar) computed in float64 whatever the parameters' dtype (cheap: H·N/2)."""
+        A = torch.complex(-torch.exp(self.log_A_real.double()), self.A_imag.double())
+        delta = torch.exp(self.log_dt.double())[:, None]                          # (H, 1)
+        return self.discretize_fn(A, delta)
 
     def compute_kernel(self, length: int) -> tuple[Tensor, Tensor]:
         """(K (H, N/2, L) complex: K[..., l] = A_bar^l, B_norm (H, N/2) = B_bar).
 
         The seed's (N, L) and (N, H) with the channel axis leading: every channel has its own
         N/2 modes, so B_norm's (N, H) block-diagonal matrix is stored as its (H, N/2) diagonal.
-        A_bar^l = exp(l·log A_bar); |A_bar| is floored at the smallest normal number `tiny` so
-        that a decay that underflowed to 0 gives A_bar^0 = 1 (not NaN) and |A_bar^l| <= tiny.
+        Built from the factor tables of `_power_tables` (the FFT path uses those directly).
         """
-        A_bar, B_bar, _ = self.discretize()
-        tiny = torch.finfo(A_bar.real.dtype).tiny
-        log_A_bar = torch.complex(A_bar.abs().clamp_min(tiny).log(), A_bar.angle())
-        l = torch.arange(length, device=A_bar.device, dtype=A_bar.real.dtype)
-        return torch.exp(log_A_bar[..., None] * l), B_bar
+        within, across = self._power_tables(length)
+        powers = (across[..., :, None] * within[..., None, :]).flatten(-2)        # (H, n, M·c)
+        return powers[..., :length], self.discretize()[1]
+
+    def _power_tables(self, length: int) -> tuple[Tensor, Tensor]:
+        """A_bar^l for l < L as two small tables, A_bar^(c·m + j) = across[..., m]·within[..., j].
+
+        within (H, n, c) = A_bar^j and across (H, n, M) = A_bar^(c·m), c = ceil(sqrt(L)),
+        M = ceil(L / c). Each entry is exp(l·log A_bar) taken in float64 (no cumulative
+        products; the phase l·arg A_bar stays exact for long L), cast to the parameters' dtype.
+        """
+        log_A_bar = self._log_A_bar()[0][..., None]                               # (H, n, 1)
+        dtype = self.C.dtype.to_complex()
+        width = math.isqrt(max(length - 1, 0)) + 1                                # c
+        j = torch.arange(width, device=log_A_bar.device, dtype=torch.float64)
+        within = torch.exp(log_A_bar * j).to(dtype)
+        across = torch.exp(log_A_bar * (j[:-(-length // width)] * width)).to(dtype)
+        return within, across
+
+    def _log_A_bar(self) -> tuple[Tensor, Tensor]:
+        """(log A_bar, B_bar) (H, N/2) complex128. |A_bar| is floored at the smallest normal
+        float64, so a decay that underflowed to 0 gives A_bar^0 = 1 (not NaN) and 0 beyond."""
+        A_bar, B_bar = self._discretize_float64()
+        magnitude = A_bar.abs().clamp_min(torch.finfo(torch.float64).tiny)
+        return torch.complex(magnitude.log(), A_bar.angle()), B_bar
 
     # ------------------------------------------------------------------ interface
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
@@ -119,36 +139,45 @@ class S4D(LTI_LRNN, RecurrentMemory):
 
     def _scan_from_state(self, x: Tensor, state: State, integration_timesteps: Tensor,
                          lengths: Tensor) -> tuple[Tensor, State]:
-        """FFT path without resets: x (B, T, I) from state -> y (B, T, hidden), state."""
-        steps = x.shape[1]
-        u = self.in_proj(x).transpose(1, 2)                                     # (B, H, T)
-        powers, B_bar = self.compute_kernel(steps + 1)                          # (H, n, T+1)
-        C = torch.view_as_complex(self.C)
-        powers_re_im = _interleave(powers)                                      # (H, 2n, T+1)
-        kernel = 2 * torch.einsum("hm,hmt->ht", real_part_weights(C * B_bar),
-                                  powers_re_im[..., :steps])                    # (H, T)
-        z = causal_fft_conv(u, kernel) + self.D[:, None] * u                    # (B, H, T)
-        s0 = state["s"]
-        if s0.requires_grad or bool(s0.any()):      # the initial state's response, if any
-            s0_c = as_complex(s0)                        # (B, H, n)
-            z = z + 2 * torch.einsum("bhm,hmt->bht", real_part_weights(C * s0_c),
-                                     powers_re_im[..., 1:])
-        y = self.out_proj(F.gelu(z.transpose(1, 2)))                            # (B, T, hidden)
-        return y, {"s": self._state_after(u, s0, lengths, powers, powers_re_im, B_bar)}
+        """FFT path without resets: x (B, T, I) from state -> y (B, T, hidden), state.
 
-    def _state_after(self, u, s0, lengths, powers, powers_re_im, B_bar) -> Tensor:
-        """s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{j<ℓ} A_bar^(ℓ-1-j) u_j for ℓ = lengths[b]."""
-        steps = u.shape[-1]
-        # shift every row right so that its last valid input sits at T-1: the sum then is
-        # Σ_j A_bar^(T-1-j) u_shifted_j for all rows at once
-        source = torch.arange(steps, device=u.device) - (steps - lengths)[:, None]   # (B, T)
-        shifted = u.gather(2, source.clamp(min=0)[:, None].expand_as(u))
-        shifted = shifted * (source >= 0)[:, None].to(u.dtype)
-        inputs = torch.einsum("bht,hmt->bhm", shifted, powers_re_im[..., :steps].flip(-1))
-        inputs = torch.view_as_complex(inputs.unflatten(-1, (-1, 2)).contiguous())   # (B, H, n)
-        decay = powers.permute(2, 0, 1)[lengths]                                # (B, H, n)
-        s0_c = as_complex(s0)
-        return torch.view_as_real(decay * s0_c + B_bar * inputs)
+        Sequences are laid out channel-major, (H, B, T), and time is split as t = c·m + j
+        (`_power_tables`), so every sum over modes is a batched matmul against the small
+        table within (H, n, c) and no (H, n, T) tensor of powers is ever built.
+        """
+        batch, steps = x.shape[:2]
+        u = self.in_proj(x).permute(2, 0, 1).contiguous()                       # (H, B, T)
+        within, across = self._power_tables(steps)                              # (H,n,c) (H,n,M)
+        within_re_im = _interleave(within)                                      # (H, 2n, c)
+        A_bar, B_bar, C = self.discretize()
+
+        def response(coefficients: Tensor) -> Tensor:
+            """2·Re Σ_n q_n A_bar_n^t, t < T, for q (H, R, n) complex -> (H, R, T) real."""
+            q = coefficients[..., None, :] * across.transpose(1, 2)[:, None]    # (H, R, M, n)
+            out = real_part_weights(q).flatten(1, 2) @ within_re_im             # (H, R·M, c)
+            return 2 * out.unflatten(1, (q.shape[1], -1)).flatten(2)[..., :steps]
+
+        kernel = response((C * B_bar)[:, None])                                 # (H, 1, T)
+        z = causal_fft_conv(u, kernel) + self.D[:, None, None] * u              # (H, B, T)
+        s0 = as_complex(state["s"])                                             # (B, H, n)
+        if state["s"].requires_grad or bool(s0.any()):   # initial state's response C A_bar^(t+1) s0
+            z = z + response((C * A_bar * s0).transpose(0, 1))
+        y = self.out_proj(F.gelu(z).permute(1, 2, 0))                           # (B, T, hidden)
+        return y, {"s": self._state_after(u, s0, lengths, within_re_im, across, B_bar)}
+
+    def _state_after(self, u, s0, lengths, within_re_im, across, B_bar) -> Tensor:
+        """s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{k<ℓ} A_bar^k u_(ℓ-1-k) for ℓ = lengths[b]."""
+        width, rows = within_re_im.shape[-1], across.shape[-1]
+        # newest first, k = c·m + j: u_back[:, b, k] = u[:, b, ℓ_b - 1 - k] for k < ℓ_b, else 0
+        source = (lengths - 1)[:, None] - torch.arange(rows * width, device=u.device)
+        u_back = u.gather(2, source.clamp(min=0).expand(u.shape[0], -1, -1))
+        u_back = u_back * (source >= 0).to(u.dtype)                             # (H, B, M·c)
+        partial = u_back.unflatten(2, (rows, width)).flatten(1, 2) @ within_re_im.transpose(1, 2)
+        partial = torch.view_as_complex(partial.unflatten(-1, (-1, 2)).contiguous())  # (H,B·M,n)
+        inputs = (partial.unflatten(1, (-1, rows)) * across.transpose(1, 2)[:, None]).sum(2)
+        log_A_bar = self._log_A_bar()[0]
+        decay = torch.exp(lengths[:, None, None] * log_A_bar).to(s0.dtype)          # (B, H, n)
+        return torch.view_as_real(decay * s0 + B_bar * inputs.transpose(0, 1))
 
     def _recurrence(self, x_t: Tensor, state: State, matrices) -> tuple[Tensor, State]:
         """One step of the recurrence with the discrete matrices (A_bar, B_bar, C)."""

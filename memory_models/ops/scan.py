@@ -12,7 +12,8 @@ Resets and lengths are folded into the elements (a_t, b_t) before the scan:
   reset flag carried inside the operator — any span that contains it composes to (0, ·) and
   nothing before it leaks through. (With a zero initial state this is the (a, b, r) operator
   of S5/Event-SSM, without the extra flag tensor.)
-- initial: honoured as s_{-1} by folding it into the first element, b_0 += a_0 · s_{-1}.
+- initial: honoured as s_{-1} by folding it into the first element inside the scan,
+  (a_0, b_0) -> (0, b_0 + a_0 · s_{-1}).
 - lengths (B,) long: past the length the element is the identity (1, 0), so s[:, -1] is the
   state after lengths[b] steps.
 
@@ -37,33 +38,26 @@ import torch
 from torch import Tensor
 
 
-
-def fold_elements(a: Tensor, b: Tensor, initial: Tensor, resets: Tensor | None = None,
+def fold_elements(a: Tensor, b: Tensor, resets: Tensor | None = None,
                   lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Fold resets, the initial state and lengths into (a, b): the scan then starts from zero."""
-    steps = a.shape[1]
+    """Fold resets (a_t := 0) and lengths ((a_t, b_t) := (1, 0) past the length) into (a, b)."""
     a, b = torch.broadcast_tensors(a, b)
     if resets is not None:
         a = a * _expand(~resets, a).to(a.dtype)
     if lengths is not None:
-        valid = torch.arange(steps, device=a.device) < lengths[:, None]         # (B, T)
-        valid = _expand(valid, a)
+        valid = _expand(torch.arange(a.shape[1], device=a.device) < lengths[:, None], a)
         a = torch.where(valid, a, torch.ones_like(a))
         b = torch.where(valid, b, torch.zeros_like(b))
-    if steps:
-        first = b[:, :1] + a[:, :1] * initial[:, None]
-        b = torch.cat([first, b[:, 1:]], dim=1)
-        a = torch.cat([torch.zeros_like(a[:, :1]), a[:, 1:]], dim=1)
     return a, b
 
 
 def linear_scan(a: Tensor, b: Tensor, initial: Tensor, resets: Tensor | None = None,
                 lengths: Tensor | None = None) -> Tensor:
-    """All states s_t = a_t s_{t-1} + b_t (B, T, *F) by a chunked parallel scan."""
-    a, b = fold_elements(a, b, initial, resets, lengths)
+    """All states s_t = a_t s_{t-1} + b_t (B, T, *F) by a parallel (Blelloch) scan."""
+    a, b = fold_elements(a, b, resets, lengths)
     if a.shape[1] == 0:
         return b
-    return _scan_from_zero(a, b)
+    return _LinearScan.apply(a, b, initial)
 
 
 def linear_scan_sequential(a: Tensor, b: Tensor, initial: Tensor,
@@ -84,42 +78,53 @@ def linear_scan_sequential(a: Tensor, b: Tensor, initial: Tensor,
     return torch.stack(states, dim=1) if states else b
 
 
-class _ScanFromZero(torch.autograd.Function):
-    """states (B, T, *F) of s_t = a_t s_{t-1} + b_t from s_{-1} = 0; backward by reverse scan."""
+class _LinearScan(torch.autograd.Function):
+    """states (B, T, *F) of s_t = a_t s_{t-1} + b_t from s_{-1} = initial (B, *F).
+
+    The initial state enters as the first element's input, (a_0, b_0) -> (0, b_0 + a_0 s_{-1});
+    the backward pass is the same scan run backwards in time (module docstring).
+    """
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
-        states = _blelloch_scan(a, b)
-        ctx.save_for_backward(a, states)
+    def forward(ctx, a: Tensor, b: Tensor, initial: Tensor) -> Tensor:
+        steps = a.shape[1]
+        pad = _padding(steps)
+        a_work = torch.cat([a, a.new_ones(a.shape[0], pad, *a.shape[2:])], dim=1)
+        b_work = torch.cat([b, b.new_zeros(b.shape[0], pad, *b.shape[2:])], dim=1)
+        b_work[:, 0].addcmul_(a_work[:, 0], initial)
+        a_work[:, 0] = 0
+        _blelloch_scan_(a_work, b_work)
+        states = b_work[:, :steps]
+        ctx.save_for_backward(a, initial, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states: Tensor):
-        a, states = ctx.saved_tensors
-        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1).conj()   # a_{t+1}
-        g = _blelloch_scan(a_next, grad_states, reverse=True)
-        s_prev = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], dim=1)
-        return g * s_prev.conj(), g
+        a, initial, states = ctx.saved_tensors
+        batch, steps = a.shape[:2]
+        pad = _padding(steps)
+        # g_t = grad_t + conj(a_{t+1}) g_{t+1}: a reverse scan, padding first (= last in order)
+        a_work = torch.cat([a.new_ones(batch, pad, *a.shape[2:]), a[:, 1:].conj(),
+                            a.new_zeros(batch, 1, *a.shape[2:])], dim=1)
+        g_work = torch.cat([grad_states.new_zeros(batch, pad, *a.shape[2:]), grad_states], dim=1)
+        _blelloch_scan_(a_work, g_work, reverse=True)
+        g = g_work[:, pad:]
+        s_prev = torch.cat([initial[:, None], states[:, :-1]], dim=1)
+        return g * s_prev.conj(), g, g[:, 0] * a[:, 0].conj()
 
 
-def _scan_from_zero(a: Tensor, b: Tensor) -> Tensor:
-    return _ScanFromZero.apply(a, b)
+def _padding(steps: int) -> int:
+    """Steps to add so that the time axis is a power of two."""
+    return (1 << max(steps - 1, 0).bit_length()) - steps
 
 
-def _blelloch_scan(a: Tensor, b: Tensor, reverse: bool = False) -> Tensor:
-    """Inclusive scan of (a, b) (B, T, *F) along time from zero state, without autograd.
+def _blelloch_scan_(a: Tensor, b: Tensor, reverse: bool = False) -> None:
+    """In place: b[:, t] := state after t of the scan of (a, b) (B, 2^k, *F) from zero.
 
-    reverse=True scans from t = T-1 down to 0 (s_t = a_t s_{t+1} + b_t): the same sweeps with
-    every block mirrored, so no flipped copies are made.
+    reverse=True scans from the last step to the first (s_t = a_t s_{t+1} + b_t): the same
+    sweeps with every block mirrored, so no flipped copies are made. `a` is overwritten too.
     """
-    batch, steps = a.shape[:2]
-    size = 1 << max(steps - 1, 0).bit_length()                  # next power of two >= T
-    identity_a = a.new_ones(batch, size - steps, *a.shape[2:])
-    identity_b = b.new_zeros(batch, size - steps, *b.shape[2:])
-    if reverse:            # the padding goes last in scan order; these cats copy (in-place below)
-        a, b = torch.cat([identity_a, a], dim=1), torch.cat([identity_b, b], dim=1)
-    else:
-        a, b = torch.cat([a, identity_a], dim=1), torch.cat([b, identity_b], dim=1)
+    size = a.shape[1]
 
     # In scan order a block of 2·stride steps is two halves; `ends` gives the array offsets of
     # the last step of each half (mirrored when reversed).
@@ -144,7 +149,6 @@ def _blelloch_scan(a: Tensor, b: Tensor, reverse: bool = False) -> Tensor:
         b_blocks[:, next_block, first].addcmul_(a_blocks[:, next_block, first],
                                                 b_blocks[:, previous_block, second])
         stride //= 2
-    return b[:, size - steps:] if reverse else b[:, :steps]
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
