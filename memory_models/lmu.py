@@ -302,6 +302,15 @@ class LMUFFT(RecurrentMemory):
     """Parallel LMU: the memory is a causal convolution of u with the impulse response Ā^j B̄
     (by FFT), plus the free response Ā^(t+1) m_{-1} of the carried state. Any sequence length:
     `seq_len` only sets how long an impulse response is precomputed. State {"m": (B, N)}.
+
+    The scan never materialises m (B, T, N). With W_h = [W_m | W_x], the output is
+        h_t = ReLU(Σ_j K[:, j] u_{t-j} + W_m Ā^(t+1) m_{-1} + W_x x_t + b),   K = W_m H  (H, T)
+    (one causal convolution with the projected kernel), and the returned state is m at
+    lengths[b] alone. Ā^j decays: past the horizon L, the smallest power of two with
+    ‖Ā^L‖_F <= 0.01·eps(dtype), both Ā^j B̄ and Ā^(t+1) m_{-1} are below working precision
+    (bounded by 0.01·eps·max_s‖Ā^s‖ times ‖B̄‖ or ‖m_{-1}‖), so the kernel and the free response
+    stop at L (`horizon`; None when Ā does not decay that far within 2^30 steps: no cut).
+    A short kernel is applied as a Toeplitz matmul, a long one by FFT (`_causal_conv`).
     """
 
     def __init__(self, input_size: int, hidden_size: int, memory_size: int = 256,
@@ -325,9 +334,10 @@ class LMUFFT(RecurrentMemory):
         self._derive_buffers()
 
     def _derive_buffers(self) -> None:
-        """Ā, B̄, H and Ā^(2^k) from the float64 masters, cast to the buffers' dtype/device."""
+        """Ā, B̄, H, Ā^(2^k) and the horizon from the float64 masters, in the buffers' dtype."""
         like = dict(dtype=self.A.dtype, device=self.A.device)
-        ladder = power_ladder(self._A64, doublings(self.seq_len))
+        self.horizon = _horizon(self._A64, 0.01 * torch.finfo(self.A.dtype).eps)
+        ladder = power_ladder(self._A64, doublings(max(self.seq_len, self.horizon or 1)))
         self.A, self.B = self._A64.to(**like), self._B64.to(**like)
         self.H = impulse_response(self._B64, ladder, self.seq_len).to(**like)
         self.A_powers = ladder.to(**like)                                        # (K, N, N)
@@ -348,10 +358,10 @@ class LMUFFT(RecurrentMemory):
         return self.H.clone(), torch.fft.rfft(self.H, n=fft_length(self.seq_len), dim=-1)
 
     def _kernel_and_powers(self, steps: int) -> tuple[Tensor, Tensor]:
-        """Impulse response (N, >= steps) and ladder covering `steps`, extended past seq_len in
-        float64 when needed."""
-        if steps <= self.seq_len:
-            return self.H, self.A_powers
+        """Impulse response (N, steps) and a ladder Ā^(2^k) covering `steps`, extended past
+        seq_len in float64 when needed."""
+        if steps <= self.seq_len and doublings(steps) <= len(self.A_powers):
+            return self.H[:, :steps], self.A_powers
         like = dict(dtype=self.A.dtype, device=self.A.device)
         ladder = power_ladder(self._A64, doublings(steps))
         return impulse_response(self._B64, ladder, steps).to(**like), ladder.to(**like)
@@ -371,17 +381,27 @@ class LMUFFT(RecurrentMemory):
 
     def _scan_from_state(self, x, state, integration_timesteps, lengths):
         """One episode per row: x (B, T, I) from state m_{-1} -> y (B, T, H), {"m": m_{len-1}}."""
-        steps = x.shape[1]
+        batch, steps, _ = x.shape
         m0 = state["m"]                                                              # (B, N)
         if steps == 0:
-            return x.new_zeros(x.shape[0], 0, self.hidden_size), {"m": m0}
-        kernel, ladder = self._kernel_and_powers(steps)
-        u = F.relu(self.W_u(x))                                                      # (B, T, 1)
-        m = causal_fft_conv(u.transpose(1, 2), kernel[:, :steps]).transpose(1, 2)   # (B, T, N)
+            return x.new_zeros(batch, 0, self.hidden_size), {"m": m0}
+        N = self.memory_size
+        W_m, W_x = self.W_h.weight[:, :N], self.W_h.weight[:, N:]                   # (H, N), (H, I)
+        reach = steps if self.horizon is None else min(steps, self.horizon)
+        kernel, ladder = self._kernel_and_powers(reach)                             # (N, L)
+        u = F.relu(self.W_u(x))[..., 0]                                              # (B, T)
+        h = F.linear(x, W_x, self.W_h.bias) + _causal_conv(u, W_m @ kernel)        # (B, T, H)
+        free = torch.zeros_like(m0)                                   # Ā^len m_{-1} (B, N)
         if m0.requires_grad or bool(m0.any()):
-            m = m + free_response(m0, ladder, steps)
-        h = F.relu(self.W_h(torch.cat([m, x], dim=-1)))                             # (B, T, H)
-        return h, {"m": gather_at_lengths(m, lengths, m0)}
+            free_seq = free_response(m0, ladder, reach)                              # (B, L, N)
+            free = free_seq.gather(1, _index(lengths - 1, reach, N)).squeeze(1)
+            free = free * (lengths <= reach)[:, None]                 # past the horizon: 0
+            h[:, :reach] += free_seq @ W_m.T                           # W_m Ā^(t+1) m_{-1}
+        # m at the last valid step: Σ_{j<L} H[:, j] u_{len-1-j} + Ā^len m_{-1}
+        before_end = lengths[:, None] - 1 - torch.arange(reach, device=x.device)    # (B, L)
+        window = u.gather(1, before_end.clamp(min=0)) * (before_end >= 0)           # (B, L)
+        m_last = window @ kernel.T + free                                            # (B, N)
+        return F.relu(h, inplace=True), {"m": torch.where((lengths == 0)[:, None], m0, m_last)}
 
     def _step(self, x_t, state, reset, integration_timestep):
         m = torch.where(reset[:, None], 0.0, state["m"])                            # (B, N)
@@ -389,3 +409,31 @@ class LMUFFT(RecurrentMemory):
         m = torch.addmm(u * self.B[:, 0], m, self.A.T)                              # Ā m + B̄ u
         h = F.relu(self.W_h(torch.cat([m, x_t], dim=-1)))
         return h, {"m": m}
+
+
+def _causal_conv(u: Tensor, kernel: Tensor) -> Tensor:
+    """u (B, T), kernel (H, L) with L <= T -> (B, T, H): y_t = Σ_{j<L} kernel[:, j] u_{t-j}.
+
+    A kernel that is short next to the FFT's cost (L <= 24 log2 n) is applied directly as one
+    Toeplitz matmul over windows of the last L inputs; a long one by FFT.
+    """
+    steps, reach = u.shape[1], kernel.shape[1]
+    if reach <= 24 * math.log2(fft_length(steps)):
+        windows = F.pad(u, (reach - 1, 0)).unfold(1, reach, 1)     # (B, T, L): u_{t-L+1} .. u_t
+        return windows @ kernel.flip(1).T
+    return causal_fft_conv(u[:, None, :], kernel).transpose(1, 2)
+
+
+def _index(position: Tensor, size: int, width: int) -> Tensor:
+    """(B,) positions clamped to [0, size) -> gather index (B, 1, width) along dim 1."""
+    return position.clamp(0, size - 1)[:, None, None].expand(-1, 1, width)
+
+
+def _horizon(A: Tensor, tolerance: float, max_doublings: int = 30) -> int | None:
+    """Smallest power of two L with ‖A^L‖_F <= tolerance (float64 squaring), None if > 2^30."""
+    power = A
+    for k in range(max_doublings + 1):
+        if float(torch.linalg.matrix_norm(power)) <= tolerance:
+            return 1 << k
+        power = power @ power
+    return None
