@@ -86,13 +86,18 @@ class S4D(LTI_LRNN, RecurrentMemory):
     def discretize(self) -> tuple[Tensor, Tensor, Tensor]:
         """(A_bar, B_bar, C), each (H, N/2) complex in the parameters' dtype."""
         C = torch.view_as_complex(self.C)
-        return (*(m.to(C.dtype) for m in self._discretize_float64()), C)
+        A_bar, B_bar, _ = self._discretize_float64()
+        return A_bar.to(C.dtype), B_bar.to(C.dtype), C
 
-    def _discretize_float64(self) -> tuple[Tensor, Tensor]:
-        """(A_bar, B_bar) computed in float64 whatever the parameters' dtype (cheap: H·N/2)."""
+    def _discretize_float64(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(A_bar, B_bar, log A_bar), (H, N/2) complex128 whatever the parameters' dtype
+        (cheap: H·N/2 entries). |A_bar| is floored at the smallest normal float64 before the
+        log, so a decay that underflowed to 0 gives A_bar^0 = 1 (not NaN) and 0 beyond."""
         A = torch.complex(-torch.exp(self.log_A_real.double()), self.A_imag.double())
         delta = torch.exp(self.log_dt.double())[:, None]                          # (H, 1)
-        return self.discretize_fn(A, delta)
+        A_bar, B_bar = self.discretize_fn(A, delta)
+        magnitude = A_bar.abs().clamp_min(torch.finfo(torch.float64).tiny)
+        return A_bar, B_bar, torch.complex(magnitude.log(), A_bar.angle())
 
     def compute_kernel(self, length: int) -> tuple[Tensor, Tensor]:
         """(K (H, N/2, L) complex: K[..., l] = A_bar^l, B_norm (H, N/2) = B_bar).
@@ -101,31 +106,24 @@ class S4D(LTI_LRNN, RecurrentMemory):
         N/2 modes, so B_norm's (N, H) block-diagonal matrix is stored as its (H, N/2) diagonal.
         Built from the factor tables of `_power_tables` (the FFT path uses those directly).
         """
-        within, across = self._power_tables(length)
+        _, B_bar, log_A_bar = self._discretize_float64()
+        within, across = self._power_tables(length, log_A_bar)
         powers = (across[..., :, None] * within[..., None, :]).flatten(-2)        # (H, n, M·c)
-        return powers[..., :length], self.discretize()[1]
+        return powers[..., :length], B_bar.to(powers.dtype)
 
-    def _power_tables(self, length: int) -> tuple[Tensor, Tensor]:
+    def _power_tables(self, length: int, log_A_bar: Tensor) -> tuple[Tensor, Tensor]:
         """A_bar^l for l < L as two small tables, A_bar^(c·m + j) = across[..., m]·within[..., j].
 
         within (H, n, c) = A_bar^j and across (H, n, M) = A_bar^(c·m), c = ceil(sqrt(L)),
         M = ceil(L / c). Each entry is exp(l·log A_bar) taken in float64 (no cumulative
         products; the phase l·arg A_bar stays exact for long L), cast to the parameters' dtype.
         """
-        log_A_bar = self._log_A_bar()[0][..., None]                               # (H, n, 1)
         dtype = self.C.dtype.to_complex()
         width = math.isqrt(max(length - 1, 0)) + 1                                # c
         j = torch.arange(width, device=log_A_bar.device, dtype=torch.float64)
-        within = torch.exp(log_A_bar * j).to(dtype)
-        across = torch.exp(log_A_bar * (j[:-(-length // width)] * width)).to(dtype)
+        within = torch.exp(log_A_bar[..., None] * j).to(dtype)
+        across = torch.exp(log_A_bar[..., None] * (j[:-(-length // width)] * width)).to(dtype)
         return within, across
-
-    def _log_A_bar(self) -> tuple[Tensor, Tensor]:
-        """(log A_bar, B_bar) (H, N/2) complex128. |A_bar| is floored at the smallest normal
-        float64, so a decay that underflowed to 0 gives A_bar^0 = 1 (not NaN) and 0 beyond."""
-        A_bar, B_bar = self._discretize_float64()
-        magnitude = A_bar.abs().clamp_min(torch.finfo(torch.float64).tiny)
-        return torch.complex(magnitude.log(), A_bar.angle()), B_bar
 
     # ------------------------------------------------------------------ interface
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
@@ -147,9 +145,11 @@ class S4D(LTI_LRNN, RecurrentMemory):
         """
         batch, steps = x.shape[:2]
         u = self.in_proj(x).permute(2, 0, 1).contiguous()                       # (H, B, T)
-        within, across = self._power_tables(steps)                              # (H,n,c) (H,n,M)
+        A_bar, B_bar, log_A_bar = self._discretize_float64()
+        C = torch.view_as_complex(self.C)
+        A_bar, B_bar = A_bar.to(C.dtype), B_bar.to(C.dtype)
+        within, across = self._power_tables(steps, log_A_bar)                   # (H,n,c) (H,n,M)
         within_re_im = _interleave(within)                                      # (H, 2n, c)
-        A_bar, B_bar, C = self.discretize()
 
         def response(coefficients: Tensor) -> Tensor:
             """2·Re Σ_n q_n A_bar_n^t, t < T, for q (H, R, n) complex -> (H, R, T) real."""
@@ -163,9 +163,10 @@ class S4D(LTI_LRNN, RecurrentMemory):
         if state["s"].requires_grad or bool(s0.any()):   # initial state's response C A_bar^(t+1) s0
             z = z + response((C * A_bar * s0).transpose(0, 1))
         y = self.out_proj(F.gelu(z).permute(1, 2, 0))                           # (B, T, hidden)
-        return y, {"s": self._state_after(u, s0, lengths, within_re_im, across, B_bar)}
+        state = self._state_after(u, s0, lengths, within_re_im, across, B_bar, log_A_bar)
+        return y, {"s": state}
 
-    def _state_after(self, u, s0, lengths, within_re_im, across, B_bar) -> Tensor:
+    def _state_after(self, u, s0, lengths, within_re_im, across, B_bar, log_A_bar) -> Tensor:
         """s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{k<ℓ} A_bar^k u_(ℓ-1-k) for ℓ = lengths[b]."""
         width, rows = within_re_im.shape[-1], across.shape[-1]
         # newest first, k = c·m + j: u_back[:, b, k] = u[:, b, ℓ_b - 1 - k] for k < ℓ_b, else 0
@@ -175,7 +176,6 @@ class S4D(LTI_LRNN, RecurrentMemory):
         partial = u_back.unflatten(2, (rows, width)).flatten(1, 2) @ within_re_im.transpose(1, 2)
         partial = torch.view_as_complex(partial.unflatten(-1, (-1, 2)).contiguous())  # (H,B·M,n)
         inputs = (partial.unflatten(1, (-1, rows)) * across.transpose(1, 2)[:, None]).sum(2)
-        log_A_bar = self._log_A_bar()[0]
         decay = torch.exp(lengths[:, None, None] * log_A_bar).to(s0.dtype)          # (B, H, n)
         return torch.view_as_real(decay * s0 + B_bar * inputs.transpose(0, 1))
 
