@@ -189,7 +189,20 @@ class S4D(LTI_LRNN, RecurrentMemory):
         return self.out_proj(F.gelu(z)), {"s": torch.view_as_real(s)}
 
     def _step(self, x_t, state, reset, integration_timestep):
-        return self._recurrence(x_t, self.reset_state(state, reset), self.discretize())
+        return self._recurrence(x_t, self.reset_state(state, reset), self._step_matrices())
+
+    def _step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """discretize(); without autograd (rollouts) the result is reused for as long as no
+        SSM parameter was replaced or updated in place (same storage, same version counter)."""
+        if torch.is_grad_enabled():
+            return self.discretize()
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device)
+                    for p in (self.log_A_real, self.A_imag, self.log_dt, self.C))
+        cached = self.__dict__.get("_discretized_for_step")
+        if cached is None or cached[0] != key:
+            cached = (key, self.discretize())
+            self.__dict__["_discretized_for_step"] = cached
+        return cached[1]
 
     # ------------------------------------------------------------------ seed API
     def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,

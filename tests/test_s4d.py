@@ -211,3 +211,18 @@ def test_seed_signatures():
     step = list(inspect.signature(S4D.step).parameters)
     assert step[:3] == ["self", "x_t", "state"]
     assert isinstance(build(), memory_models.RecurrentMemory) and isinstance(build(), LTI_LRNN)
+
+
+def test_rollout_step_reuses_matrices_until_parameters_change():
+    cell = build()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y1, _ = cell.step(x, cell.initial_state(2))
+        cell.log_dt.add_(0.5)                        # an optimizer step: in place
+        y2, _ = cell.step(x, cell.initial_state(2))
+    with torch.no_grad():
+        fresh, _ = cell._recurrence(x, cell.initial_state(2), cell.discretize())
+    torch.testing.assert_close(y2, fresh)
+    assert (y1 - y2).abs().max() > 1e-6
+    y3, _ = cell.float().step(x.float(), cell.initial_state(2, dtype=torch.float32))
+    assert y3.dtype == torch.float32
