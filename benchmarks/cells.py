@@ -278,7 +278,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed fwd+bwd runs (5)")
     parser.add_argument("--steps", type=int, default=None, help="timed rollout steps (300)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown results file")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: leave as is)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     sizes = Sizes(steps=256) if args.quick else Sizes()
     repeats = args.repeats or (3 if args.quick else 5)

@@ -163,9 +163,10 @@ class LMUCell(nn.Module):
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """x (B, input_size), state (h (B, H), m (B, N)) -> (h_t, m_t)."""
         h, m = state
-        u = F.linear(x, self.e_x) + F.linear(h, self.e_h) + F.linear(m, self.e_m)      # (B, 1)
-        m = F.linear(m, self.A) + F.linear(u, self.B)                                   # (B, N)
-        h = torch.tanh(F.linear(x, self.W_x) + F.linear(h, self.W_h) + F.linear(m, self.W_m))
+        u = torch.addmm(torch.addmm(F.linear(x, self.e_x), h, self.e_h.T), m, self.e_m.T)  # (B, 1)
+        m = torch.addmm(u * self.B.T, m, self.A.T)                                    # (B, N)
+        h = torch.tanh(torch.addmm(torch.addmm(F.linear(x, self.W_x), h, self.W_h.T),
+                                   m, self.W_m.T))                                    # (B, H)
         return h, m
 
 
@@ -290,9 +291,10 @@ class LMU(RecurrentMemory):
         return y.transpose(0, 1), {"h": h, "m": m}
 
     def _step(self, x_t, state, reset, integration_timestep):
-        keep = ~reset[:, None]
-        h, m = self.cell(x_t, (torch.where(keep, state["h"], 0.0),
-                               torch.where(keep, state["m"], 0.0)))
+        h, m = state["h"], state["m"]
+        if bool(reset.any()):
+            h, m = torch.where(reset[:, None], 0.0, h), torch.where(reset[:, None], 0.0, m)
+        h, m = self.cell(x_t, (h, m))
         return h, {"h": h, "m": m}
 
 
@@ -404,7 +406,9 @@ class LMUFFT(RecurrentMemory):
         return F.relu(h, inplace=True), {"m": torch.where((lengths == 0)[:, None], m0, m_last)}
 
     def _step(self, x_t, state, reset, integration_timestep):
-        m = torch.where(reset[:, None], 0.0, state["m"])                            # (B, N)
+        m = state["m"]                                                               # (B, N)
+        if bool(reset.any()):
+            m = torch.where(reset[:, None], 0.0, m)
         u = F.relu(self.W_u(x_t))                                                    # (B, 1)
         m = torch.addmm(u * self.B[:, 0], m, self.A.T)                              # Ā m + B̄ u
         h = F.relu(self.W_h(torch.cat([m, x_t], dim=-1)))
