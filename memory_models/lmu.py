@@ -301,9 +301,9 @@ class LMU(RecurrentMemory):
 # ---------------------------------------------------------------------- LMUFFT
 @register("lmu_fft")
 class LMUFFT(RecurrentMemory):
-    """Parallel LMU: the memory is a causal convolution of u with the impulse response Ā^j B̄
-    (by FFT), plus the free response Ā^(t+1) m_{-1} of the carried state. Any sequence length:
-    `seq_len` only sets how long an impulse response is precomputed. State {"m": (B, N)}.
+    """Parallel LMU: the memory is a causal convolution of u with the impulse response Ā^j B̄,
+    plus the free response Ā^(t+1) m_{-1} of the carried state. Any sequence length: `seq_len`
+    only sets how long an impulse response is precomputed. State {"m": (B, N)}.
 
     The scan never materialises m (B, T, N). With W_h = [W_m | W_x], the output is
         h_t = ReLU(Σ_j K[:, j] u_{t-j} + W_m Ā^(t+1) m_{-1} + W_x x_t + b),   K = W_m H  (H, T)
