@@ -59,7 +59,7 @@ class Setup:
     minibatch: int = 1024
     epochs: int = 2
     max_seq_len: int = 64
-    iterations: int = 2              # measured, after one warm-up iteration
+    iterations: int = 3              # measured, after one warm-up iteration
     pre_size: int = 128
     hidden_size: int = 256
     head_size: int = 128
@@ -206,6 +206,86 @@ def measure(subject: str, setup: Setup) -> dict:
             "mean_steps_per_s": sum(steps) / sum(seconds), "build_s": build_s}
 
 
+def model_costs(subject: str, setup: Setup, repeats: int = 3) -> dict:
+    """In-process cost of the subject's network, free of Ray: the median of `repeats` runs of
+      step   one sampling step of one env runner (batch envs_per_runner, T = 1, no grad), ms
+      train  forward + backward of actor and critic on 16 rows x max_seq_len (52 valid steps,
+             one RepeatPreviousEasy episode), ms
+    """
+    import statistics
+
+    import envs
+    import numpy as np
+    import torch
+    import tree
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.models import MODEL_DEFAULTS, ModelCatalog
+
+    config = build_config(subject, setup)
+    env = envs.make_env(setup.env)
+    obs_size = env.observation_space.shape[0]
+    rows, valid = 16, 52
+    batch_envs = setup.envs_per_runner
+
+    def expand(state, batch):
+        return tree.map_structure(
+            lambda v: torch.as_tensor(v)[None].expand(batch, *np.shape(v)).clone(), state)
+
+    if config.enable_rl_module_and_learner:
+        module = config.get_rl_module_spec(env=env).build()
+        state = module.get_initial_state() if module.is_stateful() else None
+
+        def batch_of(n, steps, lengths):
+            obs = torch.rand(n, steps, obs_size)
+            if state is None:
+                return {Columns.OBS: obs.reshape(n * steps, obs_size)}
+            batch = {Columns.OBS: obs, Columns.STATE_IN: expand(state, n)}
+            if steps > 1:       # env runners send no SEQ_LENS, the learner does
+                batch[Columns.SEQ_LENS] = torch.full((n,), lengths)
+            return batch
+
+        def step(batch):
+            with torch.no_grad():
+                module.forward_inference(batch)
+
+        def train(batch):
+            out = module.forward_train(batch)
+            values = module.compute_values(batch, out.get(Columns.EMBEDDINGS))
+            (out[Columns.ACTION_DIST_INPUTS].sum() + values.sum()).backward()
+    else:
+        model_config = {**MODEL_DEFAULTS, **config.model}
+        model = ModelCatalog.get_model_v2(env.observation_space, env.action_space,
+                                          env.action_space.n, model_config, framework="torch")
+        state = [s.float() for s in model.get_initial_state()]
+
+        def batch_of(n, steps, lengths):
+            return ({"obs": torch.rand(n * steps, obs_size)}, [expand(s, n) for s in state],
+                    torch.full((n,), lengths, dtype=torch.int32))
+
+        def step(batch):
+            with torch.no_grad():
+                model(*batch)
+                model.value_function()
+
+        def train(batch):
+            logits, _ = model(*batch)
+            (logits.sum() + model.value_function().sum()).backward()
+
+    step_batch = batch_of(batch_envs, 1, 1)
+    train_batch = batch_of(rows, setup.max_seq_len, valid)
+    step(step_batch), train(train_batch)                                   # warm-up
+    step_ms, train_ms = [], []
+    for _ in range(repeats):
+        clock = time.perf_counter()
+        for _ in range(50):
+            step(step_batch)
+        step_ms.append((time.perf_counter() - clock) / 50 * 1e3)
+        clock = time.perf_counter()
+        train(train_batch)
+        train_ms.append((time.perf_counter() - clock) * 1e3)
+    return {"step_ms": statistics.median(step_ms), "train_ms": statistics.median(train_ms)}
+
+
 # --------------------------------------------------------------------------- report
 def describe(subject: str) -> str:
     if subject == REFERENCE:
@@ -238,7 +318,27 @@ def verdicts(results: dict, memories: list[str]) -> list[str]:
     return lines
 
 
-def render(results: dict, memories: list[str], setup: Setup, rounds: int,
+def cost_rows(costs: dict) -> list[str]:
+    """Markdown rows of the in-process network costs; speed ratios = their ms / our ms."""
+    rows = ["| subject | step ms (batch 8) | step speed vs rllib-lstm | vs POPGym peer | "
+            "train ms (16 x 64) | train speed vs rllib-lstm | vs POPGym peer |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    peer_of = {f"old:{m}": p for m, p in PEERS.items()} | PEERS
+    for subject, c in costs.items():
+        if "error" in c:
+            rows.append(f"| {subject} | failed: {c['error']} | | | | | |")
+            continue
+        cells = []
+        for key in ("step_ms", "train_ms"):
+            ref = costs.get(REFERENCE, {}).get(key)
+            peer = costs.get(peer_of.get(subject, ""), {}).get(key)
+            cells += [f"{c[key]:.2f}", f"{ref / c[key]:.2f}x" if ref else "-",
+                      f"{peer / c[key]:.2f}x" if peer else "-"]
+        rows.append(f"| {subject} | {' | '.join(cells)} |")
+    return rows
+
+
+def render(results: dict, costs: dict, memories: list[str], setup: Setup, rounds: int,
            argv: list[str]) -> str:
     import ray
     import torch
@@ -263,7 +363,8 @@ def render(results: dict, memories: list[str], setup: Setup, rounds: int,
                 f"sizes pre {setup.pre_size} / memory {setup.hidden_size} / heads "
                 f"{setup.head_size}; 1 warm-up + {setup.iterations} timed iterations; "
                 f"{rounds} round(s), subjects interleaved, best round kept")
-    errors = [f"### {s}\n\n```\n{r['traceback']}```" for s, r in results.items() if "error" in r]
+    errors = [f"### {s}\n\n```\n{r['traceback']}```"
+              for s, r in (*costs.items(), *results.items()) if "error" in r]
     return "\n".join([
         "# PPO throughput on CPU: our memories vs RLlib's LSTM and POPGym's models",
         "",
@@ -278,11 +379,20 @@ def render(results: dict, memories: list[str], setup: Setup, rounds: int,
         "2 cores are shared, so the best iteration is the least disturbed one); the mean over "
         "all timed iterations is listed beside it. Measured side by side in this one run.",
         "",
-        *rows,
+        *(rows if results else ["(end-to-end part not run: --costs-only)"]),
         "",
-        "## Targets",
+        "## Targets (end to end)",
         "",
         *verdicts(results, memories),
+        "",
+        "## Network cost in one process (no Ray)",
+        "",
+        "The same networks outside RLlib's sampling and learning loops, one torch thread, "
+        "median of 5: `step` is one env runner's forward pass for its 8 envs (T = 1, no grad); "
+        "`train` is forward + backward of actor and critic on 16 rows of max_seq_len steps "
+        "(52 valid, one episode each). Speed ratio = the other's ms / this subject's ms.",
+        "",
+        *cost_rows(costs),
         "",
         *(["## Errors", "", *errors, ""] if errors else []),
     ])
@@ -296,14 +406,16 @@ def main(argv: list[str] | None = None) -> int:
                                          "and every POPGym model); their POPGym peers and the "
                                          "reference are added automatically")
     parser.add_argument("--iterations", type=int, help="timed iterations per subject")
-    parser.add_argument("--rounds", type=int,
-                        help="run every subject this many times, interleaved, and keep its best "
-                             "(default 2, --quick 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every subject this many times, interleaved, and keep its best")
+    parser.add_argument("--costs-only", action="store_true",
+                        help="only the in-process network costs (no Ray, no PPO)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"markdown ({RESULTS.name})")
     args = parser.parse_args(argv)
 
     import ray
     import ray.tune.trainable.trainable as trainable
+    import torch
 
     import memory_models
     from experiments.training import register_rllib_envs
@@ -312,22 +424,35 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in memories if m not in memory_models.available()]
     if unknown:
         parser.error(f"unknown memory {unknown}; available: {memory_models.available()}")
-    if args.rounds is None:
-        args.rounds = 1 if args.quick else 2
     if args.rounds < 1 or (args.iterations is not None and args.iterations < 1):
         parser.error("--rounds and --iterations must be >= 1")
     setup = QUICK if args.quick else Setup()
     if args.iterations:
         setup = Setup(**{**setup.__dict__, "iterations": args.iterations})
 
-    # Algorithms built outside Tune log under DEFAULT_STORAGE_PATH (~/ray_results by default).
-    trainable.DEFAULT_STORAGE_PATH = tempfile.mkdtemp(prefix="rl_throughput_")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    subjects = subjects_for(memories, all_peers=not args.models)
     register_rllib_envs()
+    costs: dict[str, dict] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for subject in subjects:
+        try:
+            costs[subject] = model_costs(subject, setup, repeats=5)
+        except Exception as error:  # noqa: BLE001 - a peer that fails is a finding
+            costs[subject] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300],
+                              "traceback": traceback.format_exc()}
+        print(f"{subject:>14}: {costs[subject]}", flush=True)
+    torch.set_num_threads(threads)
+
     results: dict[str, dict] = {}
+    if not args.costs_only:
+        # Algorithms built outside Tune log under DEFAULT_STORAGE_PATH (~/ray_results).
+        trainable.DEFAULT_STORAGE_PATH = tempfile.mkdtemp(prefix="rl_throughput_")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
     try:
-        for round_index in range(args.rounds):
-            for subject in subjects_for(memories, all_peers=not args.models):
+        for round_index in range(0 if args.costs_only else args.rounds):
+            for subject in subjects:
                 if "error" in results.get(subject, {}):
                     continue
                 try:
@@ -343,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
                 if r["steps_per_s"] > results.get(subject, {}).get("steps_per_s", 0):
                     results[subject] = r
     finally:
-        ray.shutdown()
-    text = render(results, memories, setup, args.rounds, argv)
+        if ray.is_initialized():
+            ray.shutdown()
+    text = render(results, costs, memories, setup, args.rounds, argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
     print(text)
