@@ -40,14 +40,16 @@ from torch import Tensor
 
 def fold_elements(a: Tensor, b: Tensor, resets: Tensor | None = None,
                   lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Fold resets (a_t := 0) and lengths ((a_t, b_t) := (1, 0) past the length) into (a, b)."""
+    """Fold resets (a_t := 0) and lengths ((a_t, b_t) := (1, 0) past the length) into (a, b).
+
+    Rows without resets and full lengths (the common case) cost nothing: no copy is made.
+    """
     a, b = torch.broadcast_tensors(a, b)
-    if resets is not None:
-        a = a * _expand(~resets, a).to(a.dtype)
-    if lengths is not None:
-        valid = _expand(torch.arange(a.shape[1], device=a.device) < lengths[:, None], a)
-        a = torch.where(valid, a, torch.ones_like(a))
-        b = torch.where(valid, b, torch.zeros_like(b))
+    if resets is not None and bool(resets.any()):
+        a = a.masked_fill(_expand(resets, a), 0)
+    if lengths is not None and bool((lengths < a.shape[1]).any()):
+        past = _expand(torch.arange(a.shape[1], device=a.device) >= lengths[:, None], a)
+        a, b = a.masked_fill(past, 1), b.masked_fill(past, 0)
     return a, b
 
 
@@ -87,12 +89,13 @@ class _LinearScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, initial: Tensor) -> Tensor:
-        steps = a.shape[1]
-        pad = _padding(steps)
-        a_work = torch.cat([a, a.new_ones(a.shape[0], pad, *a.shape[2:])], dim=1)
-        b_work = torch.cat([b, b.new_zeros(b.shape[0], pad, *b.shape[2:])], dim=1)
-        b_work[:, 0].addcmul_(a_work[:, 0], initial)
-        a_work[:, 0] = 0
+        batch, steps = a.shape[:2]
+        size = steps + _padding(steps)
+        a_work = a.new_empty(batch, size, *a.shape[2:])
+        b_work = b.new_empty(a_work.shape)
+        a_work[:, 0], a_work[:, 1:steps], a_work[:, steps:] = 0, a[:, 1:], 1
+        b_work[:, :steps], b_work[:, steps:] = b, 0
+        b_work[:, 0].addcmul_(a[:, 0], initial)
         _blelloch_scan_(a_work, b_work)
         states = b_work[:, :steps]
         ctx.save_for_backward(a, initial, states)
@@ -104,13 +107,20 @@ class _LinearScan(torch.autograd.Function):
         batch, steps = a.shape[:2]
         pad = _padding(steps)
         # g_t = grad_t + conj(a_{t+1}) g_{t+1}: a reverse scan, padding first (= last in order)
-        a_work = torch.cat([a.new_ones(batch, pad, *a.shape[2:]), a[:, 1:].conj(),
-                            a.new_zeros(batch, 1, *a.shape[2:])], dim=1)
-        g_work = torch.cat([grad_states.new_zeros(batch, pad, *a.shape[2:]), grad_states], dim=1)
+        a_work = a.new_empty(batch, pad + steps, *a.shape[2:])
+        a_work[:, :pad] = 1
+        torch.conj_physical(a[:, 1:], out=a_work[:, pad:-1])
+        a_work[:, -1] = 0
+        g_work = grad_states.new_empty(batch, pad + steps, *a.shape[2:])
+        g_work[:, :pad] = 0
+        g_work[:, pad:] = grad_states
         _blelloch_scan_(a_work, g_work, reverse=True)
         g = g_work[:, pad:]
-        s_prev = torch.cat([initial[:, None], states[:, :-1]], dim=1)
-        return g * s_prev.conj(), g, g[:, 0] * a[:, 0].conj()
+        # ∂L/∂a_t = g_t conj(s_{t-1}), written in place of the scan's spent decays
+        grad_a = a_work[:, pad:]
+        torch.mul(g[:, 1:], states[:, :-1].conj(), out=grad_a[:, 1:])
+        torch.mul(g[:, 0], initial.conj(), out=grad_a[:, 0])
+        return grad_a, g, g[:, 0] * a[:, 0].conj()
 
 
 def _padding(steps: int) -> int:
