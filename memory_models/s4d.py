@@ -144,7 +144,10 @@ class S4D(LTI_LRNN, RecurrentMemory):
         table within (H, n, c) and no (H, n, T) tensor of powers is ever built.
         """
         batch, steps = x.shape[:2]
-        u = self.in_proj(x).permute(2, 0, 1).contiguous()                       # (H, B, T)
+        channels = self.hidden_size
+        # u = W_in x + b_in straight into the channel-major layout (one matmul, no transpose copy)
+        u = torch.addmm(self.in_proj.bias[:, None], self.in_proj.weight, x.flatten(0, 1).T)
+        u = u.view(channels, batch, steps)                                      # (H, B, T)
         A_bar, B_bar, log_A_bar = self._discretize_float64()
         C = torch.view_as_complex(self.C)
         A_bar, B_bar = A_bar.to(C.dtype), B_bar.to(C.dtype)
@@ -153,28 +156,42 @@ class S4D(LTI_LRNN, RecurrentMemory):
 
         def response(coefficients: Tensor) -> Tensor:
             """2·Re Σ_n q_n A_bar_n^t, t < T, for q (H, R, n) complex -> (H, R, T) real."""
-            q = coefficients[..., None, :] * across.transpose(1, 2)[:, None]    # (H, R, M, n)
+            q = 2 * coefficients[..., None, :] * across.transpose(1, 2)[:, None]  # (H,R,M,n)
             out = real_part_weights(q).flatten(1, 2) @ within_re_im             # (H, R·M, c)
-            return 2 * out.unflatten(1, (q.shape[1], -1)).flatten(2)[..., :steps]
+            return out.unflatten(1, (q.shape[1], -1)).flatten(2)[..., :steps]
 
+        # the skip D u_t is the kernel's lag 0: k_0 + D
         kernel = response((C * B_bar)[:, None])                                 # (H, 1, T)
-        z = causal_fft_conv(u, kernel) + self.D[:, None, None] * u              # (H, B, T)
+        kernel = torch.cat([kernel[..., :1] + self.D[:, None, None], kernel[..., 1:]], dim=-1)
+        z = causal_fft_conv(u, kernel)                                          # (H, B, T)
         s0 = as_complex(state["s"])                                             # (B, H, n)
         if state["s"].requires_grad or bool(s0.any()):   # initial state's response C A_bar^(t+1) s0
             z = z + response((C * A_bar * s0).transpose(0, 1))
-        y = self.out_proj(F.gelu(z).permute(1, 2, 0))                           # (B, T, hidden)
+        activation = F.gelu(z).reshape(channels, batch * steps)                 # (H, B·T)
+        y = torch.addmm(self.out_proj.bias, activation.T, self.out_proj.weight.T)
         state = self._state_after(u, s0, lengths, within_re_im, across, B_bar, log_A_bar)
-        return y, {"s": state}
+        return y.view(batch, steps, -1), {"s": state}
 
     def _state_after(self, u, s0, lengths, within_re_im, across, B_bar, log_A_bar) -> Tensor:
-        """s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{k<ℓ} A_bar^k u_(ℓ-1-k) for ℓ = lengths[b]."""
+        """s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{k<ℓ} A_bar^k u_(ℓ-1-k) for ℓ = lengths[b].
+
+        The input sum is split as k = c·m + j against the tables within (H, 2n, c) and
+        across (H, n, M). When every row runs the whole sequence (ℓ = T) the inputs are read
+        oldest first with flipped tables (u_i meets A_bar^(M·c-1-i) after M·c - T zeros in
+        front, no copy when c divides T); otherwise each row's last ℓ inputs are gathered
+        newest first.
+        """
+        channels, batch, steps = u.shape
         width, rows = within_re_im.shape[-1], across.shape[-1]
-        # newest first, k = c·m + j: u_back[:, b, k] = u[:, b, ℓ_b - 1 - k] for k < ℓ_b, else 0
-        source = (lengths - 1)[:, None] - torch.arange(rows * width, device=u.device)
-        u_back = u.gather(2, source.clamp(min=0).expand(u.shape[0], -1, -1))
-        u_back = u_back * (source >= 0).to(u.dtype)                             # (H, B, M·c)
-        partial = u_back.unflatten(2, (rows, width)).flatten(1, 2) @ within_re_im.transpose(1, 2)
-        partial = torch.view_as_complex(partial.unflatten(-1, (-1, 2)).contiguous())  # (H,B·M,n)
+        if bool((lengths == steps).all()):
+            u_blocks = F.pad(u, (rows * width - steps, 0))                      # (H, B, M·c)
+            within_re_im, across = within_re_im.flip(-1), across.flip(-1)
+        else:  # newest first: u_blocks[:, b, k] = u[:, b, ℓ_b - 1 - k] for k < ℓ_b, else 0
+            source = (lengths - 1)[:, None] - torch.arange(rows * width, device=u.device)
+            u_blocks = u.gather(2, source.clamp(min=0).expand(channels, -1, -1))
+            u_blocks = u_blocks * (source >= 0).to(u.dtype)                     # (H, B, M·c)
+        partial = u_blocks.view(channels, batch * rows, width) @ within_re_im.transpose(1, 2)
+        partial = torch.view_as_complex(partial.unflatten(-1, (-1, 2)))         # (H, B·M, n)
         inputs = (partial.unflatten(1, (-1, rows)) * across.transpose(1, 2)[:, None]).sum(2)
         decay = torch.exp(lengths[:, None, None] * log_A_bar).to(s0.dtype)          # (B, H, n)
         return torch.view_as_real(decay * s0 + B_bar * inputs.transpose(0, 1))
