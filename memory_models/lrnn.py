@@ -107,7 +107,11 @@ def split_inference_cache(cache: dict[str, Any], matrix_keys: tuple[str, ...]):
 # Diagonal complex cells keep their state and complex parameters as real (..., 2) pairs.
 
 def as_complex(pairs: Tensor) -> Tensor:
-    """(..., 2) real (re, im) -> (...) complex; any strides (copies)."""
+    """(..., 2) real (re, im) -> (...) complex: a view when the strides allow one (read it,
+    never write it in place), else a copy."""
+    if pairs.stride(-1) == 1 and pairs.storage_offset() % 2 == 0 \
+            and all(stride % 2 == 0 for stride in pairs.stride()[:-1]):
+        return torch.view_as_complex(pairs)
     return torch.complex(pairs[..., 0], pairs[..., 1])
 
 

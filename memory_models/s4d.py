@@ -197,12 +197,12 @@ class S4D(LTI_LRNN, RecurrentMemory):
         return torch.view_as_real(decay * s0 + B_bar * inputs.transpose(0, 1))
 
     def _recurrence(self, x_t: Tensor, state: State, matrices) -> tuple[Tensor, State]:
-        """One step of the recurrence with the discrete matrices (A_bar, B_bar, C)."""
+        """One step with the discrete matrices (A_bar, B_bar, C), (H, N/2) complex each:
+        s_t = A_bar s_{t-1} + B_bar u_t, z_t = 2·Re Σ_n C s_t + D u_t (the module equations)."""
         A_bar, B_bar, C = matrices
         u = self.in_proj(x_t)                                                   # (B, H)
-        s = state["s"]
-        s = A_bar * as_complex(s) + B_bar * u[..., None]  # (B, H, n)
-        z = 2 * (C * s).real.sum(-1) + self.D * u
+        s = torch.addcmul(B_bar * u[..., None], A_bar, as_complex(state["s"]))  # (B, H, n)
+        z = torch.add(self.D * u, torch.linalg.vecdot(C.conj(), s).real, alpha=2)
         return self.out_proj(F.gelu(z)), {"s": torch.view_as_real(s)}
 
     def _step(self, x_t, state, reset, integration_timestep):
