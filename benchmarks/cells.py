@@ -49,12 +49,25 @@ class Sizes:
 Subject = tuple[Callable[[], Tensor], Callable[[], None] | None]
 
 
+def popgym_s4d_state_size(sizes: Sizes) -> int:
+    """d_state of popgym's S4D RLlib model: round(sqrt(hidden) / 2) * 2 (16 for hidden 256)."""
+    return round(sizes.hidden ** 0.5 / 2) * 2
+
+
+# cells compared with a peer of another size run at the peer's size (same state, same work)
+SIZE_OF_PEER: dict[str, Callable[[Sizes], dict]] = {
+    "s4d": lambda sizes: {"state_size": popgym_s4d_state_size(sizes)},
+}
+
+
 def cell_subject(name: str, sizes: Sizes, **extra) -> Subject:
     """A registered memory under the interface: scan for training, step for rollout."""
     offered = {"memory_size": sizes.memory, "state_size": sizes.state, "seq_len": sizes.steps}
+    if name in SIZE_OF_PEER:
+        offered.update(SIZE_OF_PEER[name](sizes))
     accepted = memory_models.keywords(name)
     cell = memory_models.make(name, input_size=sizes.input, hidden_size=sizes.hidden,
-                              **{k: v for k, v in offered.items() if k in accepted}, **extra)
+                              **{k: v for k, v in offered.items() if k in accepted} | extra)
     x = torch.randn(sizes.batch, sizes.steps, sizes.input)
     start = {k: torch.randn_like(v) * 0.5
              for k, v in cell.initial_state(sizes.batch).items()}
@@ -114,7 +127,7 @@ def popgym_s4d(sizes: Sizes) -> Subject:
     step = map + S4.step after setup_step."""
     from popgym.baselines.models.s4d import S4
     project = nn.Linear(sizes.input, sizes.hidden)
-    core = S4(d_model=sizes.hidden, d_state=round(sizes.hidden ** 0.5 / 2) * 2, mode="diag",
+    core = S4(d_model=sizes.hidden, d_state=popgym_s4d_state_size(sizes), mode="diag",
               measure="diag-lin", bidirectional=False, disc="zoh", real_type="exp",
               transposed=False)
     core.eval()                                  # S4.step asserts eval mode; no dropout anyway
@@ -152,6 +165,7 @@ PEERS: dict[str, tuple[Callable[[Sizes], Subject], tuple[str, ...]]] = {
     "popgym.LMU": (popgym_lmu, ("lmu",)),
     "popgym.LMUFFT": (popgym_lmu_fft, ("lmu_fft",)),
     "popgym.S4D": (popgym_s4d, ("s4d",)),
+    "s4d(state_size=64)": (lambda sizes: cell_subject("s4d", sizes, state_size=64), ("s4d",)),
     "event_ssm(sequential)": (event_ssm_sequential, ("event_ssm",)),
     "ops.linear_scan": (scan_op(linear_scan), ("event_ssm",)),
     "ops.linear_scan_sequential": (scan_op(linear_scan_sequential), ("event_ssm",)),
@@ -315,6 +329,10 @@ def main(argv=None) -> int:
         f"- torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_name()}",
         f"- sizes: B={sizes.batch}, T={sizes.steps}, input={sizes.input}, hidden={sizes.hidden}, "
         f"memory_size={sizes.memory}, state_size={sizes.state}, float32",
+        *(f"- {name} runs at its peer's size: "
+          + ", ".join(f"{k}={v}" for k, v in size(sizes).items())
+          + " (popgym S4D's own rule); s4d(state_size=64) is for information"
+          for name, size in SIZE_OF_PEER.items() if name in cells),
         f"- train: scan from a non-zero initial state, loss = y.mean(), backward; median of "
         f"{repeats} after a warm-up. step: no grad, batch {sizes.batch}, median of {n_steps}. "
         "Subjects take turns (round robin) within each repeat.",
