@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .interface import RecurrentMemory, State, _check_tensor
-from .lrnn import LTV_LRNN, as_complex, real_part_weights, split_inference_cache
+from .interface import RecurrentMemory, State
+from .lrnn import (LTV_LRNN, InferenceCacheStep, as_complex, check_discretization,
+                   check_state_size, check_step_range, real_part_weights)
 from .ops.scan import linear_scan, linear_scan_sequential
 from .registry import register
 
@@ -45,7 +46,7 @@ SCAN_IMPLS = {"parallel": linear_scan, "sequential": linear_scan_sequential}
 
 
 @register("event_ssm")
-class EventSSM(LTV_LRNN, RecurrentMemory):
+class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
     """Event-driven S5-style memory with P/2 complex modes (P = state_size)."""
 
     discretizations = ("async", "zoh", "dirac")
@@ -56,17 +57,11 @@ class EventSSM(LTV_LRNN, RecurrentMemory):
                  dt_max: float = 1e-1, scan_impl: str = "parallel"):
         super().__init__(discretization=discretization, input_size=input_size,
                          hidden_size=hidden_size)
-        if discretization not in self.discretizations:
-            raise ValueError(f"EventSSM discretization must be one of {self.discretizations}, "
-                             f"got {discretization!r}")
-        if isinstance(state_size, bool) or not isinstance(state_size, int) or state_size < 2 \
-                or state_size % 2:
-            raise ValueError(f"state_size must be an even int >= 2 (P/2 conjugate pairs), "
-                             f"got {state_size!r}")
+        check_discretization("EventSSM", discretization, self.discretizations)
+        check_state_size(state_size, "P/2")
         if not isinstance(selective, bool):
             raise TypeError(f"selective must be a bool, got {selective!r}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_step_range(dt_min, dt_max)
         if scan_impl not in SCAN_IMPLS:
             raise ValueError(f"scan_impl must be one of {tuple(SCAN_IMPLS)}, got {scan_impl!r}")
         self.state_size, self.selective, self.scan_impl = state_size, selective, scan_impl
@@ -126,16 +121,16 @@ class EventSSM(LTV_LRNN, RecurrentMemory):
         final = states[:, -1] if x.shape[1] else s0
         return y, {"s": torch.view_as_real(final)}
 
-    def _recurrence(self, x_t, state, reset, integration_timestep, matrices):
-        state = self.reset_state(state, reset)
+    def _recurrence(self, x_t, state, integration_timestep, matrices):
+        """One step s_t = A_bar_t s_{t-1} + B_scale_t B x_t with the continuous matrices."""
         a, b = self._elements(x_t, integration_timestep, matrices)              # (B, P/2)
-        s = state["s"]
-        s = a * as_complex(s) + b
+        s = torch.addcmul(b, a, as_complex(state["s"]))
         return self._readout(x_t, s, matrices[2]), {"s": torch.view_as_real(s)}
 
-    def _step(self, x_t, state, reset, integration_timestep):
-        return self._recurrence(x_t, state, reset, integration_timestep,
-                                self.continuous_matrices())
+    def step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The continuous (A, B, C): the discretization depends on each step's Δt (and on x_t
+        when selective), so it is done in the step."""
+        return self.continuous_matrices()
 
     # ------------------------------------------------------------------ seed API
     def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,
@@ -143,42 +138,6 @@ class EventSSM(LTV_LRNN, RecurrentMemory):
         """x (B, L, input_size) -> y (B, L, hidden_size) from the initial state."""
         return self.scan(x, self.initial_state(x.shape[0], device=x.device, dtype=x.dtype),
                          integration_timesteps=integration_timesteps, lengths=lengths)[0]
-
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
-                                 dtype=None) -> dict[str, Any]:
-        """{"s": zero state (B, P/2, 2), "A", "B", "C": the continuous complex matrices}.
-
-        The discretization depends on each step's Δt (and x_t when selective), so only the
-        continuous matrices are cached; max_seqlen is unused. Allocate again after the
-        parameters change.
-        """
-        cache: dict[str, Any] = self.initial_state(batch_size, dtype=dtype)
-        cache.update(zip(self.cache_matrix_keys, self.continuous_matrices()))
-        return cache
-
-    def step(self, x_t: Tensor, state: dict[str, Any], *, reset: Tensor | None = None,
-             integration_timestep: Tensor | None = None):
-        """One observation x_t (B, input_size), either API (see memory_models.lrnn):
-
-        step(x_t, state, ...)           -> (y_t, new state dict)    state from initial_state
-        step(x_t, inference_cache, ...) -> (y_t, the cache updated)  allocate_inference_cache
-        """
-        split = split_inference_cache(state, self.cache_matrix_keys)
-        if split is None:
-            return RecurrentMemory.step(self, x_t, state, reset=reset,
-                                        integration_timestep=integration_timestep)
-        own_state, matrices = split
-        _check_tensor("x_t", x_t, ndim=2, last=self.input_size, what="(B, input_size)")
-        self._check_dtype(x_t)
-        self._check_state(own_state, x_t.shape[0])
-        batch = x_t.shape[0]
-        if reset is None:
-            reset = torch.zeros(batch, dtype=torch.bool, device=x_t.device)
-        if integration_timestep is None:
-            integration_timestep = x_t.new_ones(batch)
-        y, new_state = self._recurrence(x_t, own_state, reset, integration_timestep, matrices)
-        state.update(new_state)
-        return y, state
 
 
 def _as_real_matrix(B: Tensor) -> Tensor:

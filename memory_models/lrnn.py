@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .discretization import DISCRETIZATIONS
+from .interface import RecurrentMemory
 
 ALLOWED = (*DISCRETIZATIONS, None)
 
@@ -95,12 +96,80 @@ class LTV_LRNN(LRNN):
         """Initial state plus the time-invariant matrices `step` needs, computed once."""
 
 
-def split_inference_cache(cache: dict[str, Any], matrix_keys: tuple[str, ...]):
-    """cache -> (state dict, matrices tuple), or None when `cache` is a plain state dict."""
-    if not isinstance(cache, dict) or not all(k in cache for k in matrix_keys):
-        return None
-    state = {k: v for k, v in cache.items() if k not in matrix_keys}
-    return state, tuple(cache[k] for k in matrix_keys)
+class InferenceCacheStep:
+    """The dual-API `step` of the concrete LRNN cells (module docstring), written once.
+
+    Mixed into a `RecurrentMemory` LRNN cell, which provides
+
+        cache_matrix_keys                     names of the matrices an inference cache holds
+        step_matrices() -> tuple[Tensor]      those matrices, from the current parameters
+        _recurrence(x_t, state, integration_timestep, matrices) -> (y_t, new state)
+                                              one step on a state that is already reset
+    """
+
+    cache_matrix_keys: tuple[str, ...]
+
+    def _step(self, x_t: Tensor, state, reset: Tensor, integration_timestep: Tensor):
+        return self._recurrence(x_t, self.reset_state(state, reset), integration_timestep,
+                                self.step_matrices())
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
+                                 dtype=None) -> dict[str, Any]:
+        """The zero state (`initial_state`) plus `step_matrices()` under `cache_matrix_keys`.
+
+        max_seqlen is unused (the cached matrices do not depend on time). The matrices are a
+        snapshot of the parameters: allocate again after they change.
+        """
+        cache: dict[str, Any] = self.initial_state(batch_size, dtype=dtype)
+        cache.update(zip(self.cache_matrix_keys, self.step_matrices()))
+        return cache
+
+    def step(self, x_t: Tensor, state: dict[str, Any], *, reset: Tensor | None = None,
+             integration_timestep: Tensor | None = None):
+        """One observation x_t (B, input_size), either API:
+
+        step(x_t, state, ...)           -> (y_t, new state dict)    state from initial_state
+        step(x_t, inference_cache, ...) -> (y_t, the cache updated)  allocate_inference_cache
+        """
+        keys = self.cache_matrix_keys
+        if not isinstance(state, dict) or not all(k in state for k in keys):
+            return RecurrentMemory.step(self, x_t, state, reset=reset,
+                                        integration_timestep=integration_timestep)
+        own_state = {k: v for k, v in state.items() if k not in keys}
+        matrices = tuple(state[k] for k in keys)
+        if not isinstance(x_t, Tensor) or x_t.ndim != 2 or x_t.shape[-1] != self.input_size:
+            got = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"x_t must be a tensor of shape (B, input_size) with "
+                             f"input_size={self.input_size}, got {got}")
+        self._check_dtype(x_t)
+        self._check_state(own_state, x_t.shape[0])
+        if reset is not None:
+            own_state = self.reset_state(own_state, reset)
+        if integration_timestep is None:
+            integration_timestep = x_t.new_ones(x_t.shape[0])
+        y, new_state = self._recurrence(x_t, own_state, integration_timestep, matrices)
+        state.update(new_state)
+        return y, state
+
+
+# ---------------------------------------------------------------------- constructor checks
+def check_discretization(cell: str, discretization, allowed: tuple[str, ...]) -> None:
+    if discretization not in allowed:
+        raise ValueError(f"{cell} discretization must be one of {allowed}, "
+                         f"got {discretization!r}")
+
+
+def check_state_size(state_size, pairs: str) -> None:
+    """state_size N must be an even int >= 2: N/2 complex modes stand for N real ones."""
+    if isinstance(state_size, bool) or not isinstance(state_size, int) or state_size < 2 \
+            or state_size % 2:
+        raise ValueError(f"state_size must be an even int >= 2 ({pairs} conjugate pairs), "
+                         f"got {state_size!r}")
+
+
+def check_step_range(dt_min: float, dt_max: float) -> None:
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
 
 
 # ---------------------------------------------------------------------- complex helpers

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .interface import RecurrentMemory, State, _check_tensor, scan_episodes_as_rows
-from .lrnn import LTI_LRNN, as_complex, real_part_weights, split_inference_cache
+from .interface import RecurrentMemory, State, scan_episodes_as_rows
+from .lrnn import (LTI_LRNN, InferenceCacheStep, as_complex, check_discretization,
+                   check_state_size, check_step_range, real_part_weights)
 from .ops.fft_conv import causal_fft_conv
 from .registry import register
 
@@ -43,7 +44,7 @@ INITS = ("lin", "inv")
 
 
 @register("s4d")
-class S4D(LTI_LRNN, RecurrentMemory):
+class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
     """Diagonal S4 memory: H = hidden_size channels of N/2 complex modes (N = state_size)."""
 
     discretizations = ("zoh", "bilinear", "dirac")
@@ -54,17 +55,11 @@ class S4D(LTI_LRNN, RecurrentMemory):
                  dt_max: float = 1e-1):
         super().__init__(discretization=discretization, input_size=input_size,
                          hidden_size=hidden_size)
-        if discretization not in self.discretizations:
-            raise ValueError(f"S4D discretization must be one of {self.discretizations}, "
-                             f"got {discretization!r}")
-        if isinstance(state_size, bool) or not isinstance(state_size, int) or state_size < 2 \
-                or state_size % 2:
-            raise ValueError(f"state_size must be an even int >= 2 (N/2 conjugate pairs), "
-                             f"got {state_size!r}")
+        check_discretization("S4D", discretization, self.discretizations)
+        check_state_size(state_size, "N/2")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_step_range(dt_min, dt_max)
         self.state_size = state_size
         channels, modes = hidden_size, state_size // 2
 
@@ -196,19 +191,18 @@ class S4D(LTI_LRNN, RecurrentMemory):
         decay = torch.exp(lengths[:, None, None] * log_A_bar).to(s0.dtype)          # (B, H, n)
         return torch.view_as_real(decay * s0 + B_bar * inputs.transpose(0, 1))
 
-    def _recurrence(self, x_t: Tensor, state: State, matrices) -> tuple[Tensor, State]:
+    def _recurrence(self, x_t: Tensor, state: State, integration_timestep: Tensor,
+                    matrices) -> tuple[Tensor, State]:
         """One step with the discrete matrices (A_bar, B_bar, C), (H, N/2) complex each:
-        s_t = A_bar s_{t-1} + B_bar u_t, z_t = 2·Re Σ_n C s_t + D u_t (the module equations)."""
+        s_t = A_bar s_{t-1} + B_bar u_t, z_t = 2·Re Σ_n C s_t + D u_t (the module equations).
+        The cell is time-invariant: integration_timestep is ignored."""
         A_bar, B_bar, C = matrices
         u = self.in_proj(x_t)                                                   # (B, H)
         s = torch.addcmul(B_bar * u[..., None], A_bar, as_complex(state["s"]))  # (B, H, n)
         z = torch.add(self.D * u, torch.linalg.vecdot(C.conj(), s).real, alpha=2)
         return self.out_proj(F.gelu(z)), {"s": torch.view_as_real(s)}
 
-    def _step(self, x_t, state, reset, integration_timestep):
-        return self._recurrence(x_t, self.reset_state(state, reset), self._step_matrices())
-
-    def _step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+    def step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
         """discretize(); without autograd (rollouts) the result is reused for as long as no
         SSM parameter was replaced or updated in place (same storage, same version counter)."""
         if torch.is_grad_enabled():
@@ -227,38 +221,6 @@ class S4D(LTI_LRNN, RecurrentMemory):
         """x (B, L, input_size) -> y (B, L, hidden_size) from the initial state (Δt ignored)."""
         return self.scan(x, self.initial_state(x.shape[0], device=x.device, dtype=x.dtype),
                          lengths=lengths)[0]
-
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
-                                 dtype=None) -> dict[str, Any]:
-        """{"s": zero state (B, H, N/2, 2), "A_bar", "B_bar", "C": (H, N/2) complex}.
-
-        max_seqlen is unused (the matrices do not depend on time). The matrices are a snapshot
-        of the parameters: allocate again after they change.
-        """
-        cache: dict[str, Any] = self.initial_state(batch_size, dtype=dtype)
-        cache.update(zip(self.cache_matrix_keys, self.discretize()))
-        return cache
-
-    def step(self, x_t: Tensor, state: dict[str, Any], *, reset: Tensor | None = None,
-             integration_timestep: Tensor | None = None):
-        """One observation x_t (B, input_size), either API (see memory_models.lrnn):
-
-        step(x_t, state)           -> (y_t, new state dict)           state from initial_state
-        step(x_t, inference_cache) -> (y_t, the same cache, updated)  allocate_inference_cache
-        """
-        split = split_inference_cache(state, self.cache_matrix_keys)
-        if split is None:
-            return RecurrentMemory.step(self, x_t, state, reset=reset,
-                                        integration_timestep=integration_timestep)
-        own_state, matrices = split
-        _check_tensor("x_t", x_t, ndim=2, last=self.input_size, what="(B, input_size)")
-        self._check_dtype(x_t)
-        self._check_state(own_state, x_t.shape[0])
-        if reset is not None:
-            own_state = self.reset_state(own_state, reset)
-        y, new_state = self._recurrence(x_t, own_state, matrices)
-        state.update(new_state)
-        return y, state
 
 
 def _interleave(z: Tensor) -> Tensor:

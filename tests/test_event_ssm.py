@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import memory_models
 from memory_models import DISCRETIZATIONS, LTV_LRNN, EventSSM
+from ssm_checks import assert_rejects_bad_ssm_arguments
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
@@ -174,8 +175,7 @@ def test_registered_and_bad_arguments():
     assert "event_ssm" in memory_models.available()
     kw = memory_models.keywords("event_ssm")
     assert kw["discretization"] == "async" and kw["state_size"] == 64 and kw["selective"] is False
-    with pytest.raises(ValueError, match="EventSSM discretization must be one of"):
-        EventSSM(3, 5, discretization="bilinear")
+    assert_rejects_bad_ssm_arguments(EventSSM, "bilinear")
     with pytest.raises(ValueError, match="unknown discretization 'eular'"):
         EventSSM(3, 5, discretization="eular")
     with pytest.raises(ValueError, match="scan_impl must be one of"):
