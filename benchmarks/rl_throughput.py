@@ -65,7 +65,7 @@ class Setup:
     head_size: int = 128
 
 
-QUICK = Setup(train_batch=1024, minibatch=512, epochs=1, iterations=2)
+QUICK = Setup(train_batch=1024, minibatch=512, epochs=1, iterations=2)   # use with --rounds 1
 
 
 # --------------------------------------------------------------------------- configs
@@ -163,17 +163,16 @@ def build_config(subject: str, setup: Setup):
 
 
 def subjects_for(memories: list[str], all_peers: bool) -> list[str]:
-    """The run order: the reference, our memories (new stack), then each POPGym model with our
-    old-stack model of the same cell beside it (all POPGym models, or only the peers of
-    `memories` when not `all_peers`)."""
-    subjects = [REFERENCE, *memories]
-    ours_of = {peer: memory for memory, peer in PEERS.items()}
-    for peer in POPGYM_MODELS:
-        memory = ours_of[peer]
-        if memory in memories:
-            subjects += [peer, f"old:{memory}"]
-        elif all_peers:
-            subjects.append(peer)
+    """The run order: the reference, then each memory (new stack) followed by its POPGym peer
+    and our old-stack model of the same cell, so that compared subjects run close in time;
+    then the POPGym models without a memory here (when `all_peers`)."""
+    subjects = [REFERENCE]
+    for memory in memories:
+        subjects.append(memory)
+        if memory in PEERS:
+            subjects += [PEERS[memory], f"old:{memory}"]
+    if all_peers:
+        subjects += [peer for peer in POPGYM_MODELS if peer not in subjects]
     return subjects
 
 
@@ -204,6 +203,18 @@ def measure(subject: str, setup: Setup) -> dict:
     return {"steps": sum(steps), "seconds": sum(seconds),
             "steps_per_s": max(n / t for n, t in zip(steps, seconds)),      # best iteration
             "mean_steps_per_s": sum(steps) / sum(seconds), "build_s": build_s}
+
+
+def measure_or_error(subject: str, setup: Setup, attempts: int = 2) -> dict:
+    """`measure`, retried once: on a loaded machine an env runner can fail to start in time
+    (RLlib then raises from EnvRunnerGroup.get_spaces); a second failure is reported."""
+    for attempt in range(attempts):
+        try:
+            return measure(subject, setup)
+        except Exception as error:  # noqa: BLE001 - a peer that fails is a finding
+            failure = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300],
+                       "traceback": traceback.format_exc(), "attempts": attempt + 1}
+    return failure
 
 
 def model_costs(subject: str, setup: Setup, repeats: int = 3) -> dict:
@@ -406,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "and every POPGym model); their POPGym peers and the "
                                          "reference are added automatically")
     parser.add_argument("--iterations", type=int, help="timed iterations per subject")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", type=int, default=2,
                         help="run every subject this many times, interleaved, and keep its best")
     parser.add_argument("--costs-only", action="store_true",
                         help="only the in-process network costs (no Ray, no PPO)")
@@ -455,12 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             for subject in subjects:
                 if "error" in results.get(subject, {}):
                     continue
-                try:
-                    r = measure(subject, setup)
-                except Exception as error:  # noqa: BLE001 - a peer that fails is a finding
-                    message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-                    results[subject] = {"error": message, "traceback": traceback.format_exc()}
-                    print(f"{subject:>14}: FAILED {message}", flush=True)
+                r = measure_or_error(subject, setup)
+                if "error" in r:
+                    print(f"round {round_index} {subject:>14}: FAILED {r['error']}", flush=True)
+                    if subject not in results:      # a failure never replaces a measurement
+                        results[subject] = r
                     continue
                 print(f"round {round_index} {subject:>14}: {r['steps_per_s']:6.0f} env steps/s "
                       f"best iteration, {r['mean_steps_per_s']:6.0f} mean ({r['steps']} steps in "

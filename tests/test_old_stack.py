@@ -93,7 +93,8 @@ def test_unknown_custom_model_config_key_names_the_valid_ones():
         build_model("gru", register_old_stack_models()["gru"], hiden_size=4)
 
 
-@pytest.mark.parametrize("name", ["gru", "mlp"])
+# a fused RNN, a memory with a 4-d state (B, H, N/2, 2) and the memoryless (non-recurrent) path
+@pytest.mark.parametrize("name", ["gru", "s4d", "mlp"])
 def test_one_old_stack_ppo_iteration(ray_session, name):
     from ray import tune
     from ray.rllib.algorithms.ppo import PPOConfig
