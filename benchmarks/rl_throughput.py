@@ -405,6 +405,22 @@ def render(results: dict, costs: dict, memories: list[str], setup: Setup, rounds
         "",
         *cost_rows(costs),
         "",
+        "## Notes",
+        "",
+        "- POPGym's GRU, LMU and S4D (popgym 1.0.7) build and train on Ray 2.60's old API stack "
+        "unchanged, given as classes in `model[\"custom_model\"]` (a failure would be listed "
+        "under Errors).",
+        "- POPGym's S4D carries its state only while sampling (`seq_lens == 1`); its training "
+        "forward runs every chunk from a zero state and returns the incoming state unchanged, "
+        "so its learner pass does less work than a cell that starts each chunk from the stored "
+        "state, as ours do.",
+        "- `rllib-lstm` pads every learner row to max_seq_len and runs the LSTM over the "
+        "padding; our modules and POPGym's stop at the batch's longest row. With 52-step "
+        "episodes and max_seq_len 64 the difference is small; at POPGym's 1024 it is not.",
+        "- The end-to-end numbers move with the load of the shared 2-core machine (env runner "
+        "processes run at low priority, so any other process slows sampling first); the "
+        "in-process table is the steadier comparison of the networks themselves.",
+        "",
         *(["## Errors", "", *errors, ""] if errors else []),
     ])
 
