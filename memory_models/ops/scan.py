@@ -12,20 +12,21 @@ Resets and lengths are folded into the elements (a_t, b_t) before the scan:
   reset flag carried inside the operator — any span that contains it composes to (0, ·) and
   nothing before it leaks through. (With a zero initial state this is the (a, b, r) operator
   of S5/Event-SSM, without the extra flag tensor.)
-- initial: honoured as s_{-1} by folding it into the first element inside the scan,
-  (a_0, b_0) -> (0, b_0 + a_0 · s_{-1}).
+- initial: honoured as s_{-1} by the first step of the scan itself, s_0 = a_0 · s_{-1} + b_0.
 - lengths (B,) long: past the length the element is the identity (1, 0), so s[:, -1] is the
   state after lengths[b] steps.
+  Without resets and with full lengths nothing is folded (no copies).
 
 The parallel scan composes elements with the associative operator
 
     (a1, b1) ∘ (a2, b2) = (a2·a1, a2·b1 + b2)        (apply 1, then 2)
 
-as a work-efficient Blelloch scan on the time axis padded to a power of two: an up-sweep that
-combines pairs at strides 1, 2, 4, ... and a down-sweep that hands each complete prefix to the
-middle of the next block, 2·log2(T) rounds of in-place strided updates, O(T) work. Only products
-of a_t are formed, never divided by, so decays that underflow to 0 stay exact (no cumprod /
-divide underflow). The gradient is the same scan run backwards in time,
+by odd-even recursion (`_scan_into`): neighbouring steps combine into T/2 elements, whose scan
+(the same recursion) gives every second state; each other state is one step on from its
+neighbour. log2(T) levels of whole-tensor ops on the strided time axis, O(T) work, any T (no
+padding), every state written in place into the output. Only products of a_t are formed, never
+divided by, so decays that underflow to 0 stay exact (no cumprod / divide underflow). The
+gradient is the same scan run backwards in time,
 
     g_t = ∂L/∂s_t + conj(a_{t+1}) g_{t+1},   ∂L/∂b_t = g_t,   ∂L/∂a_t = g_t · conj(s_{t-1}),
 
@@ -55,7 +56,7 @@ def fold_elements(a: Tensor, b: Tensor, resets: Tensor | None = None,
 
 def linear_scan(a: Tensor, b: Tensor, initial: Tensor, resets: Tensor | None = None,
                 lengths: Tensor | None = None) -> Tensor:
-    """All states s_t = a_t s_{t-1} + b_t (B, T, *F) by a parallel (Blelloch) scan."""
+    """All states s_t = a_t s_{t-1} + b_t (B, T, *F) by a parallel (odd-even) scan."""
     a, b = fold_elements(a, b, resets, lengths)
     if a.shape[1] == 0:
         return b
@@ -83,82 +84,78 @@ def linear_scan_sequential(a: Tensor, b: Tensor, initial: Tensor,
 class _LinearScan(torch.autograd.Function):
     """states (B, T, *F) of s_t = a_t s_{t-1} + b_t from s_{-1} = initial (B, *F).
 
-    The initial state enters as the first element's input, (a_0, b_0) -> (0, b_0 + a_0 s_{-1});
-    the backward pass is the same scan run backwards in time (module docstring).
+    The backward pass is the same scan run backwards in time (module docstring).
     """
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, initial: Tensor) -> Tensor:
-        batch, steps = a.shape[:2]
-        size = steps + _padding(steps)
-        a_work = a.new_empty(batch, size, *a.shape[2:])
-        b_work = b.new_empty(a_work.shape)
-        a_work[:, 0], a_work[:, 1:steps], a_work[:, steps:] = 0, a[:, 1:], 1
-        b_work[:, :steps], b_work[:, steps:] = b, 0
-        b_work[:, 0].addcmul_(a[:, 0], initial)
-        _blelloch_scan_(a_work, b_work)
-        states = b_work[:, :steps]
+        states = b.new_empty(b.shape)
+        _scan_into(a, b, states, initial)
         ctx.save_for_backward(a, initial, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states: Tensor):
         a, initial, states = ctx.saved_tensors
-        batch, steps = a.shape[:2]
-        pad = _padding(steps)
-        # g_t = grad_t + conj(a_{t+1}) g_{t+1}: a reverse scan, padding first (= last in order)
-        a_work = a.new_empty(batch, pad + steps, *a.shape[2:])
-        a_work[:, :pad] = 1
-        torch.conj_physical(a[:, 1:], out=a_work[:, pad:-1])
-        a_work[:, -1] = 0
-        g_work = grad_states.new_empty(batch, pad + steps, *a.shape[2:])
-        g_work[:, :pad] = 0
-        g_work[:, pad:] = grad_states
-        _blelloch_scan_(a_work, g_work, reverse=True)
-        g = g_work[:, pad:]
-        # ∂L/∂a_t = g_t conj(s_{t-1}), written in place of the scan's spent decays
-        grad_a = a_work[:, pad:]
+        # g_t = grad_t + conj(a_{t+1}) g_{t+1}, g_{T-1} = grad_{T-1}: a reverse scan from zero
+        decays = a.new_empty(a.shape)                                       # conj(a_{t+1})
+        torch.conj_physical(a[:, 1:], out=decays[:, :-1])
+        decays[:, -1] = 0
+        g = grad_states.new_empty(a.shape)
+        _scan_into(decays, grad_states, g, reverse=True)
+        # ∂L/∂a_t = g_t conj(s_{t-1}), written over the spent decays
+        grad_a = decays
         torch.mul(g[:, 1:], states[:, :-1].conj(), out=grad_a[:, 1:])
         torch.mul(g[:, 0], initial.conj(), out=grad_a[:, 0])
         return grad_a, g, g[:, 0] * a[:, 0].conj()
 
 
-def _padding(steps: int) -> int:
-    """Steps to add so that the time axis is a power of two."""
-    return (1 << max(steps - 1, 0).bit_length()) - steps
+def _scan_into(a: Tensor, b: Tensor, out: Tensor, initial: Tensor | None = None,
+               reverse: bool = False) -> None:
+    """out[:, t] := s_t for s_t = a_t s_{t-1} + b_t from s_{-1} = initial (zero if None);
+    reverse=True runs from the last step, s_t = a_t s_{t+1} + b_t from s_T = initial.
 
-
-def _blelloch_scan_(a: Tensor, b: Tensor, reverse: bool = False) -> None:
-    """In place: b[:, t] := state after t of the scan of (a, b) (B, 2^k, *F) from zero.
-
-    reverse=True scans from the last step to the first (s_t = a_t s_{t+1} + b_t): the same
-    sweeps with every block mirrored, so no flipped copies are made. `a` is overwritten too.
+    Odd-even recursion: neighbouring steps (first, second in scan order) combine into one
+    element, (a_2·a_1, a_2·b_1 + b_2); the half-length scan of those gives the state at every
+    second step, written straight into its strided slots of `out`; each first step is then
+    one step on from the second step of the pair before it. log2(T) levels of whole-tensor
+    ops, O(T) work; no padding, no copies of the inputs, nothing is divided.
     """
-    size = a.shape[1]
-
-    # In scan order a block of 2·stride steps is two halves; `ends` gives the array offsets of
-    # the last step of each half (mirrored when reversed).
-    def ends(stride):
-        return (stride, 0) if reverse else (stride - 1, 2 * stride - 1)
-
-    next_block, previous_block = (slice(None, -1), slice(1, None)) if reverse else \
+    steps = a.shape[1]
+    half = steps // 2
+    if half == 0:
+        if steps:
+            _one_step(a[:, 0], b[:, 0], initial, out[:, 0])
+        return
+    leftover = steps - 2 * half            # an odd step, last in scan order
+    if reverse:                            # ascending pairs (t, t+1) with t+1 first in scan order
+        first, second = slice(leftover + 1, steps, 2), slice(leftover, steps, 2)
+    else:
+        first, second = slice(0, 2 * half, 2), slice(1, 2 * half, 2)
+    a_first, a_second, b_first = a[:, first], a[:, second], b[:, first]
+    a_pairs = a_second * a_first                                            # (B, T/2, *F)
+    b_pairs = torch.addcmul(b[:, second], a_second, b_first)
+    edge = -1 if reverse else 0            # the pair that meets the initial state
+    if initial is not None:
+        b_pairs[:, edge].addcmul_(a_pairs[:, edge], initial)
+    out_second, out_first = out[:, second], out[:, first]
+    _scan_into(a_pairs, b_pairs, out_second, reverse=reverse)
+    after, before = (slice(None, -1), slice(1, None)) if reverse else \
         (slice(1, None), slice(None, -1))
-    stride = 1
-    while stride < size:   # up-sweep: each block's total lands at the end of its second half
-        a_blocks = a.unflatten(1, (size // (2 * stride), 2 * stride))
-        b_blocks = b.unflatten(1, (size // (2 * stride), 2 * stride))
-        first, second = ends(stride)
-        b_blocks[:, :, second].addcmul_(a_blocks[:, :, second], b_blocks[:, :, first])
-        a_blocks[:, :, second].mul_(a_blocks[:, :, first])
-        stride *= 2
-    stride = size // 4
-    while stride >= 1:     # down-sweep: a block's complete prefix finishes the next one's half
-        a_blocks = a.unflatten(1, (size // (2 * stride), 2 * stride))
-        b_blocks = b.unflatten(1, (size // (2 * stride), 2 * stride))
-        first, second = ends(stride)
-        b_blocks[:, next_block, first].addcmul_(a_blocks[:, next_block, first],
-                                                b_blocks[:, previous_block, second])
-        stride //= 2
+    torch.addcmul(b_first[:, after], a_first[:, after], out_second[:, before],
+                  out=out_first[:, after])
+    _one_step(a_first[:, edge], b_first[:, edge], initial, out_first[:, edge])
+    if leftover:
+        last, previous = (0, 1) if reverse else (-1, -2)
+        _one_step(a[:, last], b[:, last], out[:, previous], out[:, last])
+
+
+def _one_step(a: Tensor, b: Tensor, before: Tensor | None, out: Tensor) -> None:
+    """out := a·before + b (b when before is None, the zero state)."""
+    if before is None:
+        out.copy_(b)
+    else:
+        torch.addcmul(b, a, before, out=out)
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
