@@ -39,7 +39,7 @@ class _CausalFFTConv(torch.autograd.Function):
     def forward(ctx, u: Tensor, kernel: Tensor) -> Tensor:
         steps = u.shape[-1]
         n = fft_length(steps)
-        u_spectrum, kernel_spectrum = torch.fft.rfft(u, n=n), torch.fft.rfft(kernel, n=n)
+        u_spectrum, kernel_spectrum = _rfft_padded(u, n), _rfft_padded(kernel, n)
         # the spectra are intermediates (not inputs or outputs), kept on ctx; backward
         # conjugates them in place once, as only conj(U) and conj(K) are used from then on
         ctx.spectra, ctx.conjugated = (u_spectrum, kernel_spectrum), False
@@ -56,15 +56,27 @@ class _CausalFFTConv(torch.autograd.Function):
         u_shape, kernel_shape = ctx.shapes
         steps = u_shape[-1]
         n = fft_length(steps)
-        grad_spectrum = torch.fft.rfft(grad, n=n)
+        grad_spectrum = _rfft_padded(grad, n)
         grad_u = grad_kernel = None
-        if ctx.needs_input_grad[0]:
-            correlation = grad_spectrum * kernel_spectrum_conj
-            grad_u = torch.fft.irfft(_sum_to(correlation, u_shape), n=n)[..., :steps]
         if ctx.needs_input_grad[1]:
             correlation = _sum_to(grad_spectrum * u_spectrum_conj, kernel_shape)
             grad_kernel = torch.fft.irfft(correlation, n=n)[..., :kernel_shape[-1]]
+        if ctx.needs_input_grad[0]:                 # G is spent after this: multiply in place
+            correlation = grad_spectrum.mul_(kernel_spectrum_conj) \
+                if grad_spectrum.shape == torch.broadcast_shapes(grad_spectrum.shape,
+                                                                 kernel_spectrum_conj.shape) \
+                else grad_spectrum * kernel_spectrum_conj
+            grad_u = torch.fft.irfft(_sum_to(correlation, u_shape), n=n)[..., :steps]
         return grad_u, grad_kernel
+
+
+def _rfft_padded(signal: Tensor, n: int) -> Tensor:
+    """rfft of signal (..., L) zero-padded to n >= L: only the tail of the buffer is zeroed."""
+    steps = signal.shape[-1]
+    padded = signal.new_empty(*signal.shape[:-1], n)
+    padded[..., steps:] = 0
+    padded[..., :steps] = signal
+    return torch.fft.rfft(padded)
 
 
 def _sum_to(spectrum: Tensor, shape: torch.Size) -> Tensor:
