@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from memory_models.ops import fft_conv
 from memory_models.ops.fft_conv import causal_conv_reference, causal_fft_conv, fft_length
 
 
@@ -28,13 +29,19 @@ def test_no_wraparound_from_kernel_tail():
     torch.testing.assert_close(y[:-1], torch.zeros(7, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("blocks", ["one-block", "row-blocks"])
 @pytest.mark.parametrize("steps", [1, 5, 64])
 @pytest.mark.parametrize("extra", [3, -3], ids=["long-kernel", "short-kernel"])
-@pytest.mark.parametrize("shapes", [((3, 4), (4,)), ((2, 1), (1, 3)), ((4,), (2, 4))],
-                         ids=["kernel-broadcast", "both-broadcast", "u-broadcast"])
-def test_fft_conv_gradients_equal_direct_sum(steps, extra, shapes):
+@pytest.mark.parametrize("shapes", [((3, 4), (4,)), ((2, 1), (1, 3)), ((4,), (2, 4)),
+                                    ((3, 2, 1), (3, 1, 2)), ((5,), ())],
+                         ids=["kernel-broadcast", "both-broadcast", "u-broadcast",
+                              "both-split", "1d"])
+def test_fft_conv_gradients_equal_direct_sum(steps, extra, shapes, blocks, monkeypatch):
     """The hand-written backward (correlations by FFT, summed over broadcast dims) against
-    autograd through the direct sum, with a kernel longer or shorter than the sequence."""
+    autograd through the direct sum, with a kernel longer or shorter than the sequence, in
+    one block or in blocks of one row of the first dimension."""
+    if blocks == "row-blocks":
+        monkeypatch.setattr(fft_conv, "BLOCK_BYTES", 1)
     torch.manual_seed(steps)
     u_shape, kernel_shape = shapes
     u = torch.randn(*u_shape, steps, dtype=torch.float64, requires_grad=True)
@@ -45,10 +52,11 @@ def test_fft_conv_gradients_equal_direct_sum(steps, extra, shapes):
                          dtype=torch.float64)
     grads = [torch.autograd.grad((causal_fft_conv(u, kernel) * weight).sum(), (u, kernel)),
              torch.autograd.grad((causal_conv_reference(u, padded) * weight).sum(), (u, kernel))]
+    torch.testing.assert_close(causal_fft_conv(u, kernel), causal_conv_reference(u, padded))
     for got, want in zip(*grads):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want)
-    if steps <= 5:                       # numerical Jacobian: small sizes only
+    if steps <= 5 and blocks == "one-block":                       # numerical Jacobian: small sizes only
         assert torch.autograd.gradcheck(causal_fft_conv, (u, kernel))
 
 

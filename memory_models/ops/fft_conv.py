@@ -4,12 +4,18 @@
 
 The linear convolution has length 2L - 1, so the FFT length is the first power of two >= 2L - 1;
 a length of L would wrap the tail of the kernel around onto the start of the sequence.
+
+Large inputs are transformed in blocks along the first (broadcast) dimension, each block's
+FFT buffers a few MiB: whole-tensor buffers of tens of MiB are fresh memory on every call
+(the allocator returns them to the system), and writing fresh pages costs more than the FFTs.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+BLOCK_BYTES = 4 << 20          # target size of one block's spectrum
 
 
 def fft_length(steps: int) -> int:
@@ -24,7 +30,7 @@ def causal_fft_conv(u: Tensor, kernel: Tensor) -> Tensor:
 
 
 class _CausalFFTConv(torch.autograd.Function):
-    """y = irfft(rfft(u) · rfft(k))[:L] with the FFT length n = fft_length(L).
+    """y = irfft(rfft(u) · rfft(k))[:L] with the FFT length n = fft_length(L), by blocks.
 
     The gradients are correlations, done with the spectra saved by the forward pass
     (one rfft of the incoming gradient, one irfft per input, no padding ops in the graph):
@@ -39,35 +45,78 @@ class _CausalFFTConv(torch.autograd.Function):
     def forward(ctx, u: Tensor, kernel: Tensor) -> Tensor:
         steps = u.shape[-1]
         n = fft_length(steps)
-        u_spectrum, kernel_spectrum = _rfft_padded(u, n), _rfft_padded(kernel, n)
+        shape = (*torch.broadcast_shapes(u.shape[:-1], kernel.shape[:-1]), steps)
+        operands = [_lead(u, len(shape)), _lead(kernel, len(shape))]
+        blocks = _blocks(shape, n, u.dtype)
+        split = [len(shape) > 1 and t.shape[0] > 1 for t in operands]   # else shared by blocks
+        shared = [None if s else _rfft_padded(t, n) for t, s in zip(operands, split)]
+        y = u.new_empty(shape, dtype=torch.promote_types(u.dtype, kernel.dtype))
+        spectra = []                                        # per block: (U, K) of that block
+        for block in blocks:
+            pair = [_rfft_padded(t[block], n) if s else whole
+                    for t, s, whole in zip(operands, split, shared)]
+            y[block] = torch.fft.irfft(pair[0] * pair[1], n=n)[..., :steps]
+            spectra.append(pair)
         # the spectra are intermediates (not inputs or outputs), kept on ctx; backward
         # conjugates them in place once, as only conj(U) and conj(K) are used from then on
-        ctx.spectra, ctx.conjugated = (u_spectrum, kernel_spectrum), False
+        ctx.spectra, ctx.blocks, ctx.split, ctx.conjugated = spectra, blocks, split, False
         ctx.shapes = u.shape, kernel.shape
-        return torch.fft.irfft(u_spectrum * kernel_spectrum, n=n)[..., :steps]
+        ctx.lead_shapes = [t.shape for t in operands]
+        return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         if not ctx.conjugated:                  # also right for a second backward (retain_graph)
-            for spectrum in ctx.spectra:
+            for spectrum in {id(s): s for pair in ctx.spectra for s in pair}.values():
                 spectrum.conj_physical_()
             ctx.conjugated = True
-        u_spectrum_conj, kernel_spectrum_conj = ctx.spectra
-        u_shape, kernel_shape = ctx.shapes
-        steps = u_shape[-1]
-        n = fft_length(steps)
-        grad_spectrum = _rfft_padded(grad, n)
-        grad_u = grad_kernel = None
-        if ctx.needs_input_grad[1]:
-            correlation = _sum_to(grad_spectrum * u_spectrum_conj, kernel_shape)
-            grad_kernel = torch.fft.irfft(correlation, n=n)[..., :kernel_shape[-1]]
-        if ctx.needs_input_grad[0]:                 # G is spent after this: multiply in place
-            correlation = grad_spectrum.mul_(kernel_spectrum_conj) \
-                if grad_spectrum.shape == torch.broadcast_shapes(grad_spectrum.shape,
-                                                                 kernel_spectrum_conj.shape) \
-                else grad_spectrum * kernel_spectrum_conj
-            grad_u = torch.fft.irfft(_sum_to(correlation, u_shape), n=n)[..., :steps]
-        return grad_u, grad_kernel
+        n = fft_length(grad.shape[-1])
+        wanted = [i for i in (1, 0) if ctx.needs_input_grad[i]]   # kernel first: u reuses G
+        # a split operand's gradient is written block by block; a shared one's spectrum summed
+        grads = [grad.new_empty(ctx.lead_shapes[i]) if ctx.split[i] else None for i in (0, 1)]
+        for block, conj_spectra in zip(ctx.blocks, ctx.spectra):
+            grad_spectrum = _rfft_padded(grad[block], n)
+            for i in wanted:
+                other = conj_spectra[1 - i]
+                if i == 0 and _broadcasts_into(other, grad_spectrum):
+                    correlation = grad_spectrum.mul_(other)             # G is spent after this
+                else:
+                    correlation = grad_spectrum * other
+                correlation = correlation.sum_to_size(*conj_spectra[i].shape)
+                if ctx.split[i]:
+                    length = ctx.lead_shapes[i][-1]
+                    grads[i][block] = torch.fft.irfft(correlation, n=n)[..., :length]
+                else:
+                    grads[i] = correlation if grads[i] is None else grads[i] + correlation
+        out = []
+        for i, shape in enumerate(ctx.shapes):
+            if i not in wanted:
+                out.append(None)
+                continue
+            if not ctx.split[i]:
+                grads[i] = torch.fft.irfft(grads[i], n=n)[..., :shape[-1]]
+            out.append(grads[i].reshape(shape))
+        return tuple(out)
+
+
+def _broadcasts_into(small: Tensor, big: Tensor) -> bool:
+    return torch.broadcast_shapes(small.shape, big.shape) == big.shape
+
+
+def _lead(t: Tensor, ndim: int) -> Tensor:
+    """t viewed with ndim dimensions (leading ones added)."""
+    return t.view(*([1] * (ndim - t.ndim)), *t.shape)
+
+
+def _blocks(shape: tuple[int, ...], n: int, dtype: torch.dtype) -> list[slice]:
+    """Slices of dim 0 whose spectra are about BLOCK_BYTES each (one slice for 1-d)."""
+    if len(shape) < 2:
+        return [slice(None)]
+    row_bytes = (n // 2 + 1) * 2 * torch.finfo(dtype).bits // 8
+    for size in shape[1:-1]:
+        row_bytes *= size
+    rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    return [slice(start, start + rows) for start in range(0, shape[0], rows)]
 
 
 def _rfft_padded(signal: Tensor, n: int) -> Tensor:
@@ -77,11 +126,6 @@ def _rfft_padded(signal: Tensor, n: int) -> Tensor:
     padded[..., steps:] = 0
     padded[..., :steps] = signal
     return torch.fft.rfft(padded)
-
-
-def _sum_to(spectrum: Tensor, shape: torch.Size) -> Tensor:
-    """Sum a (..., F) spectrum over the leading dimensions that `shape` (..., L) broadcast."""
-    return spectrum.sum_to_size(*shape[:-1], spectrum.shape[-1])
 
 
 def causal_conv_reference(u: Tensor, kernel: Tensor) -> Tensor:
