@@ -46,7 +46,7 @@ _MODULE_FILES = ("class_and_ctor_args.pkl", "module_state.pkl")
 
 def load_module(checkpoint: str | Path, module_id: str = DEFAULT_MODULE_ID) -> RLModule:
     """The RLModule saved in `checkpoint` (algorithm checkpoint or RLModule folder)."""
-    path = Path(checkpoint)
+    path = Path(checkpoint).resolve()        # RLlib reads it through pyarrow: absolute only
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {str(path)!r} is not a folder (expected an RLlib "
                                 f"algorithm checkpoint, e.g. the folder given to algo.save())")

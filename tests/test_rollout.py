@@ -93,7 +93,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         load_module(tmp_path)
 
 
-def test_cli_rolls_out_a_saved_checkpoint(ray_session, tmp_path, capsys):
+def test_cli_rolls_out_a_saved_checkpoint(ray_session, tmp_path, capsys, monkeypatch):
     from experiments.training import ppo_config
 
     config = ppo_config(env=ENV, memory="gru", model_config=SIZES, max_seq_len=16,
@@ -115,7 +115,8 @@ def test_cli_rolls_out_a_saved_checkpoint(ray_session, tmp_path, capsys):
     assert result["returns"] == trained["returns"] and result["lengths"] == trained["lengths"]
     assert len(result["returns"]) == 2 and result["greedy"] is True
 
-    assert cli.main(["rollout", str(tmp_path / "ckpt"), "--env", ENV, "--episodes", "2",
+    monkeypatch.chdir(tmp_path)            # a relative path, as typed after `memrl train`
+    assert cli.main(["rollout", "ckpt", "--env", ENV, "--episodes", "2",
                      "--sample", "--seed", "4"]) == 0
     assert cli.main(["rollout", str(tmp_path), "--env", ENV]) == 2
     assert "no RLModule" in capsys.readouterr().err
