@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 import memory_models
 
-from .rl_module import MODEL_CONFIG_DEFAULTS, _head, _orthogonal, check_model_config
+from .rl_module import MODEL_CONFIG_DEFAULTS, build_layers, check_model_config
 
 PREFIX = "memrl_"
 
@@ -103,16 +103,8 @@ class MemoryModelV2(RecurrentNetwork, nn.Module):
         cfg = check_model_config({**custom_model_config, "memory": self.memory_name,
                                   "max_seq_len": model_config["max_seq_len"]})
         obs_size = gym.spaces.utils.flatdim(obs_space)
-        pre, hidden, head = cfg["pre_size"], cfg["hidden_size"], cfg["head_size"]
-
-        # the layers of MemoryRLModule (experiments/rl_module.py), built by its helpers
-        self.pre = nn.Sequential(_orthogonal(nn.Linear(obs_size, pre)),
-                                 nn.LayerNorm(pre, elementwise_affine=False),
-                                 _orthogonal(nn.Linear(pre, pre)), nn.LeakyReLU())
-        self.memory = memory_models.make(self.memory_name, input_size=pre, hidden_size=hidden,
-                                         **cfg["memory_kwargs"])
-        self.actor = _head(hidden, head, num_outputs)
-        self.critic = _head(hidden, head, 1)
+        # the layers of MemoryRLModule (experiments/rl_module.py)
+        self.pre, self.memory, self.actor, self.critic = build_layers(obs_size, num_outputs, cfg)
         self.state_keys = tuple(sorted(self.memory.initial_state(1, device="meta")))
         self._features: Tensor | None = None
         self._steps = 0

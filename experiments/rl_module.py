@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 import memory_models
 
-__all__ = ["MemoryRLModule", "memory_module_spec", "MODEL_CONFIG_DEFAULTS", "check_model_config"]
+__all__ = ["MemoryRLModule", "memory_module_spec", "MODEL_CONFIG_DEFAULTS", "check_model_config",
+           "build_layers"]
 
 # model_config keys of MemoryRLModule and their defaults ("memory" has none: it is required)
 MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -119,6 +120,19 @@ def _head(hidden_size: int, head_size: int, out_size: int) -> nn.Sequential:
                          _final(nn.Linear(head_size, out_size)))
 
 
+def build_layers(obs_size: int, num_outputs: int, config: dict[str, Any]):
+    """The POPGym baselines' network around `config["memory"]` (a checked model_config):
+    (pre (obs -> pre), memory (pre -> hidden), actor (hidden -> num_outputs), critic (-> 1)).
+    Both API stacks (this module and experiments.old_stack) build their layers here."""
+    pre, hidden, head = config["pre_size"], config["hidden_size"], config["head_size"]
+    trunk = nn.Sequential(_orthogonal(nn.Linear(obs_size, pre)),
+                          nn.LayerNorm(pre, elementwise_affine=False),
+                          _orthogonal(nn.Linear(pre, pre)), nn.LeakyReLU())
+    memory = memory_models.make(config["memory"], input_size=pre, hidden_size=hidden,
+                                **config["memory_kwargs"])
+    return trunk, memory, _head(hidden, head, num_outputs), _head(hidden, head, 1)
+
+
 class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
     """PPO actor-critic around a registered memory (see module docstring)."""
 
@@ -134,14 +148,8 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
                                                                         framework="torch")
         dist_inputs = int(self.action_dist_cls.required_input_dim(self.action_space))
 
-        pre, hidden, head = config["pre_size"], config["hidden_size"], config["head_size"]
-        self.pre = nn.Sequential(_orthogonal(nn.Linear(obs_size, pre)),
-                                 nn.LayerNorm(pre, elementwise_affine=False),
-                                 _orthogonal(nn.Linear(pre, pre)), nn.LeakyReLU())
-        self.memory = memory_models.make(config["memory"], input_size=pre, hidden_size=hidden,
-                                         **config["memory_kwargs"])
-        self.actor = _head(hidden, head, dist_inputs)
-        self.critic = _head(hidden, head, 1)
+        self.pre, self.memory, self.actor, self.critic = build_layers(obs_size, dist_inputs,
+                                                                      config)
 
     def get_initial_state(self) -> dict[str, np.ndarray]:
         """The memory's initial state without the batch dim ({} for a memoryless model)."""
