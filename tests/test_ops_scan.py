@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from memory_models.ops import scan as scan_module
 from memory_models.ops.scan import linear_scan, linear_scan_sequential
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -43,17 +44,22 @@ def test_parallel_equals_sequential(steps, dtype, complex_, device):
         torch.testing.assert_close(got, want, **TOL[dtype])
 
 
+@pytest.mark.parametrize("blocks", ["one-block", "row-blocks"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("steps", [5, 64, 77])
-def test_gradients_equal_sequential(steps, dtype):
+def test_gradients_equal_sequential(steps, dtype, blocks, monkeypatch):
+    if blocks == "row-blocks":            # one batch row per block
+        monkeypatch.setattr(scan_module, "BLOCK_BYTES", 1)
     a, b, s0, resets, lengths = elements(3, steps, 2, dtype, "cpu", seed=steps)
     weight = torch.randn_like(b)
-    grads = []
+    grads, values = [], []
     for scan in (linear_scan, linear_scan_sequential):
         leaves = [t.clone().requires_grad_() for t in (a, b, s0)]
         states = scan(*leaves, resets=resets, lengths=lengths)
         (states * weight).real.sum().backward()
         grads.append([t.grad for t in leaves])
+        values.append(states.detach())
+    torch.testing.assert_close(*values, **TOL[dtype])
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, **TOL[dtype])
 

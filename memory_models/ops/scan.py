@@ -24,7 +24,8 @@ The parallel scan composes elements with the associative operator
 by odd-even recursion (`_scan_into`): neighbouring steps combine into T/2 elements, whose scan
 (the same recursion) gives every second state; each other state is one step on from its
 neighbour. log2(T) levels of whole-tensor ops on the strided time axis, O(T) work, any T (no
-padding), every state written in place into the output. Only products of a_t are formed, never
+padding), every state written in place into the output, run over blocks of batch rows of a
+few MiB so that the log2(T) passes stay in cache. Only products of a_t are formed, never
 divided by, so decays that underflow to 0 stay exact (no cumprod / divide underflow). The
 gradient is the same scan run backwards in time,
 
@@ -37,6 +38,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+BLOCK_BYTES = 2 << 20          # batch rows per block of the parallel scan: about this many bytes
 
 
 def fold_elements(a: Tensor, b: Tensor, resets: Tensor | None = None,
@@ -90,24 +93,34 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, initial: Tensor) -> Tensor:
         states = b.new_empty(b.shape)
-        _scan_into(a, b, states, initial)
+        for rows in _row_blocks(b):
+            _scan_into(a[rows], b[rows], states[rows], initial[rows])
         ctx.save_for_backward(a, initial, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states: Tensor):
         a, initial, states = ctx.saved_tensors
-        # g_t = grad_t + conj(a_{t+1}) g_{t+1}, g_{T-1} = grad_{T-1}: a reverse scan from zero
-        decays = a.new_empty(a.shape)                                       # conj(a_{t+1})
-        torch.conj_physical(a[:, 1:], out=decays[:, :-1])
-        decays[:, -1] = 0
         g = grad_states.new_empty(a.shape)
-        _scan_into(decays, grad_states, g, reverse=True)
-        # ∂L/∂a_t = g_t conj(s_{t-1}), written over the spent decays
-        grad_a = decays
-        torch.mul(g[:, 1:], states[:, :-1].conj(), out=grad_a[:, 1:])
+        grad_a = a.new_empty(a.shape)
+        for rows in _row_blocks(a):
+            # g_t = grad_t + conj(a_{t+1}) g_{t+1}, g_{T-1} = grad_{T-1}: reverse scan from zero
+            decays = a.new_empty(a[rows].shape)                             # conj(a_{t+1})
+            torch.conj_physical(a[rows, 1:], out=decays[:, :-1])
+            decays[:, -1] = 0
+            _scan_into(decays, grad_states[rows], g[rows], reverse=True)
+            # ∂L/∂a_t = g_t conj(s_{t-1})
+            torch.mul(g[rows, 1:], states[rows, :-1].conj(), out=grad_a[rows, 1:])
         torch.mul(g[:, 0], initial.conj(), out=grad_a[:, 0])
         return grad_a, g, g[:, 0] * a[:, 0].conj()
+
+
+def _row_blocks(like: Tensor) -> list[slice]:
+    """Slices of the batch dimension of about BLOCK_BYTES of `like` each: the scan's log2(T)
+    passes then run over a block that stays in cache instead of streaming the whole tensor."""
+    row_bytes = max(like[:1].numel() * like.element_size(), 1)
+    rows = max(1, BLOCK_BYTES // row_bytes)
+    return [slice(start, start + rows) for start in range(0, like.shape[0], rows)]
 
 
 def _scan_into(a: Tensor, b: Tensor, out: Tensor, initial: Tensor | None = None,
