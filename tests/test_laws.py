@@ -1,29 +1,24 @@
 """The five interface laws of DESIGN.md, for every registered memory, float32 and float64.
 
 Parametrised over memory_models.available(): a model registered later is covered here with no
-new code. Models are built with small sizes; `SMALL_KWARGS` gives each its small keywords.
+new code. Models are built with the small keywords of tests/small_sizes.py.
 """
 
 import pytest
 import torch
 
 import memory_models
+from small_sizes import small_memory_kwargs
 
 B, T, D, H = 3, 13, 4, 6
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-9, rtol=1e-9)}
 DTYPES = [torch.float32, torch.float64]
 
 
-def small_kwargs(name):
-    """Small sizes for the keyword arguments a model takes (memory size, state size...)."""
-    accepted = memory_models.keywords(name)
-    wanted = {"memory_size": 5, "state_size": 4, "theta": 7.0, "seq_len": 8}
-    return {k: v for k, v in wanted.items() if k in accepted}
-
-
 def build(name, dtype, seed=0):
     torch.manual_seed(seed)
-    return memory_models.make(name, input_size=D, hidden_size=H, **small_kwargs(name)).to(dtype)
+    cell = memory_models.make(name, input_size=D, hidden_size=H, **small_memory_kwargs(name))
+    return cell.to(dtype)
 
 
 def random_state(cell, dtype, batch=B):

@@ -8,16 +8,11 @@ from ray.rllib.models import MODEL_DEFAULTS, ModelCatalog
 
 import envs
 import memory_models
+from small_sizes import small_memory_kwargs
 from experiments.old_stack import register_old_stack_models
 
 ENV = "popgym-RepeatPreviousEasy-v0"
-SMALL = {"memory_size": 5, "state_size": 4, "theta": 7.0, "seq_len": 8}
 SIZES = {"pre_size": 16, "hidden_size": 12, "head_size": 8}
-
-
-def small_memory_kwargs(name):
-    accepted = memory_models.keywords(name)
-    return {k: v for k, v in SMALL.items() if k in accepted}
 
 
 def build_model(name, custom_name, num_outputs=4, **extra):

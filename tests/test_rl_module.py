@@ -8,6 +8,7 @@ from ray.rllib.core.columns import Columns
 
 import envs
 import memory_models
+import small_sizes
 from experiments.rl_module import MODEL_CONFIG_DEFAULTS, MemoryRLModule, memory_module_spec
 
 SIZES = dict(pre_size=8, hidden_size=8, head_size=8, max_seq_len=12)
@@ -15,9 +16,8 @@ MODELS = memory_models.available()
 
 
 def small_memory_kwargs(name):
-    """Small sizes for the keywords a memory takes (memory_size / state_size 8 ...)."""
-    wanted = {"memory_size": 8, "state_size": 8, "theta": 8.0, "seq_len": SIZES["max_seq_len"]}
-    return {k: v for k, v in wanted.items() if k in memory_models.keywords(name)}
+    return small_sizes.small_memory_kwargs(name, memory_size=8, state_size=8, theta=8.0,
+                                           seq_len=SIZES["max_seq_len"])
 
 
 def build(name, env_id="popgym-RepeatPreviousEasy-v0", seed=0, **config):

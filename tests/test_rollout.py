@@ -11,18 +11,13 @@ from ray.rllib.core.columns import Columns
 
 import envs
 import memory_models
+from small_sizes import small_memory_kwargs
 from experiments import cli
 from experiments.rl_module import memory_module_spec
 from experiments.rollout import load_module, play_episode, rollout
 
 ENV = "popgym-RepeatPreviousEasy-v0"
-SMALL = {"memory_size": 5, "state_size": 4, "theta": 7.0, "seq_len": 8}
 SIZES = {"pre_size": 16, "hidden_size": 12, "head_size": 8}
-
-
-def small_memory_kwargs(name):
-    accepted = memory_models.keywords(name)
-    return {k: v for k, v in SMALL.items() if k in accepted}
 
 
 def build_module(memory, env_id=ENV, seed=0):

@@ -6,6 +6,7 @@ import torch
 from ray.rllib.core.columns import Columns
 
 import memory_models
+import small_sizes
 from experiments.training import POPGYM_PPO, ppo_config, register_rllib_envs
 
 ENV = "popgym-RepeatPreviousEasy-v0"                # 51 steps per episode
@@ -14,8 +15,8 @@ TINY_PPO = dict(train_batch_size_per_learner=128, minibatch_size=64, num_epochs=
 
 
 def small_memory_kwargs(name):
-    wanted = {"memory_size": 8, "state_size": 8, "theta": 8.0, "seq_len": SIZES["max_seq_len"]}
-    return {k: v for k, v in wanted.items() if k in memory_models.keywords(name)}
+    return small_sizes.small_memory_kwargs(name, memory_size=8, state_size=8, theta=8.0,
+                                           seq_len=SIZES["max_seq_len"])
 
 
 def tiny_config(memory, env=ENV, **ppo):
