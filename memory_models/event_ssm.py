@@ -103,8 +103,10 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
 
     def _readout(self, x: Tensor, s: Tensor, C: Tensor) -> Tensor:
         """y = GELU(2·Re(C s) + D x) for s (..., P/2) complex."""
-        real_part = torch.view_as_real(s).flatten(-2) @ real_part_weights(C).T
-        return F.gelu(2 * real_part + self.D(x))
+        s_pairs = torch.view_as_real(s).flatten(-2).flatten(0, -2)              # (N, P)
+        skip = torch.addmm(self.D.bias, x.flatten(0, -2), self.D.weight.T)      # (N, hidden)
+        z = torch.addmm(skip, s_pairs, real_part_weights(C).T, alpha=2)
+        return F.gelu(z).view(*x.shape[:-1], -1)
 
     # ------------------------------------------------------------------ interface
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
@@ -127,7 +129,7 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
         s = torch.addcmul(b, a, as_complex(state["s"]))
         return self._readout(x_t, s, matrices[2]), {"s": torch.view_as_real(s)}
 
-    def step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+    def compute_step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
         """The continuous (A, B, C): the discretization depends on each step's Δt (and on x_t
         when selective), so it is done in the step."""
         return self.continuous_matrices()

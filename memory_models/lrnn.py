@@ -102,12 +102,24 @@ class InferenceCacheStep:
     Mixed into a `RecurrentMemory` LRNN cell, which provides
 
         cache_matrix_keys                     names of the matrices an inference cache holds
-        step_matrices() -> tuple[Tensor]      those matrices, from the current parameters
+        compute_step_matrices() -> tuple      those matrices, from the current parameters
         _recurrence(x_t, state, integration_timestep, matrices) -> (y_t, new state)
                                               one step on a state that is already reset
     """
 
     cache_matrix_keys: tuple[str, ...]
+
+    def step_matrices(self) -> tuple[Tensor, ...]:
+        """compute_step_matrices(); without autograd (rollouts) the result is reused for as
+        long as no parameter was replaced or updated in place (same storage, same version)."""
+        if torch.is_grad_enabled():
+            return self.compute_step_matrices()
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        cached = self.__dict__.get("_step_matrices_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.compute_step_matrices())
+            self.__dict__["_step_matrices_cache"] = cached
+        return cached[1]
 
     def _step(self, x_t: Tensor, state, reset: Tensor, integration_timestep: Tensor):
         return self._recurrence(x_t, self.reset_state(state, reset), integration_timestep,
@@ -115,7 +127,7 @@ class InferenceCacheStep:
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
                                  dtype=None) -> dict[str, Any]:
-        """The zero state (`initial_state`) plus `step_matrices()` under `cache_matrix_keys`.
+        """The zero state (`initial_state`) plus the step matrices under `cache_matrix_keys`.
 
         max_seqlen is unused (the cached matrices do not depend on time). The matrices are a
         snapshot of the parameters: allocate again after they change.

@@ -202,18 +202,9 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
         z = torch.add(self.D * u, torch.linalg.vecdot(C.conj(), s).real, alpha=2)
         return self.out_proj(F.gelu(z)), {"s": torch.view_as_real(s)}
 
-    def step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
-        """discretize(); without autograd (rollouts) the result is reused for as long as no
-        SSM parameter was replaced or updated in place (same storage, same version counter)."""
-        if torch.is_grad_enabled():
-            return self.discretize()
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device)
-                    for p in (self.log_A_real, self.A_imag, self.log_dt, self.C))
-        cached = self.__dict__.get("_discretized_for_step")
-        if cached is None or cached[0] != key:
-            cached = (key, self.discretize())
-            self.__dict__["_discretized_for_step"] = cached
-        return cached[1]
+    def compute_step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """discretize(): (A_bar, B_bar, C) for the recurrence (reused by `step_matrices`)."""
+        return self.discretize()
 
     # ------------------------------------------------------------------ seed API
     def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,
