@@ -1,4 +1,5 @@
-# make demo  — set up .venv and run the quickstart study (table + plots under results/)
+# make demo  — set up .venv and run the quickstart study (table + plots under results/);
+#              run again, it continues an interrupted study and re-uses a finished one
 # make test  — set up .venv and run the test suite
 # make bench — run the benchmarks and rewrite benchmarks/results/
 VENV   ?= .venv
@@ -21,7 +22,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(VENV)/bin/memrl train configs/quickstart.yaml
+	$(VENV)/bin/memrl train configs/quickstart.yaml --resume
 	$(VENV)/bin/memrl report results/quickstart
 
 bench: install
