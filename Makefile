@@ -27,6 +27,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/cells.py
+	$(PY) benchmarks/rl_throughput.py
 
 clean:
 	rm -rf $(VENV) results
