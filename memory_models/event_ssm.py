@@ -94,18 +94,30 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
             return F.softplus(self.dt_proj(x))
         return torch.exp(self.log_dt)
 
+    def compute_step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The continuous matrices in the forms the scan and the step use:
+
+            A      (P/2,) complex
+            B_in   (input_size, P) real: x @ B_in = interleaved (Re, Im) of B x
+            C_out  (P, hidden_size) real: interleaved (Re, Im) of s @ C_out = Re(C s)
+
+        The discretization depends on each step's Δt (and on x_t when selective), so it is
+        done in the step itself."""
+        A, B, C = self.continuous_matrices()
+        return A, _as_real_matrix(B), real_part_weights(C).T
+
     def _elements(self, x: Tensor, integration_timesteps: Tensor, matrices):
         """(A_bar, B_scale·B x) for x (..., input_size), Δt (...): (..., P/2) complex each."""
-        A, B, _ = matrices
+        A, B_in, _ = matrices
         A_bar, B_scale = self.discretize_fn(A, self.step_size(x), integration_timesteps[..., None])
-        Bx = torch.view_as_complex((x @ _as_real_matrix(B)).unflatten(-1, (-1, 2)))
+        Bx = torch.view_as_complex((x @ B_in).unflatten(-1, (-1, 2)))
         return A_bar, B_scale * Bx
 
-    def _readout(self, x: Tensor, s: Tensor, C: Tensor) -> Tensor:
+    def _readout(self, x: Tensor, s: Tensor, C_out: Tensor) -> Tensor:
         """y = GELU(2·Re(C s) + D x) for s (..., P/2) complex."""
         s_pairs = torch.view_as_real(s).flatten(-2).flatten(0, -2)              # (N, P)
         skip = torch.addmm(self.D.bias, x.flatten(0, -2), self.D.weight.T)      # (N, hidden)
-        z = torch.addmm(skip, s_pairs, real_part_weights(C).T, alpha=2)
+        z = torch.addmm(skip, s_pairs, C_out, alpha=2)
         return F.gelu(z).view(*x.shape[:-1], -1)
 
     # ------------------------------------------------------------------ interface
@@ -115,7 +127,7 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
                                  dtype=dtype)}
 
     def _scan(self, x, state, resets, integration_timesteps, lengths):
-        matrices = self.continuous_matrices()
+        matrices = self.compute_step_matrices()
         a, b = self._elements(x, integration_timesteps, matrices)               # (B, T, P/2)
         s0 = as_complex(state["s"])
         states = SCAN_IMPLS[self.scan_impl](a, b, s0, resets, lengths)          # (B, T, P/2)
@@ -124,15 +136,10 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
         return y, {"s": torch.view_as_real(final)}
 
     def _recurrence(self, x_t, state, integration_timestep, matrices):
-        """One step s_t = A_bar_t s_{t-1} + B_scale_t B x_t with the continuous matrices."""
+        """One step s_t = A_bar_t s_{t-1} + B_scale_t B x_t with `compute_step_matrices()`."""
         a, b = self._elements(x_t, integration_timestep, matrices)              # (B, P/2)
         s = torch.addcmul(b, a, as_complex(state["s"]))
         return self._readout(x_t, s, matrices[2]), {"s": torch.view_as_real(s)}
-
-    def compute_step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The continuous (A, B, C): the discretization depends on each step's Δt (and on x_t
-        when selective), so it is done in the step."""
-        return self.continuous_matrices()
 
     # ------------------------------------------------------------------ seed API
     def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,
