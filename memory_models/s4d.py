@@ -199,7 +199,7 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
         A_bar, B_bar, C = matrices
         u = self.in_proj(x_t)                                                   # (B, H)
         s = torch.addcmul(B_bar * u[..., None], A_bar, as_complex(state["s"]))  # (B, H, n)
-        z = torch.add(self.D * u, torch.linalg.vecdot(C.conj(), s).real, alpha=2)
+        z = torch.addcmul(2 * (C * s).real.sum(-1), self.D, u)                  # (B, H)
         return self.out_proj(F.gelu(z)), {"s": torch.view_as_real(s)}
 
     def compute_step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
