@@ -193,18 +193,23 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
 
     def _recurrence(self, x_t: Tensor, state: State, integration_timestep: Tensor,
                     matrices) -> tuple[Tensor, State]:
-        """One step with the discrete matrices (A_bar, B_bar, C), (H, N/2) complex each:
-        s_t = A_bar s_{t-1} + B_bar u_t, z_t = 2·Re Σ_n C s_t + D u_t (the module equations).
-        The cell is time-invariant: integration_timestep is ignored."""
-        A_bar, B_bar, C = matrices
+        """One step with `compute_step_matrices()`: s_t = A_bar s_{t-1} + B_bar u_t,
+        z_t = 2·Re Σ_n C s_t + D u_t (the module equations). The cell is time-invariant:
+        integration_timestep is ignored."""
+        A_bar, B_bar, C_readout = matrices
         u = self.in_proj(x_t)                                                   # (B, H)
-        s = torch.addcmul(B_bar * u[..., None], A_bar, as_complex(state["s"]))  # (B, H, n)
-        z = torch.addcmul(2 * (C * s).real.sum(-1), self.D, u)                  # (B, H)
+        Bu = torch.view_as_complex(torch.view_as_real(B_bar) * u[..., None, None])
+        s = torch.addcmul(Bu, A_bar, as_complex(state["s"]))                    # (B, H, n)
+        readout = torch.linalg.vecdot(torch.view_as_real(s).flatten(-2), C_readout)
+        z = torch.addcmul(readout, self.D, u)                                   # (B, H)
         return self.out_proj(F.gelu(z)), {"s": torch.view_as_real(s)}
 
     def compute_step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
-        """discretize(): (A_bar, B_bar, C) for the recurrence (reused by `step_matrices`)."""
-        return self.discretize()
+        """(A_bar, B_bar, C_readout) for the recurrence (reused by `step_matrices`; the
+        inference cache holds them as "A_bar", "B_bar", "C"): A_bar, B_bar (H, N/2) complex
+        from discretize(), C_readout (H, N) real with C_readout · interleave(s) = 2·Re Σ_n C s."""
+        A_bar, B_bar, C = self.discretize()
+        return A_bar, B_bar, 2 * real_part_weights(C)
 
     # ------------------------------------------------------------------ seed API
     def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,
