@@ -10,7 +10,7 @@
 The concrete cells (S4D, EventSSM) are also `RecurrentMemory`s. Both classes define `step`:
 the seed's `step(x, inference_cache) -> (y, inference_cache)` and the interface's
 `step(x_t, state, *, reset=None, integration_timestep=None) -> (y_t, new_state)`. The cells
-answer both with one method, `step`, that looks at what it was given:
+answer both with one method, `InferenceCacheStep.step`, that looks at what it was given:
 
 - a state dict (from `initial_state`): the interface step, returning a new state dict;
 - an inference cache (from `allocate_inference_cache`): the same state entries plus the
@@ -19,7 +19,8 @@ answer both with one method, `step`, that looks at what it was given:
   snapshot: allocate a new cache after the parameters change.
 
 The constructors are cooperative: `LRNN.__init__(discretization, **kwargs)` passes the other
-keywords on along the MRO, so `class Cell(LTI_LRNN, RecurrentMemory)` initialises both with
+keywords on along the MRO, so `class Cell(InferenceCacheStep, LTI_LRNN, RecurrentMemory)`
+initialises both with
 `super().__init__(discretization=..., input_size=..., hidden_size=...)`.
 """
 
