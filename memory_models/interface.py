@@ -81,6 +81,13 @@ class RecurrentMemory(nn.Module, abc.ABC):
     def step(self, x_t: Tensor, state: State, *, reset: Tensor | None = None,
              integration_timestep: Tensor | None = None) -> tuple[Tensor, State]:
         """One observation x_t (B, input_size) -> y_t (B, hidden_size), new state."""
+        reset, integration_timestep = self.check_step_args(x_t, state, reset,
+                                                           integration_timestep)
+        return self._step(x_t, state, reset, integration_timestep)
+
+    def check_step_args(self, x_t: Tensor, state: State, reset: Tensor | None = None,
+                        integration_timestep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Validate `step`'s arguments (clear errors); -> (reset (B,) bool, Δt (B,) float)."""
         _check_tensor("x_t", x_t, ndim=2, last=self.input_size, what="(B, input_size)")
         self._check_dtype(x_t)
         batch = x_t.shape[0]
@@ -88,7 +95,7 @@ class RecurrentMemory(nn.Module, abc.ABC):
         reset = _flags("reset", reset, (batch,), x_t.device)
         integration_timestep = _timesteps("integration_timestep", integration_timestep,
                                           (batch,), x_t)
-        return self._step(x_t, state, reset, integration_timestep)
+        return reset, integration_timestep
 
     # ------------------------------------------------------------------ helpers for cells
     def reset_state(self, state: State, reset: Tensor) -> State:

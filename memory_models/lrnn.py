@@ -150,17 +150,10 @@ class InferenceCacheStep:
                                         integration_timestep=integration_timestep)
         own_state = {k: v for k, v in state.items() if k not in keys}
         matrices = tuple(state[k] for k in keys)
-        if not isinstance(x_t, Tensor) or x_t.ndim != 2 or x_t.shape[-1] != self.input_size:
-            got = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
-            raise ValueError(f"x_t must be a tensor of shape (B, input_size) with "
-                             f"input_size={self.input_size}, got {got}")
-        self._check_dtype(x_t)
-        self._check_state(own_state, x_t.shape[0])
-        if reset is not None:
-            own_state = self.reset_state(own_state, reset)
-        if integration_timestep is None:
-            integration_timestep = x_t.new_ones(x_t.shape[0])
-        y, new_state = self._recurrence(x_t, own_state, integration_timestep, matrices)
+        reset, integration_timestep = self.check_step_args(x_t, own_state, reset,
+                                                           integration_timestep)
+        y, new_state = self._recurrence(x_t, self.reset_state(own_state, reset),
+                                        integration_timestep, matrices)
         state.update(new_state)
         return y, state
 

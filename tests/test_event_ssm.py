@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import memory_models
 from memory_models import DISCRETIZATIONS, LTV_LRNN, EventSSM
-from ssm_checks import assert_rejects_bad_ssm_arguments
+from ssm_checks import assert_cache_step_validates_like_state_step, assert_rejects_bad_ssm_arguments
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
@@ -201,3 +201,7 @@ def test_ltv_seed_api():
     assert cell.discretize_fn is DISCRETIZATIONS["async"]
     assert list(inspect.signature(EventSSM.forward).parameters) == \
         ["self", "x", "integration_timesteps", "lengths"]
+
+
+def test_cache_step_validates_its_arguments():
+    assert_cache_step_validates_like_state_step(memory_models.EventSSM(3, 5, state_size=4))

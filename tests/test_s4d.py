@@ -7,7 +7,7 @@ import torch
 
 import memory_models
 from memory_models import DISCRETIZATIONS, LRNN, LTI_LRNN, S4D
-from ssm_checks import assert_rejects_bad_ssm_arguments
+from ssm_checks import assert_cache_step_validates_like_state_step, assert_rejects_bad_ssm_arguments
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
@@ -221,3 +221,7 @@ def test_rollout_step_reuses_matrices_until_parameters_change():
     assert (y1 - y2).abs().max() > 1e-6
     y3, _ = cell.float().step(x.float(), cell.initial_state(2, dtype=torch.float32))
     assert y3.dtype == torch.float32
+
+
+def test_cache_step_validates_its_arguments():
+    assert_cache_step_validates_like_state_step(memory_models.S4D(3, 5, state_size=4))
