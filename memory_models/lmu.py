@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .interface import RecurrentMemory, State, gather_at_lengths, scan_episodes_as_rows
-from .ops.fft_conv import causal_fft_conv, fft_length
+from .ops.causal_conv import causal_conv_many, fft_length
 from .registry import register
 
 
@@ -312,7 +312,7 @@ class LMUFFT(RecurrentMemory):
     ‖Ā^L‖_F <= 0.01·eps(dtype), both Ā^j B̄ and Ā^(t+1) m_{-1} are below working precision
     (bounded by 0.01·eps·max_s‖Ā^s‖ times ‖B̄‖ or ‖m_{-1}‖), so the kernel and the free response
     stop at L (`horizon`; None when Ā does not decay that far within 2^30 steps: no cut).
-    A short kernel is applied as a Toeplitz matmul, a long one by FFT (`_causal_conv`).
+    A short kernel is applied as a Toeplitz matmul, a long one by FFT (`causal_conv_many`).
     """
 
     def __init__(self, input_size: int, hidden_size: int, memory_size: int = 256,
@@ -392,7 +392,7 @@ class LMUFFT(RecurrentMemory):
         reach = steps if self.horizon is None else min(steps, self.horizon)
         kernel, ladder = self._kernel_and_powers(reach)                             # (N, L)
         u = F.relu(self.W_u(x))[..., 0]                                              # (B, T)
-        h = F.linear(x, W_x, self.W_h.bias) + _causal_conv(u, W_m @ kernel)        # (B, T, H)
+        h = F.linear(x, W_x, self.W_h.bias) + causal_conv_many(u, W_m @ kernel)        # (B, T, H)
         free = torch.zeros_like(m0)                                   # Ā^len m_{-1} (B, N)
         if m0.requires_grad or bool(m0.any()):
             free_seq = free_response(m0, ladder, reach)                              # (B, L, N)
@@ -413,19 +413,6 @@ class LMUFFT(RecurrentMemory):
         m = torch.addmm(u * self.B[:, 0], m, self.A.T)                              # Ā m + B̄ u
         h = F.relu(self.W_h(torch.cat([m, x_t], dim=-1)))
         return h, {"m": m}
-
-
-def _causal_conv(u: Tensor, kernel: Tensor) -> Tensor:
-    """u (B, T), kernel (H, L) with L <= T -> (B, T, H): y_t = Σ_{j<L} kernel[:, j] u_{t-j}.
-
-    A kernel that is short next to the FFT's cost (L <= 24 log2 n) is applied directly as one
-    Toeplitz matmul over windows of the last L inputs; a long one by FFT.
-    """
-    steps, reach = u.shape[1], kernel.shape[1]
-    if reach <= 24 * math.log2(fft_length(steps)):
-        windows = F.pad(u, (reach - 1, 0)).unfold(1, reach, 1)     # (B, T, L): u_{t-L+1} .. u_t
-        return windows @ kernel.flip(1).T
-    return causal_fft_conv(u[:, None, :], kernel).transpose(1, 2)
 
 
 def _index(position: Tensor, size: int, width: int) -> Tensor:

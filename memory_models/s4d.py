@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .interface import RecurrentMemory, State, scan_episodes_as_rows
 from .lrnn import (LTI_LRNN, InferenceCacheStep, as_complex, check_discretization,
                    check_state_size, check_step_range, real_part_weights)
-from .ops.fft_conv import causal_fft_conv
+from .ops.causal_conv import causal_fft_conv
 from .registry import register
 
 INITS = ("lin", "inv")

@@ -16,7 +16,7 @@ from popgym.baselines.models import lmu as popgym_lmu
 import memory_models
 from memory_models import LMU, LMUFFT, LMUCell, leCunUniform
 from memory_models.lmu import legendre_delay_system
-from memory_models.ops.fft_conv import fft_length
+from memory_models.ops.causal_conv import fft_length
 
 
 @pytest.mark.parametrize("memory_size, theta", [(1, 1.0), (6, 4.0), (32, 64.0), (128, 1000.0)])

@@ -1,6 +1,12 @@
-"""Causal convolution of a sequence with a kernel, by FFT.
+"""Causal convolution of a sequence with a kernel, by FFT or, for short kernels, by matmul.
 
     y[..., t] = sum_{j <= t} kernel[..., t - j] * u[..., j]        t = 0 .. L-1
+
+    causal_fft_conv(u, kernel)     u (..., L), kernel (..., K) broadcastable -> y (..., L)
+    causal_conv_many(u, kernel)    one signal through many kernels: u (B, L), kernel (H, K)
+                                   -> y (B, L, H); a short kernel is one Toeplitz matmul,
+                                   a long one goes through causal_fft_conv
+    causal_conv_reference(u, kernel)   the sum written out as a loop over t (tests)
 
 The linear convolution has length 2L - 1, so the FFT length is the first power of two >= 2L - 1;
 a length of L would wrap the tail of the kernel around onto the start of the sequence.
@@ -12,7 +18,10 @@ FFT buffers a few MiB: whole-tensor buffers of tens of MiB are fresh memory on e
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 BLOCK_BYTES = 4 << 20          # target size of one block's spectrum
@@ -27,6 +36,20 @@ def causal_fft_conv(u: Tensor, kernel: Tensor) -> Tensor:
     """u (..., L), kernel (..., K) broadcastable -> y (..., L), real. A kernel longer than the
     sequence is cropped to L; a shorter one (K < L) is zero beyond K."""
     return _CausalFFTConv.apply(u, kernel[..., :u.shape[-1]])
+
+
+def causal_conv_many(u: Tensor, kernel: Tensor) -> Tensor:
+    """u (B, L), kernel (H, K) -> y (B, L, H): y[b, t, h] = Σ_{j < min(K, t+1)} kernel[h, j] u[b, t-j].
+
+    A kernel that is short next to the FFT's cost (K <= 24·log2 n) is applied as one Toeplitz
+    matmul over windows of the last K inputs; a long one by FFT.
+    """
+    steps, reach = u.shape[-1], min(kernel.shape[-1], u.shape[-1])
+    kernel = kernel[:, :reach]
+    if reach <= 24 * math.log2(fft_length(steps)):
+        windows = F.pad(u, (reach - 1, 0)).unfold(1, reach, 1)     # (B, L, K): u_{t-K+1} .. u_t
+        return windows @ kernel.flip(1).T
+    return causal_fft_conv(u[:, None, :], kernel).transpose(1, 2)
 
 
 class _CausalFFTConv(torch.autograd.Function):

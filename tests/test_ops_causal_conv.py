@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from memory_models.ops import fft_conv
-from memory_models.ops.fft_conv import causal_conv_reference, causal_fft_conv, fft_length
+from memory_models.ops import causal_conv
+from memory_models.ops.causal_conv import (causal_conv_many, causal_conv_reference,
+                                            causal_fft_conv, fft_length)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 7, 64, 100])
@@ -41,7 +42,7 @@ def test_fft_conv_gradients_equal_direct_sum(steps, extra, shapes, blocks, monke
     autograd through the direct sum, with a kernel longer or shorter than the sequence, in
     one block or in blocks of one row of the first dimension."""
     if blocks == "row-blocks":
-        monkeypatch.setattr(fft_conv, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(causal_conv, "BLOCK_BYTES", 1)
     torch.manual_seed(steps)
     u_shape, kernel_shape = shapes
     u = torch.randn(*u_shape, steps, dtype=torch.float64, requires_grad=True)
@@ -69,3 +70,20 @@ def test_fft_conv_second_backward_with_retained_graph():
     second = torch.autograd.grad(loss, (u, kernel))
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("steps, reach", [(1, 1), (9, 4), (64, 64), (200, 30), (300, 300)])
+def test_causal_conv_many_equals_direct_sum_on_both_paths(steps, reach):
+    """Short kernels take the Toeplitz matmul, long ones the FFT; both are the same sum."""
+    torch.manual_seed(steps + reach)
+    u = torch.randn(3, steps, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(5, reach, dtype=torch.float64, requires_grad=True)
+    y = causal_conv_many(u, kernel)                                          # (B, L, H)
+    padded = torch.nn.functional.pad(kernel, (0, steps - reach))             # zero beyond K
+    expected = causal_conv_reference(u[:, None, :], padded).transpose(1, 2)
+    torch.testing.assert_close(y, expected)
+    weights = torch.randn_like(y)
+    grads = torch.autograd.grad((y * weights).sum(), (u, kernel))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (u, kernel))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
