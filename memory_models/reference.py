@@ -19,6 +19,7 @@ class _FusedRNN(RecurrentMemory):
 
     state_keys: tuple[str, ...]
     rnn: nn.RNNBase
+    cell_step: staticmethod    # torch's one-step kernel on rnn's weights (gru_cell, lstm_cell)
 
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
         device, dtype = self._defaults(device, dtype)
@@ -47,11 +48,14 @@ class _FusedRNN(RecurrentMemory):
         return y, new_state
 
     def _step(self, x_t, state, reset, integration_timestep):
+        """One step by torch's single-step kernel: half the cost of a length-1 rnn call."""
         state = self.reset_state(state, reset)
-        hidden = tuple(state[k][None] for k in self.state_keys)
-        y, final = self.rnn(x_t[:, None], hidden[0] if len(hidden) == 1 else hidden)
-        final = (final,) if isinstance(final, Tensor) else final
-        return y[:, 0], {k: f[0] for k, f in zip(self.state_keys, final)}
+        hidden = tuple(state[k] for k in self.state_keys)
+        rnn = self.rnn
+        new = self.cell_step(x_t, hidden[0] if len(hidden) == 1 else hidden, rnn.weight_ih_l0,
+                             rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        new = (new,) if isinstance(new, Tensor) else new
+        return new[0], dict(zip(self.state_keys, new))
 
 
 @register("gru")
@@ -59,6 +63,7 @@ class GRU(_FusedRNN):
     """torch.nn.GRU (one layer, batch_first) under the recurrent-memory interface."""
 
     state_keys = ("h",)
+    cell_step = staticmethod(torch.gru_cell)
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size)
@@ -70,6 +75,7 @@ class LSTM(_FusedRNN):
     """torch.nn.LSTM (one layer, batch_first) under the recurrent-memory interface."""
 
     state_keys = ("h", "c")
+    cell_step = staticmethod(torch.lstm_cell)
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size)
