@@ -14,6 +14,11 @@ Discrete, MultiDiscrete (Battleship, MineSweeper) or Box (the pendulums).
     env = envs.make_env("popgym-RepeatPreviousEasy-v0")
     envs.register_envs()                  # gymnasium.make(id) now builds the wrapped task
 
+Every task also has an event-time variant, `popgym-<Name>-EventTime-v0` (group "event_time",
+not part of "all"; envs.event_time.EventTime): each action is held for a random 1..max_gap
+task steps (config key `max_gap`, default 4), rewards summed, and the elapsed time Δt is
+appended as the last feature, [task obs, previous action, is_t0, Δt].
+
 This package never imports torch or ray; RLlib registration is experiments.training.
 """
 
@@ -29,7 +34,10 @@ import popgym.envs
 from gymnasium import spaces
 from popgym.wrappers import Antialias, PreviousAction
 
-__all__ = ["GROUPS", "list_envs", "resolve", "make_env", "register_envs", "FlattenToFloat32"]
+from .event_time import EventTime
+
+__all__ = ["GROUPS", "list_envs", "resolve", "make_env", "register_envs", "FlattenToFloat32",
+           "EventTime", "is_event_time"]
 
 # group name -> popgym's {env class: {"id": ...}} over all three difficulties
 _GROUP_TABLES = {
@@ -41,17 +49,23 @@ _GROUP_TABLES = {
 if popgym.envs.has_mazelib():           # popgym defines the labyrinths only with mazelib
     _GROUP_TABLES["navigation"] = popgym.envs.ALL_NAVIGATION
 
-GROUPS: tuple[str, ...] = (*_GROUP_TABLES, "all")
+GROUPS: tuple[str, ...] = (*_GROUP_TABLES, "event_time", "all")
 
 # id -> env class, grouped then easy/medium/hard as popgym lists them
 _CLASSES: dict[str, type] = {info["id"]: cls for table in _GROUP_TABLES.values()
                              for cls, info in table.items()}
+# event-time id "popgym-<Name>-EventTime-v0" -> the task's id "popgym-<Name>-v0"
+_EVENT_TIME: dict[str, str] = {f"{i[:-len('-v0')]}-EventTime-v0": i for i in _CLASSES}
+_ALL_IDS: tuple[str, ...] = (*_CLASSES, *_EVENT_TIME)
 
 
 def list_envs(group: str = "all") -> list[str]:
-    """The POPGym ids of `group` (one of GROUPS), every difficulty."""
+    """The POPGym ids of `group` (one of GROUPS), every difficulty. "all" is every task;
+    "event_time" their event-time variants."""
     if group == "all":
         return list(_CLASSES)
+    if group == "event_time":
+        return list(_EVENT_TIME)
     if group not in _GROUP_TABLES:
         hint = "" if popgym.envs.has_mazelib() or group != "navigation" else \
             " (the navigation group needs mazelib: pip install 'memrl[navigation]')"
@@ -62,8 +76,10 @@ def list_envs(group: str = "all") -> list[str]:
 def resolve(names: str | list[str]) -> list[str]:
     """Env ids and/or group names -> ordered unique ids.
 
-    A name is a POPGym id ("popgym-RepeatPreviousEasy-v0"), its short form
-    ("RepeatPreviousEasy") or a group name. Unknown names raise ValueError with the closest ids.
+    A name is a POPGym id ("popgym-RepeatPreviousEasy-v0" or its event-time variant
+    "popgym-RepeatPreviousEasy-EventTime-v0"), its short form ("RepeatPreviousEasy",
+    "RepeatPreviousEasy-EventTime") or a group name.
+    Unknown names raise ValueError with the closest ids.
     """
     if isinstance(names, str):
         names = [names]
@@ -73,9 +89,9 @@ def resolve(names: str | list[str]) -> list[str]:
     for name in names:
         if name in GROUPS:
             found = list_envs(name)
-        elif name in _CLASSES:
+        elif name in _ALL_IDS:
             found = [name]
-        elif f"popgym-{name}-v0" in _CLASSES:
+        elif f"popgym-{name}-v0" in _ALL_IDS:
             found = [f"popgym-{name}-v0"]
         else:
             raise ValueError(_unknown_env_message(name))
@@ -83,10 +99,16 @@ def resolve(names: str | list[str]) -> list[str]:
     return ids
 
 
+def is_event_time(env_id: str) -> bool:
+    """Whether `env_id` (an id or short form, see resolve) names an event-time variant."""
+    ids = resolve(env_id)
+    return len(ids) == 1 and ids[0] in _EVENT_TIME
+
+
 def _unknown_env_message(name: str) -> str:
-    close = difflib.get_close_matches(name, _CLASSES, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, _ALL_IDS, n=3, cutoff=0.5)
     if not close:   # compare short forms too: "RepeatPrevEasy" -> popgym-RepeatPreviousEasy-v0
-        short = {i[len("popgym-"):-len("-v0")]: i for i in _CLASSES}
+        short = {i[len("popgym-"):-len("-v0")]: i for i in _ALL_IDS}
         close = [short[s] for s in difflib.get_close_matches(name, short, n=3, cutoff=0.5)]
     hint = f" Closest: {', '.join(close)}." if close else ""
     nav = "" if popgym.envs.has_mazelib() else " (navigation tasks need mazelib)"
@@ -113,14 +135,19 @@ class FlattenToFloat32(gymnasium.ObservationWrapper):
 
 
 def make_env(env_id: str, config: dict | None = None) -> gymnasium.Env:
-    """The POPGym task `env_id` with previous action + first-step flag, obs a float32 Box.
+    """The POPGym task `env_id` with previous action + first-step flag, obs a float32 Box;
+    for an event-time id that env inside EventTime (Δt appended last).
 
-    `config` holds keyword arguments of the POPGym env class (an RLlib EnvContext works).
+    `config` holds keyword arguments of the POPGym env class (an RLlib EnvContext works), and
+    for an event-time id also `max_gap` (default 4).
     """
-    if env_id not in _CLASSES:
+    if env_id not in _ALL_IDS:
         raise ValueError(_unknown_env_message(env_id))
-    cls = _CLASSES[env_id]
     kwargs = dict(config or {})
+    if env_id in _EVENT_TIME:
+        max_gap = kwargs.pop("max_gap", 4)
+        return EventTime(make_env(_EVENT_TIME[env_id], kwargs), max_gap=max_gap)
+    cls = _CLASSES[env_id]
     accepted = [k for k, p in inspect.signature(cls.__init__).parameters.items()
                 if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     takes_any = any(p.kind == p.VAR_KEYWORD
@@ -137,9 +164,10 @@ def _gym_entry_point(env_id: str, **kwargs) -> gymnasium.Env:
 
 
 def register_envs() -> None:
-    """Registers every id with gymnasium as the wrapped task (overrides popgym's raw one)."""
+    """Registers every id (event-time ones too) with gymnasium as the wrapped task
+    (overrides popgym's raw one)."""
     registry = gymnasium.envs.registration.registry
-    for env_id in _CLASSES:
+    for env_id in _ALL_IDS:
         spec = registry.get(env_id)
         if spec is not None and getattr(spec.entry_point, "func", None) is _gym_entry_point:
             continue

@@ -9,6 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import envs
 
 ALL = envs.list_envs()
+EVENT_TIME = envs.list_envs("event_time")
 
 
 def test_every_popgym_task_of_every_difficulty_is_listed():
@@ -16,7 +17,7 @@ def test_every_popgym_task_of_every_difficulty_is_listed():
     assert set(ALL) == expected and len(ALL) == len(expected)
     assert set(envs.GROUPS) >= {"diagnostic", "control", "noisy", "game", "all"}
     assert ("navigation" in envs.GROUPS) == popgym.envs.has_mazelib()
-    grouped = [i for g in envs.GROUPS if g != "all" for i in envs.list_envs(g)]
+    grouped = [i for g in envs.GROUPS if g not in ("all", "event_time") for i in envs.list_envs(g)]
     assert sorted(grouped) == sorted(ALL)
     assert "popgym-RepeatPreviousEasy-v0" in envs.list_envs("diagnostic")
     assert "popgym-BattleshipHard-v0" in envs.list_envs("game")
@@ -48,7 +49,7 @@ def test_unknown_group_and_bad_config_are_clear_errors():
 
 
 @pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")  # wrapped on purpose
-@pytest.mark.parametrize("env_id", ALL)
+@pytest.mark.parametrize("env_id", ALL + EVENT_TIME)
 def test_every_env_passes_gymnasium_env_checker_with_a_float32_box(env_id):
     env = envs.make_env(env_id)
     assert isinstance(env.observation_space, gymnasium.spaces.Box)
@@ -92,3 +93,106 @@ def test_envs_imports_neither_torch_nor_ray():
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]; "
             "sys.exit(f'envs imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- event-time variants
+EVENT_ID = "popgym-RepeatPreviousEasy-EventTime-v0"
+
+
+def test_event_time_group_ids_short_names_and_is_event_time():
+    assert EVENT_TIME == [f"{i[:-3]}-EventTime-v0" for i in ALL]
+    assert not set(EVENT_TIME) & set(ALL)                       # not part of "all"
+    assert envs.resolve(["RepeatPreviousEasy-EventTime", EVENT_ID, "RepeatPreviousEasy"]) == \
+        [EVENT_ID, "popgym-RepeatPreviousEasy-v0"]
+    assert envs.resolve("event_time") == EVENT_TIME
+    assert envs.is_event_time(EVENT_ID) and envs.is_event_time("RepeatPreviousEasy-EventTime")
+    assert not envs.is_event_time("popgym-RepeatPreviousEasy-v0")
+    with pytest.raises(ValueError, match="Closest: popgym-RepeatPreviousEasy-EventTime-v0"):
+        envs.resolve("RepeatPrevEasy-EventTime")
+    with pytest.raises(ValueError, match="max_gap must be a positive int"):
+        envs.make_env(EVENT_ID, {"max_gap": 0})
+
+
+def test_event_time_obs_is_the_task_layout_plus_delta_t_last():
+    plain, event = envs.make_env("popgym-RepeatPreviousEasy-v0"), envs.make_env(EVENT_ID)
+    low, high = event.observation_space.low, event.observation_space.high
+    np.testing.assert_array_equal(low[:-1], plain.observation_space.low)
+    np.testing.assert_array_equal(high[:-1], plain.observation_space.high)
+    assert (low[-1], high[-1]) == (0.0, 4.0)
+    obs, _ = event.reset(seed=3)
+    assert obs[-1] == 1.0 and obs[-3:-1].tolist() == [0.0, 1.0]     # Δt = 1, then is_t0
+    obs, *_ = event.step(1)
+    assert obs[-3:-1].tolist() == [1.0, 0.0] and obs in event.observation_space
+
+
+@pytest.mark.parametrize("max_gap", [1, 3])
+def test_event_time_holds_the_action_for_the_gap_and_sums_the_rewards(max_gap):
+    """Replaying each action Δt times on the plain task (same seed) gives the same last
+    observation and the summed rewards; gaps are 1..max_gap and all of them occur."""
+    event = envs.make_env(EVENT_ID, {"max_gap": max_gap})
+    plain = envs.make_env("popgym-RepeatPreviousEasy-v0")
+    obs, _ = event.reset(seed=5)
+    plain_obs, _ = plain.reset(seed=5)
+    np.testing.assert_array_equal(obs[:-1], plain_obs)
+    rng = np.random.default_rng(0)
+    gaps, event_return, plain_return, done = [], 0.0, 0.0, False
+    while not done:
+        action = int(rng.integers(event.action_space.n))
+        obs, reward, terminated, truncated, _ = event.step(action)
+        gap = int(obs[-1])
+        gaps.append(gap)
+        rewards = []
+        for _ in range(gap):
+            plain_obs, plain_reward, *plain_done, _ = plain.step(action)
+            rewards.append(plain_reward)
+        assert reward == pytest.approx(sum(rewards))
+        np.testing.assert_array_equal(obs[:-1], plain_obs)
+        assert [terminated, truncated] == plain_done
+        event_return, plain_return = event_return + reward, plain_return + sum(rewards)
+        done = terminated or truncated
+    assert set(gaps[:-1]) == set(range(1, max_gap + 1))       # the last gap may be cut short
+    assert 1 <= gaps[-1] <= max_gap and -1.0 <= event_return <= 1.0
+    assert event_return == pytest.approx(plain_return)
+    assert sum(gaps) == 51 and len(gaps) < 51 or max_gap == 1   # the whole task, fewer steps
+
+
+def test_event_time_gaps_are_reproducible_from_the_reset_seed():
+    def gaps(seed):
+        env = envs.make_env(EVENT_ID)
+        env.reset(seed=seed)
+        return [int(env.step(0)[0][-1]) for _ in range(10)]
+    assert gaps(7) == gaps(7) and gaps(7) != gaps(8)
+    env = envs.make_env(EVENT_ID)                   # reseeding the same env repeats them too
+    env.reset(seed=7)
+    env.step(0)
+    env.reset(seed=7)
+    assert [int(env.step(0)[0][-1]) for _ in range(10)] == gaps(7)
+
+
+class FixedGaps:
+    """Stands in for EventTime.gap_rng: draws the given gaps in order."""
+
+    def __init__(self, gaps):
+        self.gaps = list(gaps)
+
+    def integers(self, low, high):
+        gap = self.gaps.pop(0)
+        assert low <= gap < high
+        return gap
+
+
+def test_event_time_stops_the_gap_when_the_episode_ends():
+    """RepeatPreviousEasy lasts 51 task steps: gaps 40 then 30 end it 11 steps into the
+    second gap, with Δt = 11, the rewards of those 11 steps, and the task never overstepped."""
+    event = envs.make_env(EVENT_ID, {"max_gap": 50})
+    plain = envs.make_env("popgym-RepeatPreviousEasy-v0")
+    event.reset(seed=2)
+    plain.reset(seed=2)
+    event.gap_rng = FixedGaps([40, 30])
+    plain_rewards = [plain.step(1)[1] for _ in range(51)]
+    obs, reward, terminated, truncated, _ = event.step(1)
+    assert obs[-1] == 40 and not (terminated or truncated)
+    assert reward == pytest.approx(sum(plain_rewards[:40]))
+    obs, reward, terminated, truncated, _ = event.step(1)
+    assert obs[-1] == 11 and terminated and not truncated
+    assert reward == pytest.approx(sum(plain_rewards[40:]))
