@@ -19,6 +19,11 @@ Batch layouts RLlib sends:
 
 Before the memory runs, the padding past the batch's longest sequence is cut off; the memory
 gets per-row `lengths`, so STATE_OUT is the state after each row's last valid step.
+
+With `timesteps_from_obs` the last observation feature is the time Δt elapsed since the
+previous observation (the envs' event-time variants append it): the memory gets it as
+`integration_timesteps` (B, L) in scan (1 on padded steps) and `integration_timestep` (B,) in
+step. The pre-layers still read the whole observation, Δt included.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
     "pre_size": 128,         # width of the observation pre-processing layers
     "hidden_size": 256,      # the memory's output size
     "head_size": 128,        # width of the actor and critic MLPs
+    "timesteps_from_obs": False,  # last obs feature is Δt, the memory's integration timestep
 }
 
 _RLLIB_DEFAULTS = DefaultModelConfig().__dict__
@@ -91,6 +97,9 @@ def check_model_config(model_config: dict) -> dict[str, Any]:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"model_config[{key!r}] must be a positive int, got {value!r}")
+    if not isinstance(config["timesteps_from_obs"], bool):
+        raise ValueError(f"model_config['timesteps_from_obs'] must be a bool, "
+                         f"got {config['timesteps_from_obs']!r}")
     return config
 
 
@@ -198,12 +207,26 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
         longest = steps if lengths is None else max(int(lengths.max()), 1)
         x = self.pre(obs[:, :longest])                                      # (B, L, pre)
         state = self._state_in(batch, batch_size, x)
+        timesteps = self._timesteps(obs[:, :longest], lengths)              # (B, L) or None
         if longest == 1 and lengths is None:     # env runners: the memory's recurrent step
-            y_t, state_out = self.memory.step(x[:, 0], state)
+            step_timestep = None if timesteps is None else timesteps[:, 0]  # (B,)
+            y_t, state_out = self.memory.step(x[:, 0], state, integration_timestep=step_timestep)
             y = y_t[:, None]
         else:
-            y, state_out = self.memory.scan(x, state, lengths=lengths)      # (B, L, hidden)
+            y, state_out = self.memory.scan(x, state, integration_timesteps=timesteps,
+                                            lengths=lengths)                # (B, L, hidden)
         return y, (state_out if self.is_stateful() else None)
+
+    def _timesteps(self, obs: Tensor, lengths: Tensor | None) -> Tensor | None:
+        """Δt (B, L) from the last feature of obs (B, L, D) with `timesteps_from_obs`, 1 past
+        each row's length (the zero padding is no elapsed time); else None (Δt = 1)."""
+        if not self.model_config["timesteps_from_obs"]:
+            return None
+        timesteps = obs[..., -1]
+        if lengths is None:
+            return timesteps
+        valid = torch.arange(obs.shape[1], device=obs.device) < lengths.to(obs.device)[:, None]
+        return torch.where(valid, timesteps, torch.ones_like(timesteps))
 
     def _state_in(self, batch: dict[str, Any], batch_size: int, like: Tensor) -> dict:
         """STATE_IN cast to the memory's dtype (RLlib may hand back ints), or initial state."""

@@ -5,7 +5,9 @@
     algo.train()
 
 `ppo_config` starts from the POPGym paper's PPO protocol (`POPGYM_PPO`) and lets every value be
-overridden. `register_rllib_envs()` makes every POPGym id known to RLlib / Tune.
+overridden. `register_rllib_envs()` makes every POPGym id known to RLlib / Tune, the
+event-time variants too; on an event-time task (`envs.is_event_time`) the module reads Δt from
+the observations (`timesteps_from_obs=True`) unless model_config says otherwise.
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ def _training_keys() -> set[str]:
 
 
 def register_rllib_envs() -> None:
-    """ray.tune.register_env for every POPGym id (creator: envs.make_env); idempotent."""
+    """ray.tune.register_env for every POPGym id and its event-time variant (creator:
+    envs.make_env); idempotent."""
     envs.register_envs()
-    for env_id in envs.list_envs():
+    for env_id in envs.list_envs() + envs.list_envs("event_time"):
         if not _global_registry.contains(ENV_CREATOR, env_id):
             register_env(env_id, functools.partial(envs.make_env, env_id))
 
@@ -81,7 +84,9 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
     `ppo` overrides POPGYM_PPO's training() values (lr, gamma, train_batch_size_per_learner,
     minibatch_size, num_epochs, clip_param, entropy_coeff, vf_loss_coeff, lambda_, ...) and
     also takes `max_seq_len` (into model_config), `batch_mode` and `rollout_fragment_length`,
-    so `ppo_config(env=..., memory=..., **POPGYM_PPO)` is the paper's protocol.
+    so `ppo_config(env=..., memory=..., **POPGYM_PPO)` is the paper's protocol. On an
+    event-time task model_config's `timesteps_from_obs` defaults to True: the memory integrates
+    over the Δt the env appends to each observation.
     """
     register_rllib_envs()
     env_id, = _one_env(env)
@@ -92,6 +97,8 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
             raise ValueError(f"pass {key!r} as ppo_config's own argument, not in model_config")
     if "max_seq_len" in ppo:
         model_config["max_seq_len"] = ppo.pop("max_seq_len")
+    if envs.is_event_time(env_id):
+        model_config.setdefault("timesteps_from_obs", True)
     env_runner_args = {k: ppo.pop(k) for k in _ENV_RUNNER_KEYS if k in ppo}
     env_runner_args.setdefault("batch_mode", POPGYM_PPO["batch_mode"])
     valid = _training_keys()

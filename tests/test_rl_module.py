@@ -71,14 +71,18 @@ def test_initial_state_has_no_batch_dim_and_stays_floating(name):
         assert state == {} and not module.is_stateful()
 
 
+@pytest.mark.parametrize("timesteps_from_obs", [False, True])
 @pytest.mark.parametrize("name", MODELS)
-def test_training_rows_equal_step_by_step_rollout_and_padding_is_ignored(name):
+def test_training_rows_equal_step_by_step_rollout_and_padding_is_ignored(name, timesteps_from_obs):
     """A (B, T) learner batch with per-row lengths gives the env runner's (B, 1) step outputs
-    on valid steps, whatever is in the padding, and STATE_OUT after each row's last step."""
-    module, env = build(name)
+    on valid steps, whatever is in the padding, and STATE_OUT after each row's last step; with
+    `timesteps_from_obs` too, the last feature being Δt in {0, ..., 4} (anything in padding)."""
+    module, env = build(name, timesteps_from_obs=timesteps_from_obs)
     B, T = 3, SIZES["max_seq_len"]
     lengths = [T, 5, 1]
     obs = torch.randn(B, T, env.observation_space.shape[0])
+    if timesteps_from_obs:
+        obs[..., -1] = torch.randint(0, 5, (B, T)).float()
     padded = obs.clone()
     for b, n in enumerate(lengths):
         padded[b, n:] = 1e3 * torch.randn(T - n, obs.shape[-1])
@@ -107,6 +111,40 @@ def test_training_rows_equal_step_by_step_rollout_and_padding_is_ignored(name):
                                    atol=2e-4, rtol=2e-4)
         for k, v in out[Columns.STATE_OUT].items():
             torch.testing.assert_close(v[b], step_states[n - 1][k][b], atol=2e-4, rtol=2e-4)
+
+
+def test_timesteps_from_obs_gives_the_memory_the_last_feature_as_integration_timesteps():
+    """event_ssm in the module equals the memory run by hand on pre(obs) with Δt = obs[..., -1]
+    (1 past the lengths), and differs from the module that ignores Δt."""
+    env_id = "popgym-RepeatPreviousEasy-EventTime-v0"
+    module, env = build("event_ssm", env_id, timesteps_from_obs=True)
+    synchronous, _ = build("event_ssm", env_id)
+    synchronous.load_state_dict(module.state_dict())
+    obs = torch.stack([torch.as_tensor(_rollout(env, seed, steps=6)) for seed in (0, 1)])
+    assert set(obs[..., -1].unique().tolist()) - {1.0}          # some Δt != 1
+    lengths = torch.tensor([6, 4])
+    with torch.no_grad():
+        features = module.forward_train(train_batch(module, obs, lengths))[Columns.EMBEDDINGS]
+        x = module.pre(obs)
+        timesteps = torch.where(torch.arange(6) < lengths[:, None], obs[..., -1], 1.0)
+        by_hand, _ = module.memory.scan(x, module.memory.initial_state(2),
+                                        integration_timesteps=timesteps, lengths=lengths)
+        ignored = synchronous.forward_train(train_batch(module, obs, lengths))
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(features[b, :n], by_hand[b, :n])
+        assert (features[b, :n] - ignored[Columns.EMBEDDINGS][b, :n]).abs().max() > 1e-6
+    with pytest.raises(ValueError, match=r"\['timesteps_from_obs'\] must be a bool, got 'yes'"):
+        memory_module_spec("event_ssm", timesteps_from_obs="yes")
+
+
+def _rollout(env, seed, steps):
+    """(steps, obs) observations of `env` from reset(seed) under random actions."""
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    rows = [obs]
+    for _ in range(steps - 1):
+        rows.append(env.step(env.action_space.sample())[0])
+    return np.stack(rows)
 
 
 def test_padding_past_the_longest_row_is_cut_and_restored_as_zeros():

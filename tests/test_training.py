@@ -99,6 +99,34 @@ def test_same_seed_same_weights_before_and_after_an_iteration(ray_session):
     assert not all(torch.equal(init_a[k], init_c[k]) for k in init_a)
 
 
+def test_ppo_trains_event_ssm_on_an_event_time_task_with_timesteps_from_obs(ray_session):
+    """On an EventTime task the module reads Δt (timesteps_from_obs on by itself); the env
+    runner's observations carry gaps other than 1 and one PPO iteration trains event_ssm."""
+    algo = tiny_config("event_ssm", env="RepeatPreviousEasy-EventTime").build_algo()
+    try:
+        module = algo.get_module()
+        assert module.model_config["timesteps_from_obs"]
+        result = algo.train()
+        assert np.isfinite(result["learners"]["default_policy"]["total_loss"])
+        episodes = algo.env_runner.sample(num_episodes=1, explore=True)
+        gaps = np.asarray(episodes[0].get_observations())[:, -1]
+        assert gaps[0] == 1 and set(gaps[1:]) <= {1, 2, 3, 4} and set(gaps) - {1}
+    finally:
+        algo.stop()
+
+
+def test_event_time_tasks_default_timesteps_from_obs_and_explicit_values_win():
+    def reads_timesteps(env, **model_config):
+        config = ppo_config(env=env, memory="event_ssm", model_config=model_config)
+        return config.rl_module_spec.model_config["timesteps_from_obs"]
+    assert reads_timesteps("popgym-RepeatPreviousEasy-EventTime-v0")
+    assert not reads_timesteps("popgym-RepeatPreviousEasy-EventTime-v0", timesteps_from_obs=False)
+    assert not reads_timesteps(ENV)
+    assert reads_timesteps(ENV, timesteps_from_obs=True)
+    with pytest.raises(ValueError, match="one POPGym id, got group 'event_time'"):
+        ppo_config(env="event_time", memory="gru")
+
+
 def test_ppo_config_follows_the_popgym_protocol_unless_overridden():
     config = ppo_config(env="RepeatPreviousEasy", memory="gru")
     assert config.enable_rl_module_and_learner and config.enable_env_runner_and_connector_v2
@@ -140,3 +168,5 @@ def test_register_rllib_envs_is_idempotent_and_builds_wrapped_envs():
     register_rllib_envs()
     env = _global_registry.get(ENV_CREATOR, "popgym-MineSweeperEasy-v0")({})
     assert env.observation_space.dtype == np.float32
+    event = _global_registry.get(ENV_CREATOR, "popgym-MineSweeperEasy-EventTime-v0")({})
+    assert event.observation_space.shape[0] == env.observation_space.shape[0] + 1
