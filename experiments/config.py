@@ -312,6 +312,10 @@ def _tasks(check: _Validator, value) -> list[str]:
         except ValueError as error:
             check.fail(f"tasks[{i}]", str(error))
         ids.extend(t for t in found if t not in ids)
+    event_time = [envs.is_event_time(t) for t in ids]
+    if any(event_time) and not all(event_time):   # one PPO/module config serves every task
+        check.fail("tasks", "event-time tasks (the memory reads Δt from the observation) and "
+                            "plain tasks cannot share a study; put them in two studies")
     return ids
 
 

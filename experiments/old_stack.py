@@ -43,10 +43,12 @@ from .rl_module import MODEL_CONFIG_DEFAULTS, build_layers, check_model_config
 
 PREFIX = "memrl_"
 
-# custom_model_config keys: MemoryRLModule's model_config keys less the two the old stack
-# fixes elsewhere (the memory: by the registered name; max_seq_len: model["max_seq_len"])
+# custom_model_config keys: MemoryRLModule's model_config keys less those the old stack fixes
+# elsewhere (the memory: by the registered name; max_seq_len: model["max_seq_len"]) or does not
+# support (timesteps_from_obs: the old stack runs every memory with Δt = 1, the event-time
+# tasks are for the new stack)
 CUSTOM_MODEL_CONFIG_KEYS = tuple(k for k in MODEL_CONFIG_DEFAULTS
-                                 if k not in ("memory", "max_seq_len"))
+                                 if k not in ("memory", "max_seq_len", "timesteps_from_obs"))
 
 
 def custom_model_name(memory: str) -> str:

@@ -86,6 +86,8 @@ def test_forward_chunks_equal_step_by_step(name):
 def test_unknown_custom_model_config_key_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"hiden_size.*valid keys.*hidden_size"):
         build_model("gru", register_old_stack_models()["gru"], hiden_size=4)
+    with pytest.raises(ValueError, match=r"timesteps_from_obs.*valid keys"):   # not supported
+        build_model("gru", register_old_stack_models()["gru"], timesteps_from_obs=True)
 
 
 # a fused RNN, a memory with a 4-d state (B, H, N/2, 2) and the memoryless (non-recurrent) path
