@@ -88,3 +88,14 @@ def test_dtype_check_follows_module_conversion(cell):
     assert y.dtype == torch.float64
     with pytest.raises(TypeError, match="float32 but GRU's parameters are float64"):
         cell.scan(torch.randn(4, 5, 2), cell.initial_state(4))
+
+
+def test_memory_models_imports_neither_ray_nor_gymnasium():
+    """DESIGN's import direction: memory_models is pure PyTorch (building every cell too)."""
+    import subprocess
+    import sys
+    code = ("import sys, memory_models as m; "
+            "[m.make(n, input_size=2, hidden_size=3) for n in m.available()]; "
+            "bad = [x for x in ('ray', 'gymnasium', 'popgym') if x in sys.modules]; "
+            "sys.exit(f'memory_models imported {bad}' if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
