@@ -20,7 +20,6 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 
 from ray import tune
 

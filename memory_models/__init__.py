@@ -6,7 +6,7 @@
     y, state = cell.scan(x, state, resets=resets)       # x (4, T, 8) -> y (4, T, 64)
 """
 
-from .interface import RecurrentMemory, State, gather_at_lengths, scan_episodes_as_rows
+from .interface import RecurrentMemory, State, scan_episodes_as_rows
 from .registry import available, get, keywords, make, register
 from .reference import GRU, LSTM, MLP
 from .lmu import LMU, LMUFFT, LMUCell, leCunUniform
@@ -16,7 +16,7 @@ from .s4d import S4D
 from .event_ssm import EventSSM
 
 __all__ = [
-    "RecurrentMemory", "State", "gather_at_lengths", "scan_episodes_as_rows",
+    "RecurrentMemory", "State", "scan_episodes_as_rows",
     "available", "get", "keywords", "make", "register",
     "GRU", "LSTM", "MLP",
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",

@@ -30,7 +30,6 @@ Training runs the recurrence as a parallel associative scan (memory_models.ops.s
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -201,17 +201,6 @@ def scan_episodes_as_rows(scan_fn, initial_state_fn, x: Tensor, state: State, re
     return y, {k: v[final_segment] for k, v in packed_final.items()}
 
 
-def gather_at_lengths(sequence: Tensor, lengths: Tensor, initial: Tensor) -> Tensor:
-    """sequence (B, T, ...) of per-step states -> (B, ...) state after lengths[b] steps.
-
-    lengths[b] == 0 gives initial[b].
-    """
-    index = (lengths - 1).clamp(min=0).view(-1, *([1] * (sequence.ndim - 1)))
-    index = index.expand(-1, 1, *sequence.shape[2:])
-    picked = sequence.gather(1, index)[:, 0]
-    return torch.where(_expand(lengths == 0, picked), initial, picked)
-
-
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(mask.shape[0], *([1] * (like.ndim - 1)))
 

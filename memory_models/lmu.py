@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .interface import RecurrentMemory, State, gather_at_lengths, scan_episodes_as_rows
+from .interface import RecurrentMemory, State, scan_episodes_as_rows
 from .ops.causal_conv import causal_conv_many, fft_length
 from .registry import register
 

@@ -28,7 +28,6 @@ The recurrent path (`step`) runs the recurrence above; both agree to rounding.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
