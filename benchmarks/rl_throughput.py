@@ -43,7 +43,9 @@ REFERENCE = "rllib-lstm"
 LSTM_TARGET = 0.7
 # our memory -> the POPGym old-stack model of the same cell
 PEERS = {"gru": "popgym-GRU", "lmu": "popgym-LMU", "s4d": "popgym-S4D"}
-POPGYM_MODELS = ("popgym-GRU", "popgym-LMU", "popgym-S4D")
+# every subject with a POPGym peer (ours on the new stack, and "old:<name>" on the old) -> it
+PEER_OF = {f"old:{m}": p for m, p in PEERS.items()} | PEERS
+POPGYM_MODELS = tuple(PEERS.values())
 # memory kwargs matching the POPGym peer's sizes (the others' defaults match already: lmu
 # memory_size 256 = hidden, theta 64). POPGym's S4D: d_state = round(sqrt(256) / 2) * 2 = 16,
 # i.e. 8 complex modes per channel, as our state_size 16.
@@ -334,7 +336,6 @@ def cost_rows(costs: dict) -> list[str]:
     rows = ["| subject | step ms (batch 8) | step speed vs rllib-lstm | vs POPGym peer | "
             "train ms (16 x 64) | train speed vs rllib-lstm | vs POPGym peer |",
             "|---|---:|---:|---:|---:|---:|---:|"]
-    peer_of = {f"old:{m}": p for m, p in PEERS.items()} | PEERS
     for subject, c in costs.items():
         if "error" in c:
             rows.append(f"| {subject} | failed: {c['error']} | | | | | |")
@@ -342,7 +343,7 @@ def cost_rows(costs: dict) -> list[str]:
         cells = []
         for key in ("step_ms", "train_ms"):
             ref = costs.get(REFERENCE, {}).get(key)
-            peer = costs.get(peer_of.get(subject, ""), {}).get(key)
+            peer = costs.get(PEER_OF.get(subject, ""), {}).get(key)
             cells += [f"{c[key]:.2f}", f"{ref / c[key]:.2f}x" if ref else "-",
                       f"{peer / c[key]:.2f}x" if peer else "-"]
         rows.append(f"| {subject} | {' | '.join(cells)} |")
@@ -357,13 +358,12 @@ def render(results: dict, costs: dict, memories: list[str], setup: Setup, rounds
     rows = ["| subject | what | env steps/s, best iteration | vs rllib-lstm | vs POPGym peer | "
             "env steps/s, all timed | steps timed | build s |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    peer_of = {f"old:{m}": p for m, p in PEERS.items()} | PEERS
     for subject, r in results.items():
         if "error" in r:
             rows.append(f"| {subject} | {describe(subject)} | failed: {r['error']} | | | | | |")
             continue
         vs_ref = f"{r['steps_per_s'] / reference:.2f}x" if reference else "-"
-        peer = results.get(peer_of.get(subject, ""), {}).get("steps_per_s")
+        peer = results.get(PEER_OF.get(subject, ""), {}).get("steps_per_s")
         vs_peer = f"{r['steps_per_s'] / peer:.2f}x" if peer else "-"
         rows.append(f"| {subject} | {describe(subject)} | {r['steps_per_s']:.0f} | {vs_ref} | "
                     f"{vs_peer} | {r['mean_steps_per_s']:.0f} | {r['steps']} in "
