@@ -8,6 +8,10 @@
 overridden. `register_rllib_envs()` makes every POPGym id known to RLlib / Tune, the
 event-time variants too; on an event-time task (`envs.is_event_time`) the module reads Δt from
 the observations (`timesteps_from_obs=True`) unless model_config says otherwise.
+
+The algorithm samples and cuts minibatches as RLlib's old API stack did, where POPGym's numbers
+come from (`experiments.batching`): complete episodes lose none of the running ones, and a
+recurrent batch is cut into `count // minibatch_size` minibatches of whole episode chunks.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ray.tune.registry import ENV_CREATOR, _global_registry, register_env
 
 import envs
 
+from .batching import CompleteEpisodesEnvRunner, PPOLearner
 from .rl_module import memory_module_spec
 
 __all__ = ["POPGYM_PPO", "ppo_config", "register_rllib_envs"]
@@ -86,7 +91,8 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
     also takes `max_seq_len` (into model_config), `batch_mode` and `rollout_fragment_length`,
     so `ppo_config(env=..., memory=..., **POPGYM_PPO)` is the paper's protocol. On an
     event-time task model_config's `timesteps_from_obs` defaults to True: the memory integrates
-    over the Δt the env appends to each observation.
+    over the Δt the env appends to each observation. Sampling and minibatches follow RLlib's
+    old stack (`batching.CompleteEpisodesEnvRunner`, `batching.PPOLearner`).
     """
     register_rllib_envs()
     env_id, = _one_env(env)
@@ -113,9 +119,11 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
         .framework("torch")
         .environment(env_id)
         .env_runners(num_env_runners=num_env_runners,
-                     num_envs_per_env_runner=num_envs_per_env_runner, **env_runner_args)
+                     num_envs_per_env_runner=num_envs_per_env_runner,
+                     env_runner_cls=CompleteEpisodesEnvRunner, **env_runner_args)
         .rl_module(rl_module_spec=spec)
         .training(**{**_TRAINING_DEFAULTS, **ppo})
+        .learners(learner_class=PPOLearner)
         .debugging(seed=seed)
     )
 

@@ -1,0 +1,164 @@
+"""PPO's data on RLlib's new API stack, sampled and cut into minibatches as its old stack did.
+
+POPGym's protocol (and its published numbers) come from RLlib's old API stack. Two parts of
+the new stack (Ray 2.60) feed PPO differently, and on tasks whose episodes vary in length our
+GRU learned markedly worse there (NoisyPositionOnlyCartPoleEasy: 0.60 vs 0.78 over 5 seeds):
+
+1. Sampling with `batch_mode="complete_episodes"`. The new `SingleAgentEnvRunner` resets
+   every env at each `sample()` call, steps until `num_envs` episodes have finished, and
+   drops the episodes still running. The short episodes finish first, so the learner (and the
+   episode-return metrics) see the short ones and lose the long ones: on CartPole early in
+   training 40% of the sampled steps were thrown away, and the longest (best) episodes are the
+   ones cut. The old stack kept running episodes going into the next call and returned every
+   episode once it finished.
+   `CompleteEpisodesEnvRunner` does the same: running episodes carry over between calls
+   (their chunks are joined when they finish), and a call returns once both the steps it took
+   and the steps of the episodes it finished reach `rollout_fragment_length x num_envs`.
+
+2. Minibatches of a recurrent batch. The old stack kept the train batch's rows (episode
+   chunks of at most max_seq_len steps) in sample order and cut it into
+   `count // minibatch_size` minibatches, minibatch k holding the rows that cover the valid
+   steps [k * minibatch_size, (k + 1) * minibatch_size) (a row belongs to the minibatch where
+   it starts); each epoch visits the same minibatches in a new random order. RLlib 2.60's
+   `MiniBatchCyclicIterator` instead re-shuffles rows, sizes minibatches by an average and
+   wraps them across epochs (its own TODO notes the recurrent case).
+   `OldStackMinibatches` cuts the batch the old stack's way, counting valid steps by the loss
+   mask (the new stack's extra bootstrap step per episode is masked out, as the old stack
+   never had it). `PPOLearner` is RLlib's torch PPO learner using it.
+
+`old_stack_minibatch_rows` is the rule itself; tests hold it equal to the old stack's own
+code (`pad_batch_to_sequences_of_same_size` + `SampleBatch` slicing).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.policy.sample_batch import MultiAgentBatch
+
+__all__ = ["CompleteEpisodesEnvRunner", "OldStackMinibatches", "PPOLearner",
+           "old_stack_minibatch_rows"]
+
+
+class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
+    """SingleAgentEnvRunner whose "complete_episodes" sampling loses no episode (see 1. above).
+
+    Any other request (truncate_episodes, or an explicit num_timesteps / num_episodes) is
+    RLlib's own.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._running: dict[str, SingleAgentEpisode] = {}   # episode id -> its steps so far
+
+    def sample(self, *, num_timesteps=None, num_episodes=None, explore=None,
+               random_actions=False, force_reset=False, **kwargs) -> list[SingleAgentEpisode]:
+        if self.config.batch_mode != "complete_episodes" or num_timesteps is not None \
+                or num_episodes is not None:
+            return super().sample(num_timesteps=num_timesteps, num_episodes=num_episodes,
+                                  explore=explore, random_actions=random_actions,
+                                  force_reset=force_reset, **kwargs)
+        if force_reset:
+            self._running.clear()
+        target = self.config.get_rollout_fragment_length(self.worker_index) * self.num_envs
+        finished: list[SingleAgentEpisode] = []
+        stepped = finished_steps = 0
+        while stepped < target or finished_steps < target:
+            request = max(target - stepped, target - finished_steps, self.num_envs)
+            chunks = super().sample(num_timesteps=request, explore=explore,
+                                    random_actions=random_actions, force_reset=force_reset,
+                                    **kwargs)
+            force_reset = False
+            for chunk in chunks:
+                stepped += len(chunk)
+                episode = self._join(chunk)
+                if episode.is_done:
+                    finished.append(episode)
+                    finished_steps += len(episode)
+        return finished
+
+    def _join(self, chunk: SingleAgentEpisode) -> SingleAgentEpisode:
+        """The episode `chunk` continues (chunk itself if it starts one), extended by it;
+        kept in `_running` until it is done."""
+        episode = self._running.pop(chunk.id_, None)
+        if episode is None:
+            episode = chunk
+        else:
+            episode.concat_episode(chunk)
+        if not episode.is_done:
+            self._running[episode.id_] = episode
+        return episode
+
+
+def old_stack_minibatch_rows(valid_steps: np.ndarray, minibatch_size: int) -> list[range]:
+    """Rows of each minibatch of one epoch, as RLlib's old stack cut a recurrent batch.
+
+    valid_steps (R,): the valid (loss) steps of each row, rows in batch order. There are
+    max(1, N // minibatch_size) minibatches, N = valid_steps.sum(); minibatch k holds the rows
+    from the one containing valid step k * minibatch_size up to (without) the one containing
+    step (k + 1) * minibatch_size (or every remaining row at N). Rows past the last boundary
+    are not trained on, as on the old stack.
+    """
+    ends = np.cumsum(valid_steps)                                  # (R,) exclusive ends
+    count = int(ends[-1]) if len(ends) else 0
+    num_minibatches = max(1, count // minibatch_size)
+
+    def row_of(step: int) -> int:
+        return len(ends) if step >= count else int(np.searchsorted(ends, step, side="right"))
+
+    bounds = [row_of(min(k * minibatch_size, count)) for k in range(num_minibatches + 1)]
+    return [range(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+class OldStackMinibatches:
+    """Minibatches of a learner batch (MultiAgentBatch of one module) cut as the old stack did
+    (`old_stack_minibatch_rows`), for `num_epochs` epochs, the minibatch order permuted each
+    epoch. Rows are episode chunks (B, T) with a LOSS_MASK, or single steps for a stateless
+    module."""
+
+    def __init__(self, batch: MultiAgentBatch, *, num_epochs: int, minibatch_size: int):
+        if len(batch.policy_batches) != 1:
+            raise ValueError(f"OldStackMinibatches cuts the batch of one module, got "
+                             f"{sorted(batch.policy_batches)}")
+        (self.module_id, self.module_batch), = batch.policy_batches.items()
+        mask = self.module_batch.get(Columns.LOSS_MASK)
+        rows = len(self.module_batch[Columns.SEQ_LENS]) \
+            if self.module_batch.get(Columns.SEQ_LENS) is not None else len(self.module_batch)
+        valid = np.ones(rows, dtype=np.int64) if mask is None else \
+            np.asarray(mask).reshape(rows, -1).sum(axis=1)
+        self.minibatches = old_stack_minibatch_rows(valid, minibatch_size)
+        self.num_epochs = num_epochs
+        self.env_steps = batch.env_steps()
+
+    def __iter__(self) -> Iterator[MultiAgentBatch]:
+        for _ in range(self.num_epochs):
+            for k in np.random.permutation(len(self.minibatches)):
+                rows = self.minibatches[k]
+                yield MultiAgentBatch({self.module_id: self.module_batch[rows.start:rows.stop]},
+                                      self.env_steps)
+
+
+class PPOLearner(PPOTorchLearner):
+    """RLlib's torch PPO learner, with minibatches cut as the old stack did (see 2. above)."""
+
+    def _create_iterator_if_necessary(self, *, training_data, num_total_minibatches=0,
+                                      num_epochs=1, minibatch_size=None,
+                                      shuffle_batch_per_epoch=False, **kwargs):
+        if training_data.data_iterators or not minibatch_size or num_total_minibatches:
+            return super()._create_iterator_if_necessary(
+                training_data=training_data, num_total_minibatches=num_total_minibatches,
+                num_epochs=num_epochs, minibatch_size=minibatch_size,
+                shuffle_batch_per_epoch=shuffle_batch_per_epoch, **kwargs)
+        batch = self._make_batch_if_necessary(training_data=training_data)
+        for module_id in list(batch.policy_batches):
+            if not self.should_module_be_updated(module_id, batch):
+                del batch.policy_batches[module_id]
+        if not batch.policy_batches:
+            return {}
+        batch = self._set_slicing_by_batch_id(batch, value=True)
+        return OldStackMinibatches(batch, num_epochs=num_epochs, minibatch_size=minibatch_size)

@@ -1,0 +1,155 @@
+"""experiments.batching: complete-episode sampling and minibatches as RLlib's old stack made them.
+
+The minibatch rule is held equal to the old stack's own code (RLlib's zero padding and
+SampleBatch slicing, as `TorchPolicyV2.load_batch_into_buffer` / `learn_on_loaded_batch` use
+them); the env runner is checked to lose no sampled step on a task with variable-length
+episodes; a PPO learner built by `ppo_config` trains on exactly those minibatches.
+"""
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.policy.rnn_sequencing import pad_batch_to_sequences_of_same_size
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.policy.view_requirement import ViewRequirement
+
+from experiments import batching
+from experiments.batching import OldStackMinibatches, old_stack_minibatch_rows
+from experiments.training import ppo_config
+
+VARIABLE = "popgym-NoisyPositionOnlyCartPoleEasy-v0"     # episodes of many lengths
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def old_stack_rows(seq_lens: np.ndarray, max_seq_len: int, minibatch_size: int) -> list[range]:
+    """The rows of each minibatch RLlib's old stack trains on (one CPU device), by its code."""
+    rows = len(seq_lens)
+    batch = SampleBatch({"obs": np.zeros((int(seq_lens.sum()), 1), np.float32),
+                         "state_in_0": np.arange(rows)[:, None].astype(np.float32),
+                         SampleBatch.SEQ_LENS: seq_lens})
+    pad_batch_to_sequences_of_same_size(
+        batch, max_seq_len=max_seq_len, shuffle=False,
+        view_requirements={"state_in_0": ViewRequirement("state_out_0", shift=-1)})
+    num_batches = max(1, len(batch) // minibatch_size)        # multi_gpu_train_one_step
+    found = []
+    for k in range(num_batches):                               # learn_on_loaded_batch
+        piece = batch if minibatch_size >= len(batch) else \
+            batch[k * minibatch_size:(k + 1) * minibatch_size]
+        ids = piece["state_in_0"][:, 0].astype(int)
+        found.append(range(int(ids[0]), int(ids[-1]) + 1) if len(ids) else range(0))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_minibatch_rows_equal_the_old_stacks(seed):
+    rng = np.random.default_rng(seed)
+    max_seq_len = int(rng.choice([8, 16, 64]))
+    seq_lens = rng.integers(1, max_seq_len + 1, size=int(rng.integers(5, 300)))
+    minibatch_size = int(rng.choice([7, 64, 100, 1024, 10_000]))
+    ours = old_stack_minibatch_rows(seq_lens, minibatch_size)
+    assert ours == old_stack_rows(seq_lens, max_seq_len, minibatch_size)
+    assert len(ours) == max(1, int(seq_lens.sum()) // minibatch_size)
+
+
+def test_minibatch_rows_by_hand():
+    # rows of 3, 5, 2, 4 valid steps (14); minibatches of 4 steps: 3 of them.
+    # step 0 is in row 0, step 4 in row 1, step 8 in row 2, step 12 in row 3.
+    assert old_stack_minibatch_rows(np.array([3, 5, 2, 4]), 4) == \
+        [range(0, 1), range(1, 2), range(2, 3)]        # row 3 is past the last boundary
+    assert old_stack_minibatch_rows(np.array([3, 5, 2, 4]), 100) == [range(0, 4)]
+
+
+def learner_batch(valid: list[int], steps: int) -> MultiAgentBatch:
+    """A new-stack learner batch: rows (B, steps) with a LOSS_MASK of `valid` steps each."""
+    rows = len(valid)
+    mask = np.arange(steps)[None] < np.array(valid)[:, None]
+    module = SampleBatch({Columns.OBS: np.arange(rows, dtype=np.float32)[:, None, None]
+                          * np.ones((1, steps, 1), np.float32),
+                          Columns.LOSS_MASK: mask,
+                          Columns.SEQ_LENS: np.array(valid) + 1,    # + the bootstrap step
+                          Columns.STATE_IN: {"h": np.zeros((rows, 2), np.float32)}},
+                         _zero_padded=True, _max_seq_len=steps)
+    module._slice_seq_lens_in_B = True
+    return MultiAgentBatch({"default_policy": module}, env_steps=int(sum(valid)))
+
+
+def test_iterator_epochs_visit_the_same_minibatches_in_new_orders():
+    valid = [3, 5, 2, 4, 6, 1, 7]
+    iterator = OldStackMinibatches(learner_batch(valid, 8), num_epochs=3, minibatch_size=5)
+    assert iterator.minibatches == old_stack_minibatch_rows(np.array(valid), 5)
+    np.random.seed(0)
+    seen = [tuple(mb.policy_batches["default_policy"][Columns.OBS][:, 0, 0].astype(int))
+            for mb in iterator]
+    per_epoch = len(iterator.minibatches)
+    assert len(seen) == 3 * per_epoch
+    expected = sorted(tuple(r) for r in iterator.minibatches)
+    epochs = [seen[i * per_epoch:(i + 1) * per_epoch] for i in range(3)]
+    assert all(sorted(epoch) == expected for epoch in epochs)
+    assert len(set(map(tuple, epochs))) > 1             # the order changes between epochs
+
+
+def test_iterator_rejects_several_modules():
+    batch = learner_batch([3, 4], 4)
+    batch.policy_batches["other"] = batch.policy_batches["default_policy"]
+    with pytest.raises(ValueError, match="one module"):
+        OldStackMinibatches(batch, num_epochs=1, minibatch_size=2)
+
+
+def test_complete_episodes_lose_no_step(ray_session):
+    """RLlib 2.60's own env runner drops the running episodes at each call (the long ones);
+    ours carries them over: every sampled step comes back in a finished episode."""
+    config = ppo_config(env=VARIABLE, memory="gru", model_config=dict(
+        pre_size=8, hidden_size=8, head_size=8, max_seq_len=16), num_envs_per_env_runner=4,
+        train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
+    runner = batching.CompleteEpisodesEnvRunner(config=config)
+    returned = []
+    for _ in range(4):
+        episodes = runner.sample()
+        assert all(e.is_done and e.t_started == 0 for e in episodes)
+        assert sum(map(len, episodes)) >= 256
+        returned += episodes
+    running = sum(len(e) for e in runner._running.values())
+    sampled = int(runner.get_metrics()["num_env_steps_sampled_lifetime"])
+    assert sum(map(len, returned)) + running == sampled
+    assert len({e.id_ for e in returned}) == len(returned)
+    runner.stop()
+
+
+def test_ppo_trains_on_old_stack_minibatches(ray_session, monkeypatch):
+    """One PPO iteration from ppo_config: the learner's minibatches are the old stack's."""
+    seen = []
+    original = OldStackMinibatches.__init__
+
+    def record(self, batch, **kwargs):
+        original(self, batch, **kwargs)
+        seen.append(self)
+
+    monkeypatch.setattr(OldStackMinibatches, "__init__", record)
+    forward = []
+    from experiments.rl_module import MemoryRLModule
+    train = MemoryRLModule._forward_train
+    monkeypatch.setattr(MemoryRLModule, "_forward_train",
+                        lambda self, batch, **kw: forward.append(batch[Columns.OBS].shape[0])
+                        or train(self, batch, **kw))
+    config = ppo_config(env=VARIABLE, memory="gru", model_config=dict(
+        pre_size=8, hidden_size=8, head_size=8, max_seq_len=16), num_envs_per_env_runner=4,
+        train_batch_size_per_learner=512, minibatch_size=128, num_epochs=2)
+    algo = config.build_algo()
+    try:
+        algo.train()
+    finally:
+        algo.stop()
+    iterator, = seen
+    mask = np.asarray(iterator.module_batch[Columns.LOSS_MASK])
+    assert mask.sum() >= 512
+    assert iterator.minibatches == old_stack_minibatch_rows(mask.sum(axis=1), 128)
+    assert len(forward) == 2 * len(iterator.minibatches)
+    assert sorted(forward) == sorted(2 * [len(r) for r in iterator.minibatches])
