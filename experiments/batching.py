@@ -32,6 +32,7 @@ code (`pad_batch_to_sequences_of_same_size` + `SampleBatch` slicing).
 
 from __future__ import annotations
 
+import copy
 from typing import Iterator
 
 import numpy as np
@@ -83,11 +84,12 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
         return finished
 
     def _join(self, chunk: SingleAgentEpisode) -> SingleAgentEpisode:
-        """The episode `chunk` continues (chunk itself if it starts one), extended by it;
-        kept in `_running` until it is done."""
+        """The episode `chunk` continues (a copy of chunk if it starts one), extended by it;
+        kept in `_running` until it is done. RLlib keeps the chunks for its episode metrics
+        (length and return summed over chunks), so none of them is changed in place."""
         episode = self._running.pop(chunk.id_, None)
         if episode is None:
-            episode = chunk
+            episode = copy.deepcopy(chunk)
         else:
             episode.concat_episode(chunk)
         if not episode.is_done:

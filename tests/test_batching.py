@@ -110,14 +110,19 @@ def test_complete_episodes_lose_no_step(ray_session):
         pre_size=8, hidden_size=8, head_size=8, max_seq_len=16), num_envs_per_env_runner=4,
         train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
     runner = batching.CompleteEpisodesEnvRunner(config=config)
-    returned = []
+    returned, sampled = [], 0
     for _ in range(4):
         episodes = runner.sample()
         assert all(e.is_done and e.t_started == 0 for e in episodes)
         assert sum(map(len, episodes)) >= 256
         returned += episodes
+        metrics = runner.get_metrics()     # RLlib's episode metrics (of this call's episodes)
+        assert float(metrics["episode_len_mean"]) == pytest.approx(
+            np.mean([len(e) for e in episodes]))      # see each episode whole, once
+        assert float(metrics["episode_return_mean"]) == pytest.approx(
+            np.mean([e.get_return() for e in episodes]))
+        sampled += int(metrics["num_env_steps_sampled"])
     running = sum(len(e) for e in runner._running.values())
-    sampled = int(runner.get_metrics()["num_env_steps_sampled_lifetime"])
     assert sum(map(len, returned)) + running == sampled
     assert len({e.id_ for e in returned}) == len(returned)
     runner.stop()
