@@ -7,7 +7,7 @@
 """
 
 from .interface import RecurrentMemory, State, scan_episodes_as_rows
-from .registry import available, get, keywords, make, register
+from .registry import UnknownKeywordError, available, check_kwargs, get, keywords, make, register
 from .reference import GRU, LSTM, MLP
 from .lmu import LMU, LMUFFT, LMUCell, leCunUniform
 from .discretization import DISCRETIZATIONS
@@ -17,7 +17,7 @@ from .event_ssm import EventSSM
 
 __all__ = [
     "RecurrentMemory", "State", "scan_episodes_as_rows",
-    "available", "get", "keywords", "make", "register",
+    "available", "check_kwargs", "get", "keywords", "make", "register", "UnknownKeywordError",
     "GRU", "LSTM", "MLP",
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",
     "DISCRETIZATIONS", "LRNN", "LTI_LRNN", "LTV_LRNN", "S4D", "EventSSM",

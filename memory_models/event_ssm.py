@@ -24,7 +24,9 @@ With Δt ≡ 1 all three are the synchronous (time-invariant) recurrence of thei
 that arrives at t, so the model stays causal and `step` can compute it online.
 
 Training runs the recurrence as a parallel associative scan (memory_models.ops.scan);
-`scan_impl="sequential"` runs the same model with the reference loop over t instead.
+`scan_impl="sequential"` runs the same model with the reference loop over t instead (an
+implementation option for tests and benchmarks, not a model choice: `make` does not take it).
+Computes in float32 and float64 (torch's complex arithmetic has no half-precision CPU kernels).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .interface import RecurrentMemory, State
-from .lrnn import (LTV_LRNN, InferenceCacheStep, as_complex, check_discretization,
-                   check_state_size, check_step_range, real_part_weights)
+from .lrnn import (LTV_LRNN, InferenceCacheStep, as_complex, check_state_size, check_step_range,
+                   real_part_weights)
 from .ops.scan import linear_scan, linear_scan_sequential
 from .registry import register
 
@@ -49,6 +51,8 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
     """Event-driven S5-style memory with P/2 complex modes (P = state_size)."""
 
     discretizations = ("async", "zoh", "dirac")
+    dtypes = (torch.float32, torch.float64)
+    implementation_options = ("scan_impl",)
     cache_matrix_keys = ("A", "B", "C")
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 64,
@@ -56,7 +60,6 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
                  dt_max: float = 1e-1, scan_impl: str = "parallel"):
         super().__init__(discretization=discretization, input_size=input_size,
                          hidden_size=hidden_size)
-        check_discretization("EventSSM", discretization, self.discretizations)
         check_state_size(state_size, "P/2")
         if not isinstance(selective, bool):
             raise TypeError(f"selective must be a bool, got {selective!r}")

@@ -25,19 +25,30 @@ import abc
 import torch
 from torch import Tensor, nn
 
+from .checks import check_int
+
 State = dict[str, Tensor]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class RecurrentMemory(nn.Module, abc.ABC):
-    """Base class of every memory cell. Subclasses implement `initial_state` and `_scan`."""
+    """Base class of every memory cell. Subclasses implement `initial_state` and `_scan`.
+
+    Class attributes a cell may narrow:
+        dtypes                  the floating dtypes it computes in; `scan` and `step` refuse
+                                the others with a clear error (default: all four)
+        implementation_options  constructor keywords that choose how it computes, not what it
+                                is (tests, benchmarks); the registry does not offer them
+    """
+
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    implementation_options: tuple[str, ...] = ()
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("input_size", input_size)
+        check_int("hidden_size", hidden_size)
         self.input_size = input_size
         self.hidden_size = hidden_size
 
@@ -81,12 +92,12 @@ class RecurrentMemory(nn.Module, abc.ABC):
     def step(self, x_t: Tensor, state: State, *, reset: Tensor | None = None,
              integration_timestep: Tensor | None = None) -> tuple[Tensor, State]:
         """One observation x_t (B, input_size) -> y_t (B, hidden_size), new state."""
-        reset, integration_timestep = self.check_step_args(x_t, state, reset,
-                                                           integration_timestep)
+        reset, integration_timestep = self._check_step_args(x_t, state, reset,
+                                                            integration_timestep)
         return self._step(x_t, state, reset, integration_timestep)
 
-    def check_step_args(self, x_t: Tensor, state: State, reset: Tensor | None = None,
-                        integration_timestep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _check_step_args(self, x_t: Tensor, state: State, reset: Tensor | None,
+                         integration_timestep: Tensor | None) -> tuple[Tensor, Tensor]:
         """Validate `step`'s arguments (clear errors); -> (reset (B,) bool, Δt (B,) float)."""
         _check_tensor("x_t", x_t, ndim=2, last=self.input_size, what="(B, input_size)")
         self._check_dtype(x_t)
@@ -131,6 +142,10 @@ class RecurrentMemory(nn.Module, abc.ABC):
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"input must be a floating tensor (one of {_names(FLOAT_DTYPES)}), "
                             f"got {x.dtype}")
+        if x.dtype not in self.dtypes:
+            raise TypeError(f"{type(self).__name__} computes in {_names(self.dtypes)} only, "
+                            f"got {_names([x.dtype])} input; convert the model and the input, "
+                            f"e.g. model.float() and x.float()")
         own = self.parameter_dtype()
         if own is not None and own != x.dtype:
             raise TypeError(f"input is {_names([x.dtype])} but {type(self).__name__}'s parameters "
@@ -218,35 +233,32 @@ def _check_tensor(name: str, value, *, ndim: int, last: int, what: str) -> None:
                          f"got {tuple(value.shape)}")
 
 
+def _check_tensor_arg(name: str, value, dtypes, shape: tuple[int, ...], kind: str) -> None:
+    """value must be a tensor of one of `dtypes` ("a `kind` tensor") of the given shape."""
+    if not isinstance(value, Tensor) or value.dtype not in dtypes:
+        got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be {kind} tensor of shape {shape}, got {got}")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+
+
 def _flags(name: str, value, shape: tuple[int, ...], device) -> Tensor:
     if value is None:
         return torch.zeros(shape, dtype=torch.bool, device=device)
-    if not isinstance(value, Tensor) or value.dtype != torch.bool:
-        got = value.dtype if isinstance(value, Tensor) else type(value).__name__
-        raise TypeError(f"{name} must be a bool tensor of shape {shape}, got {got}")
-    if tuple(value.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+    _check_tensor_arg(name, value, (torch.bool,), shape, "a bool")
     return value.to(device)
 
 
 def _timesteps(name: str, value, shape: tuple[int, ...], like: Tensor) -> Tensor:
     if value is None:
         return torch.ones(shape, dtype=like.dtype, device=like.device)
-    if not isinstance(value, Tensor) or value.dtype not in FLOAT_DTYPES:
-        got = value.dtype if isinstance(value, Tensor) else type(value).__name__
-        raise TypeError(f"{name} must be a floating tensor of shape {shape}, got {got}")
-    if tuple(value.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+    _check_tensor_arg(name, value, FLOAT_DTYPES, shape, "a floating")
     if bool((value < 0).any()) or not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} must be finite and >= 0 (time elapsed between observations)")
     return value.to(device=like.device, dtype=like.dtype)
 
 
 def _check_lengths(lengths, batch: int, steps: int) -> None:
-    if not isinstance(lengths, Tensor) or lengths.dtype not in (torch.int32, torch.int64):
-        got = lengths.dtype if isinstance(lengths, Tensor) else type(lengths).__name__
-        raise TypeError(f"lengths must be an int64 tensor of shape ({batch},), got {got}")
-    if tuple(lengths.shape) != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+    _check_tensor_arg("lengths", lengths, (torch.int32, torch.int64), (batch,), "an int64")
     if bool((lengths < 0).any()) or bool((lengths > steps).any()):
         raise ValueError(f"lengths must lie in [0, T={steps}], got {lengths.tolist()}")

@@ -5,18 +5,19 @@
     └── LTV_LRNN              A_bar, B_bar change with time (Δt_k, input): trainable by a scan
 
 `discretization` names a function of `memory_models.discretization.DISCRETIZATIONS`, stored as
-`discretize_fn` (None for None: the model discretizes by itself).
+`discretize_fn` (None for None: the model discretizes by itself). Each class lists the names
+it accepts in `discretizations`; `check_discretization` is the one check of the argument.
 
 The concrete cells (S4D, EventSSM) are also `RecurrentMemory`s. Both classes define `step`:
 the seed's `step(x, inference_cache) -> (y, inference_cache)` and the interface's
 `step(x_t, state, *, reset=None, integration_timestep=None) -> (y_t, new_state)`. The cells
-answer both with one method, `InferenceCacheStep.step`, that looks at what it was given:
+answer both with one method, `InferenceCacheStep.step`, which goes by the type of what it got:
 
-- a state dict (from `initial_state`): the interface step, returning a new state dict;
-- an inference cache (from `allocate_inference_cache`): the same state entries plus the
+- an `InferenceCache` (from `allocate_inference_cache`): a dict of the state entries plus the
   model's matrices computed once at allocation (`cache_matrix_keys`). The step uses those
   matrices, writes the new state into the cache and returns the cache. The matrices are a
   snapshot: allocate a new cache after the parameters change.
+- anything else (a state dict from `initial_state`): the interface step, returning a new state.
 
 The constructors are cooperative: `LRNN.__init__(discretization, **kwargs)` passes the other
 keywords on along the MRO, so `class Cell(InferenceCacheStep, LTI_LRNN, RecurrentMemory)`
@@ -32,8 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_int
 from .discretization import DISCRETIZATIONS
-from .interface import RecurrentMemory
+from .interface import RecurrentMemory, State
 
 ALLOWED = (*DISCRETIZATIONS, None)
 
@@ -41,10 +43,10 @@ ALLOWED = (*DISCRETIZATIONS, None)
 class LRNN(nn.Module, abc.ABC):
     """Base of every linear recurrent network; abstract (`forward` must be implemented)."""
 
+    discretizations: tuple[str | None, ...] = ALLOWED        # the ones this class accepts
+
     def __init__(self, discretization: str | None, **kwargs):
-        if discretization is not None and discretization not in DISCRETIZATIONS:
-            raise ValueError(f"unknown discretization {discretization!r}; allowed: "
-                             f"{', '.join(map(repr, ALLOWED))}")
+        check_discretization(type(self), discretization)
         super().__init__(**kwargs)
         self.discretization = discretization
         self.discretize_fn = None if discretization is None else DISCRETIZATIONS[discretization]
@@ -58,13 +60,7 @@ class LRNN(nn.Module, abc.ABC):
 class LTI_LRNN(LRNN):
     """Linear time-invariant LRNN: one (A_bar, B_bar, C) for every step. No 'async'."""
 
-    def __init__(self, discretization: str | None, **kwargs):
-        if discretization == "async":
-            raise ValueError("an LTI model cannot use discretization 'async': event-driven "
-                             "steps make the dynamics time-varying; use an LTV model (e.g. "
-                             "EventSSM) or one of 'zoh', 'bilinear', 'dirac', "
-                             "'no_discretization'")
-        super().__init__(discretization, **kwargs)
+    discretizations = tuple(d for d in ALLOWED if d != "async")
 
     @abc.abstractmethod
     def discretize(self) -> tuple[Tensor, Tensor | float, Tensor]:
@@ -97,6 +93,22 @@ class LTV_LRNN(LRNN):
         """Initial state plus the time-invariant matrices `step` needs, computed once."""
 
 
+class InferenceCache(dict):
+    """The seed API's inference cache: a dict of the state entries (as `initial_state`) and
+    the step matrices under `matrix_keys`. `step` updates the state entries in place."""
+
+    def __init__(self, state: State, matrices: dict[str, Tensor]):
+        super().__init__(state)
+        self.update(matrices)
+        self.matrix_keys = tuple(matrices)
+
+    def state(self) -> State:
+        return {k: v for k, v in self.items() if k not in self.matrix_keys}
+
+    def matrices(self) -> tuple[Tensor, ...]:
+        return tuple(self[k] for k in self.matrix_keys)
+
+
 class InferenceCacheStep:
     """The dual-API `step` of the concrete LRNN cells (module docstring), written once.
 
@@ -127,50 +139,55 @@ class InferenceCacheStep:
                                 self.step_matrices())
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
-                                 dtype=None) -> dict[str, Any]:
+                                 dtype=None) -> InferenceCache:
         """The zero state (`initial_state`) plus the step matrices under `cache_matrix_keys`.
 
         max_seqlen is unused (the cached matrices do not depend on time). The matrices are a
         snapshot of the parameters: allocate again after they change.
         """
-        cache: dict[str, Any] = self.initial_state(batch_size, dtype=dtype)
-        cache.update(zip(self.cache_matrix_keys, self.step_matrices()))
-        return cache
+        return InferenceCache(self.initial_state(batch_size, dtype=dtype),
+                              dict(zip(self.cache_matrix_keys, self.step_matrices())))
 
-    def step(self, x_t: Tensor, state: dict[str, Any], *, reset: Tensor | None = None,
+    def step(self, x_t: Tensor, state: State | InferenceCache, *, reset: Tensor | None = None,
              integration_timestep: Tensor | None = None):
         """One observation x_t (B, input_size), either API:
 
         step(x_t, state, ...)           -> (y_t, new state dict)    state from initial_state
         step(x_t, inference_cache, ...) -> (y_t, the cache updated)  allocate_inference_cache
         """
-        keys = self.cache_matrix_keys
-        if not isinstance(state, dict) or not all(k in state for k in keys):
+        if not isinstance(state, InferenceCache):
             return RecurrentMemory.step(self, x_t, state, reset=reset,
                                         integration_timestep=integration_timestep)
-        own_state = {k: v for k, v in state.items() if k not in keys}
-        matrices = tuple(state[k] for k in keys)
-        reset, integration_timestep = self.check_step_args(x_t, own_state, reset,
-                                                           integration_timestep)
+        own_state = state.state()
+        reset, integration_timestep = self._check_step_args(x_t, own_state, reset,
+                                                            integration_timestep)
         y, new_state = self._recurrence(x_t, self.reset_state(own_state, reset),
-                                        integration_timestep, matrices)
+                                        integration_timestep, state.matrices())
         state.update(new_state)
         return y, state
 
 
 # ---------------------------------------------------------------------- constructor checks
-def check_discretization(cell: str, discretization, allowed: tuple[str, ...]) -> None:
-    if discretization not in allowed:
-        raise ValueError(f"{cell} discretization must be one of {allowed}, "
-                         f"got {discretization!r}")
+def check_discretization(model: type[LRNN], discretization) -> None:
+    """The one check of a `discretization` argument: a name of DISCRETIZATIONS (or None) that
+    `model.discretizations` lists; the error says which names are allowed, and why not."""
+    if discretization in model.discretizations:
+        return
+    if discretization not in ALLOWED:
+        raise ValueError(f"unknown discretization {discretization!r}; allowed: "
+                         f"{', '.join(map(repr, ALLOWED))}")
+    if discretization == "async" and issubclass(model, LTI_LRNN):
+        raise ValueError("an LTI model cannot use discretization 'async': event-driven "
+                         "steps make the dynamics time-varying; use an LTV model (e.g. "
+                         "EventSSM) or one of 'zoh', 'bilinear', 'dirac', "
+                         "'no_discretization'")
+    raise ValueError(f"{model.__name__} discretization must be one of "
+                     f"{model.discretizations}, got {discretization!r}")
 
 
 def check_state_size(state_size, pairs: str) -> None:
     """state_size N must be an even int >= 2: N/2 complex modes stand for N real ones."""
-    if isinstance(state_size, bool) or not isinstance(state_size, int) or state_size < 2 \
-            or state_size % 2:
-        raise ValueError(f"state_size must be an even int >= 2 ({pairs} conjugate pairs), "
-                         f"got {state_size!r}")
+    check_int("state_size", state_size, minimum=2, even=True, why=f" ({pairs} conjugate pairs)")
 
 
 def check_step_range(dt_min: float, dt_max: float) -> None:

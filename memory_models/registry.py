@@ -1,4 +1,13 @@
-"""Name -> memory class. `make(name, input_size=..., hidden_size=..., **kwargs)` builds one."""
+"""Name -> memory class. `make(name, input_size=..., hidden_size=..., **kwargs)` builds one.
+
+    keywords(name)            the model choices `name` takes beyond the sizes, with defaults
+    check_kwargs(name, kw)    the one check of those keywords (make, and every config, call it)
+
+A cell's constructor may also take implementation options (how it computes, not what it is,
+e.g. event_ssm's `scan_impl` for tests and benchmarks), listed in its class attribute
+`implementation_options`: `keywords` leaves them out, so `make` and configs reject them;
+code that wants one builds the class itself (`get(name)(..., scan_impl="sequential")`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,15 @@ import inspect
 from .interface import RecurrentMemory
 
 _MODELS: dict[str, type[RecurrentMemory]] = {}
+
+
+class UnknownKeywordError(TypeError, ValueError):
+    """A memory got keywords it does not take. A TypeError, as Python's own for an unexpected
+    keyword, and a ValueError, as for any bad config value. `unknown` and `valid` list them."""
+
+    def __init__(self, message: str, unknown: list[str], valid: list[str]):
+        super().__init__(message)
+        self.unknown, self.valid = unknown, valid
 
 
 def register(name: str):
@@ -42,18 +60,26 @@ def get(name: str) -> type[RecurrentMemory]:
 
 
 def keywords(name: str) -> dict[str, object]:
-    """The extra keyword arguments `name` accepts, with their defaults."""
-    signature = inspect.signature(get(name).__init__)
+    """The model choices `name` takes besides input_size and hidden_size, with their defaults
+    (inspect.Parameter.empty for none); implementation options are not among them."""
+    cls = get(name)
+    skip = {"self", "input_size", "hidden_size", *cls.implementation_options}
+    signature = inspect.signature(cls.__init__)
     return {k: p.default for k, p in signature.parameters.items()
-            if k not in ("self", "input_size", "hidden_size")
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_kwargs(name: str, kwargs) -> None:
+    """Raise UnknownKeywordError (a ValueError and a TypeError) naming every key of `kwargs`
+    that is not one of `keywords(name)`, and the valid ones. Values are the class's to check."""
+    valid = sorted(keywords(name))
+    unknown = sorted(set(kwargs) - set(valid), key=str)
+    if unknown:
+        raise UnknownKeywordError(f"memory model {name!r} got unknown keyword(s) {unknown}; "
+                                  f"valid keywords: {valid or 'none'}", unknown, valid)
 
 
 def make(name: str, *, input_size: int, hidden_size: int, **kwargs) -> RecurrentMemory:
     """Build the memory registered as `name`; unknown keywords list the valid ones."""
-    valid = keywords(name)
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise TypeError(f"memory model {name!r} got unknown keyword(s) {unknown}; "
-                        f"valid keywords: {sorted(valid) or 'none'}")
+    check_kwargs(name, kwargs)
     return get(name)(input_size=input_size, hidden_size=hidden_size, **kwargs)

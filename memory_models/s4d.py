@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .interface import RecurrentMemory, State, scan_episodes_as_rows
-from .lrnn import (LTI_LRNN, InferenceCacheStep, as_complex, check_discretization,
-                   check_state_size, check_step_range, real_part_weights)
+from .lrnn import (LTI_LRNN, InferenceCacheStep, as_complex, check_state_size,
+                   check_step_range, real_part_weights)
 from .ops.causal_conv import causal_fft_conv
 from .registry import register
 
@@ -47,6 +47,7 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
     """Diagonal S4 memory: H = hidden_size channels of N/2 complex modes (N = state_size)."""
 
     discretizations = ("zoh", "bilinear", "dirac")
+    dtypes = (torch.float32, torch.float64)      # complex arithmetic: no half-precision kernels
     cache_matrix_keys = ("A_bar", "B_bar", "C")
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 64,
@@ -54,7 +55,6 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
                  dt_max: float = 1e-1):
         super().__init__(discretization=discretization, input_size=input_size,
                          hidden_size=hidden_size)
-        check_discretization("S4D", discretization, self.discretizations)
         check_state_size(state_size, "N/2")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")

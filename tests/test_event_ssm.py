@@ -205,3 +205,14 @@ def test_ltv_seed_api():
 
 def test_cache_step_validates_its_arguments():
     assert_cache_step_validates_like_state_step(memory_models.EventSSM(3, 5, state_size=4))
+
+
+def test_step_tells_an_inference_cache_from_a_state_by_its_type():
+    from memory_models.lrnn import InferenceCache
+    cell = build()
+    cache = cell.allocate_inference_cache(2, dtype=torch.float64)
+    assert isinstance(cache, InferenceCache) and isinstance(cache, dict)
+    assert cache.matrix_keys == cell.cache_matrix_keys
+    x_t = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="state keys"):     # a plain dict is a state
+        cell.step(x_t, dict(cache))

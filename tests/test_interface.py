@@ -23,6 +23,26 @@ def test_unknown_keyword_lists_valid_ones():
         memory_models.make("gru", input_size=2, hidden_size=3, bogus=1)
 
 
+def test_check_kwargs_names_unknown_and_valid_keywords():
+    memory_models.check_kwargs("lmu", {"memory_size": 8, "theta": 4.0})
+    with pytest.raises(ValueError) as err:
+        memory_models.check_kwargs("lmu", {"memory_sise": 8, "theta": 4.0})
+    assert isinstance(err.value, TypeError)        # as Python's own unexpected keyword
+    assert "'memory_sise'" in str(err.value) and "'memory_size'" in str(err.value)
+    assert err.value.unknown == ["memory_sise"] and "theta" in err.value.valid
+    with pytest.raises(ValueError, match="valid keywords: none"):
+        memory_models.check_kwargs("gru", {"theta": 1.0})
+
+
+def test_implementation_options_are_not_model_keywords():
+    """event_ssm's scan_impl chooses how it computes (tests, benchmarks), not what it is."""
+    assert "scan_impl" not in memory_models.keywords("event_ssm")
+    with pytest.raises(ValueError, match="unknown keyword.*'scan_impl'"):
+        memory_models.make("event_ssm", input_size=2, hidden_size=3, scan_impl="sequential")
+    cell = memory_models.get("event_ssm")(input_size=2, hidden_size=3, scan_impl="sequential")
+    assert cell.scan_impl == "sequential"
+
+
 def test_register_rejects_non_memory_and_duplicates():
     with pytest.raises(TypeError):
         memory_models.register("x")(int)
