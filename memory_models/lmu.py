@@ -14,6 +14,8 @@ LMU (recurrent, registered "lmu"), state {"h": (B, H), "m": (B, N)}:
     u_t = e_x·x_t + e_h·h_{t-1} + e_m·m_{t-1}
     m_t = Ā m_{t-1} + B̄ u_t
     h_t = tanh(W_x x_t + W_h h_{t-1} + W_m m_t);   y_t = h_t
+`LMUCell` is one step of it, `lmu_loop` the sequence as a loop of LMUCell steps through autograd
+(the reference); training runs `ops.lmu_scan`, the same loop fused with a hand-written backward.
 
 LMUFFT (parallel, registered "lmu_fft"), state {"m": (B, N)}:
     u_t = ReLU(W_u x_t)
@@ -33,8 +35,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .checks import check_int, check_positive
 from .interface import RecurrentMemory, State, scan_episodes_as_rows
-from .ops.causal_conv import causal_conv_many, fft_length
+from .ops.causal_conv import causal_conv_many
+from .ops.lmu_scan import lmu_scan
 from .registry import register
 
 
@@ -77,12 +81,8 @@ def discrete_legendre_system(memory_size: int, theta: float) -> tuple[np.ndarray
 
 
 def _check_sizes(memory_size, theta) -> None:
-    if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:
-        raise ValueError(f"memory_size must be a positive int, got {memory_size!r}")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not (
-            math.isfinite(theta) and theta > 0):
-        raise ValueError(f"theta must be a finite number > 0 (window length in steps), "
-                         f"got {theta!r}")
+    check_int("memory_size", memory_size)
+    check_positive("theta", theta, why=" (window length in steps)")
 
 
 # ---------------------------------------------------------------------- powers by doubling
@@ -161,102 +161,36 @@ class LMUCell(nn.Module):
         return discrete_legendre_system(memory_size, theta)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """x (B, input_size), state (h (B, H), m (B, N)) -> (h_t, m_t)."""
+        """x (B, input_size), state (h (B, H), m (B, N)) -> (h_t, m_t). F.linear(v, W) = W v."""
         h, m = state
-        u = torch.addmm(torch.addmm(F.linear(x, self.e_x), h, self.e_h.T), m, self.e_m.T)  # (B, 1)
-        m = torch.addmm(u * self.B.T, m, self.A.T)                                    # (B, N)
-        h = torch.tanh(torch.addmm(torch.addmm(F.linear(x, self.W_x), h, self.W_h.T),
-                                   m, self.W_m.T))                                    # (B, H)
+        u = F.linear(x, self.e_x) + F.linear(h, self.e_h) + F.linear(m, self.e_m)        # (B, 1)
+        m = F.linear(m, self.A) + F.linear(u, self.B)                                    # (B, N)
+        h = torch.tanh(F.linear(x, self.W_x) + F.linear(h, self.W_h) + F.linear(m, self.W_m))
         return h, m
 
 
-class _LMUScan(torch.autograd.Function):
-    """The LMU recurrence over T steps with hand-written backpropagation through time.
+def lmu_loop(cell: LMUCell, x: Tensor, h: Tensor, m: Tensor, resets: Tensor,
+             lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The LMU over a sequence, one `cell` step at a time (the reference of `ops.lmu_scan`).
 
-    Time-major. Inputs: from_x (T, B, 1+H) = [e_x·x_t | W_x x_t], h0 (B, H), m0 (B, N), the cell
-    weights, resets (T, B) bool, active (T, B) bool (t < lengths[b]) or None. Per step:
-        u_t = from_x_t[0] + e_h·h + e_m·m          (h, m: previous state, zero where reset)
-        m_t = Ā m + B̄ u_t;   h_t = tanh(from_x_t[1:] + W_h h + W_m m_t)
-    rows that are not active keep their state. Outputs y (T, B, H) = h_t, and h_T, m_T.
-    The forward loop runs 3 small matmuls a step with no autograd graph; the backward loop runs
-    the transposed recurrence, and every weight gradient is one large matmul over all B*T rows.
+    x (B, T, I) from (h (B, H), m (B, N)) -> y (B, T, H), h_T, m_T. resets (B, T): the state is
+    zero before x[b, t] where resets[b, t]; lengths (B,): rows past lengths[b] keep their state.
     """
-
-    @staticmethod
-    def forward(ctx, from_x, h0, m0, e_h, W_h, e_m, A, B, W_m, resets, active):
-        steps, batch, _ = from_x.shape
-        hs = from_x.new_empty(steps + 1, batch, h0.shape[1])                     # h_0 .. h_T
-        ms = from_x.new_empty(steps + 1, batch, m0.shape[1])                     # m_0 .. m_T
-        us = from_x.new_empty(steps, batch, 1)                                   # u_1 .. u_T
-        hs[0], ms[0] = h0, m0
-        from_h = torch.cat([e_h, W_h]).T                                         # (H, 1+H)
-        from_m = torch.cat([e_m, A]).T                                           # (N, 1+N)
-        reset_at = resets.any(1).tolist()                  # python flags: no sync per step
-        for t in range(steps):
-            h, m = hs[t], ms[t]
-            if reset_at[t]:
-                h = torch.where(resets[t, :, None], 0.0, h)
-                m = torch.where(resets[t, :, None], 0.0, m)
-            zh = torch.addmm(from_x[t], h, from_h)                              # (B, 1+H)
-            zm = torch.mm(m, from_m)                                             # (B, 1+N)
-            u = torch.add(zh[:, :1], zm[:, :1], out=us[t])                       # (B, 1)
-            m_t = torch.addcmul(zm[:, 1:], u, B.T, out=ms[t + 1])                # Ā m + B̄ u
-            torch.tanh(torch.addmm(zh[:, 1:], m_t, W_m.T), out=hs[t + 1])
-            if active is not None:
-                torch.where(active[t, :, None], hs[t + 1], hs[t], out=hs[t + 1])
-                torch.where(active[t, :, None], ms[t + 1], ms[t], out=ms[t + 1])
-        ctx.save_for_backward(hs, ms, us, e_h, W_h, e_m, A, B, W_m, resets, active)
-        return hs[1:], hs[-1].clone(), ms[-1].clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y, grad_h, grad_m):
-        hs, ms, us, e_h, W_h, e_m, A, B, W_m, resets, active = ctx.saved_tensors
-        steps = us.shape[0]
-        tanh_slope = 1 - hs[1:].square()                  # (T, B, H); rows past length unused
-        grad_p = torch.empty_like(hs[1:])                  # dL/d(pre-tanh)      (T, B, H)
-        grad_mt = torch.empty_like(ms[1:])                 # dL/dm_t inside step (T, B, N)
-        grad_u = torch.empty_like(us)                      # dL/du_t             (T, B, 1)
-        reset_at = resets.any(1).tolist()
-        grad_h, grad_m = grad_h.clone(), grad_m.clone()    # w.r.t. the state after step t
-        for t in reversed(range(steps)):
-            grad_h = grad_h + grad_y[t]
-            grad_h_step, grad_m_step = grad_h, grad_m
-            if active is not None:                         # frozen rows pass the gradient by
-                keep = active[t, :, None]
-                grad_h_step, grad_h = torch.where(keep, grad_h, 0.0), torch.where(keep, 0.0, grad_h)
-                grad_m_step, grad_m = torch.where(keep, grad_m, 0.0), torch.where(keep, 0.0, grad_m)
-            g_p = torch.mul(grad_h_step, tanh_slope[t], out=grad_p[t])
-            g_mt = torch.addmm(grad_m_step, g_p, W_m, out=grad_mt[t])
-            g_u = torch.mm(g_mt, B, out=grad_u[t])
-            grad_h_in = torch.addmm(g_u * e_h, g_p, W_h)                         # (B, H)
-            grad_m_in = torch.addmm(g_u * e_m, g_mt, A)                          # (B, N)
-            if reset_at[t]:
-                grad_h_in = torch.where(resets[t, :, None], 0.0, grad_h_in)
-                grad_m_in = torch.where(resets[t, :, None], 0.0, grad_m_in)
-            if active is not None:
-                grad_h, grad_m = grad_h + grad_h_in, grad_m + grad_m_in
-            else:
-                grad_h, grad_m = grad_h_in, grad_m_in
-        # the state each step read (zero after a reset), flattened over all B*T rows
-        read = (~resets)[..., None]
-        h_in, m_in = (hs[:-1] * read).flatten(0, 1), (ms[:-1] * read).flatten(0, 1)
-        g_zh = torch.cat([grad_u, grad_p], -1)                                   # (T, B, 1+H)
-        g_zm = torch.cat([grad_u, grad_mt], -1).flatten(0, 1)                    # (T*B, 1+N)
-        grad_from_h = g_zh.flatten(0, 1).T @ h_in                                # (1+H, H)
-        grad_from_m = g_zm.T @ m_in                                              # (1+N, N)
-        grad_W_m = grad_p.flatten(0, 1).T @ ms[1:].flatten(0, 1)                 # (H, N)
-        grad_B = grad_mt.flatten(0, 1).T @ us.flatten(0, 1)                      # (N, 1)
-        return (g_zh, grad_h, grad_m, grad_from_h[:1], grad_from_h[1:], grad_from_m[:1],
-                grad_from_m[1:], grad_B, grad_W_m, None, None)
+    outputs = []
+    for t in range(x.shape[1]):
+        reset, active = resets[:, t, None], (t < lengths)[:, None]
+        h_t, m_t = cell(x[:, t], (torch.where(reset, 0.0, h), torch.where(reset, 0.0, m)))
+        h, m = torch.where(active, h_t, h), torch.where(active, m_t, m)
+        outputs.append(h)
+    y = torch.stack(outputs, 1) if outputs else x.new_zeros(x.shape[0], 0, h.shape[1])
+    return y, h, m
 
 
 @register("lmu")
 class LMU(RecurrentMemory):
     """Recurrent LMU layer over sequences; state {"h": (B, H), "m": (B, N)}, zero initially.
 
-    `scan` projects every x_t at once ([e_x; W_x] x, one matmul) and runs `_LMUScan`, a fused
-    loop with its own backward; `step` runs `LMUCell` (the readable form of the same equations).
+    `step` runs `LMUCell`; `scan` runs `ops.lmu_scan`, the fused form of `lmu_loop`.
     """
 
     def __init__(self, input_size: int, hidden_size: int, memory_size: int = 256,
@@ -280,21 +214,12 @@ class LMU(RecurrentMemory):
         return y, (final["h"], final["m"])
 
     def _scan(self, x, state, resets, integration_timesteps, lengths):
-        cell, steps = self.cell, x.shape[1]
-        if steps == 0:
-            return x.new_zeros(x.shape[0], 0, self.hidden_size), dict(state)
-        from_x = F.linear(x.transpose(0, 1), torch.cat([cell.e_x, cell.W_x]))    # (T, B, 1+H)
-        time = torch.arange(steps, device=x.device)
-        active = (time[:, None] < lengths) if bool((lengths < steps).any()) else None
-        y, h, m = _LMUScan.apply(from_x, state["h"], state["m"], cell.e_h, cell.W_h, cell.e_m,
-                                 cell.A, cell.B, cell.W_m, resets.T.contiguous(), active)
-        return y.transpose(0, 1), {"h": h, "m": m}
+        y, h, m = lmu_scan(self.cell, x, state["h"], state["m"], resets, lengths)
+        return y, {"h": h, "m": m}
 
     def _step(self, x_t, state, reset, integration_timestep):
-        h, m = state["h"], state["m"]
-        if bool(reset.any()):
-            h, m = torch.where(reset[:, None], 0.0, h), torch.where(reset[:, None], 0.0, m)
-        h, m = self.cell(x_t, (h, m))
+        state = self.reset_state(state, reset)
+        h, m = self.cell(x_t, (state["h"], state["m"]))
         return h, {"h": h, "m": m}
 
 
@@ -319,8 +244,7 @@ class LMUFFT(RecurrentMemory):
                  seq_len: int = 1024, theta: float = 64.0):
         super().__init__(input_size, hidden_size)
         _check_sizes(memory_size, theta)
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        check_int("seq_len", seq_len)
         self.memory_size = memory_size
         self.seq_len = seq_len
         self.theta = theta
@@ -356,8 +280,9 @@ class LMUFFT(RecurrentMemory):
         return self.A.clone(), self.B.clone()
 
     def impulse(self) -> tuple[Tensor, Tensor]:
-        """H (N, seq_len) with H[:, j] = Ā^j B̄, and its rfft at fft_length(seq_len)."""
-        return self.H.clone(), torch.fft.rfft(self.H, n=fft_length(self.seq_len), dim=-1)
+        """H (N, seq_len) with H[:, j] = Ā^j B̄, and its rfft zero-padded to 2·seq_len
+        (N, seq_len + 1), as popgym's (enough for a linear convolution of seq_len steps)."""
+        return self.H.clone(), torch.fft.rfft(self.H, n=2 * self.seq_len, dim=-1)
 
     def _kernel_and_powers(self, steps: int) -> tuple[Tensor, Tensor]:
         """Impulse response (N, steps) and a ladder Ā^(2^k) covering `steps`, extended past

@@ -16,7 +16,6 @@ from popgym.baselines.models import lmu as popgym_lmu
 import memory_models
 from memory_models import LMU, LMUFFT, LMUCell, leCunUniform
 from memory_models.lmu import legendre_delay_system
-from memory_models.ops.causal_conv import fft_length
 
 
 @pytest.mark.parametrize("memory_size, theta", [(1, 1.0), (6, 4.0), (32, 64.0), (128, 1000.0)])
@@ -59,7 +58,16 @@ def test_impulse_equals_repeated_multiplication_up_to_2000_steps():
     expected = torch.stack(expected, 1)
     assert H.shape == (16, 2001)
     torch.testing.assert_close(H, expected, atol=1e-12 * float(expected.abs().max()), rtol=1e-9)
-    torch.testing.assert_close(spectrum, torch.fft.rfft(H, n=fft_length(2001)))
+    torch.testing.assert_close(spectrum, torch.fft.rfft(H, n=2 * 2001))
+
+
+@pytest.mark.parametrize("seq_len", [1, 100, 128])
+def test_impulse_has_popgyms_shapes_for_any_seq_len(seq_len):
+    """popgym's impulse(): H (N, seq_len) and rfft(H, n=2·seq_len) (N, seq_len + 1)."""
+    mine, theirs = LMUFFT(3, 6, 8, seq_len, 12.0), popgym_lmu.LMUFFT(3, 6, 8, seq_len, 12.0)
+    for got, want in zip(mine.impulse(), theirs.impulse()):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def lmu_fft_by_recurrence(cell, x, m0):
