@@ -87,3 +87,25 @@ def test_causal_conv_many_equals_direct_sum_on_both_paths(steps, reach):
     expected_grads = torch.autograd.grad((expected * weights).sum(), (u, kernel))
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
+
+
+def test_fft_conv_backward_is_not_differentiable_again():
+    """A second derivative fails clearly instead of silently."""
+    u = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(9, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(causal_fft_conv(u, kernel).square().sum(), u, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fft_conv_of_half_inputs_runs_in_float32(dtype):
+    """torch has no half-precision FFT on the CPU: the convolution runs in float32."""
+    u = torch.randn(2, 3, 300, requires_grad=True)
+    kernel = torch.randn(3, 300, requires_grad=True)
+    y = causal_fft_conv(u.to(dtype), kernel.to(dtype))
+    assert y.dtype == dtype
+    expected = causal_fft_conv(u.to(dtype).float(), kernel.to(dtype).float()).to(dtype)
+    torch.testing.assert_close(y, expected)
+    y.float().sum().backward()
+    assert u.grad.dtype == torch.float32 and torch.isfinite(u.grad).all()

@@ -104,3 +104,13 @@ def test_no_underflow_where_cumulative_products_would():
 def test_empty_sequence():
     a, b, s0, _, _ = elements(2, 1, 3, torch.float32, "cpu")
     assert linear_scan(a[:, :0], b[:, :0], s0).shape == (2, 0, 3)
+
+
+def test_backward_is_not_differentiable_again():
+    """A second derivative fails clearly instead of silently."""
+    a, b, s0, _, _ = elements(2, 6, 2, torch.float64, "cpu")
+    b.requires_grad_()
+    states = linear_scan(a, b, s0)
+    (grad,) = torch.autograd.grad(states.abs().square().sum(), b, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.abs().sum().backward()

@@ -11,6 +11,9 @@
 The linear convolution has length 2L - 1, so the FFT length is the first power of two >= 2L - 1;
 a length of L would wrap the tail of the kernel around onto the start of the sequence.
 
+float16 and bfloat16 inputs are convolved in float32 (torch has no half-precision FFT on the
+CPU, and on CUDA only for power-of-two lengths) and the result cast back.
+
 Large inputs are transformed in blocks along the first (broadcast) dimension, each block's
 FFT buffers a few MiB: whole-tensor buffers of tens of MiB are fresh memory on every call
 (the allocator returns them to the system), and writing fresh pages costs more than the FFTs.
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 BLOCK_BYTES = 4 << 20          # target size of one block's spectrum
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def fft_length(steps: int) -> int:
@@ -35,7 +39,11 @@ def fft_length(steps: int) -> int:
 def causal_fft_conv(u: Tensor, kernel: Tensor) -> Tensor:
     """u (..., L), kernel (..., K) broadcastable -> y (..., L), real. A kernel longer than the
     sequence is cropped to L; a shorter one (K < L) is zero beyond K."""
-    return _CausalFFTConv.apply(u, kernel[..., :u.shape[-1]])
+    kernel = kernel[..., :u.shape[-1]]
+    if u.dtype in HALF_DTYPES or kernel.dtype in HALF_DTYPES:
+        dtype = torch.promote_types(u.dtype, kernel.dtype)
+        return _CausalFFTConv.apply(u.float(), kernel.float()).to(dtype)
+    return _CausalFFTConv.apply(u, kernel)
 
 
 def causal_conv_many(u: Tensor, kernel: Tensor) -> Tensor:
@@ -61,7 +69,7 @@ class _CausalFFTConv(torch.autograd.Function):
         ∂L/∂u_j = Σ_t g_t k_(t-j) = irfft(G · conj(K))[j]      ∂L/∂k_l = irfft(G · conj(U))[l]
 
     (the pad to n >= 2L - 1 keeps negative lags in the zero tail), each summed over the
-    dimensions that input was broadcast along.
+    dimensions that input was broadcast along. The backward is not itself differentiable.
     """
 
     @staticmethod
@@ -80,32 +88,28 @@ class _CausalFFTConv(torch.autograd.Function):
                     for t, s, whole in zip(operands, split, shared)]
             y[block] = torch.fft.irfft(pair[0] * pair[1], n=n)[..., :steps]
             spectra.append(pair)
-        # the spectra are intermediates (not inputs or outputs), kept on ctx; backward
-        # conjugates them in place once, as only conj(U) and conj(K) are used from then on
-        ctx.spectra, ctx.blocks, ctx.split, ctx.conjugated = spectra, blocks, split, False
+        # the spectra are intermediates (not inputs or outputs), kept on ctx; never changed
+        ctx.spectra, ctx.blocks, ctx.split = spectra, blocks, split
         ctx.shapes = u.shape, kernel.shape
         ctx.lead_shapes = [t.shape for t in operands]
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        if not ctx.conjugated:                  # also right for a second backward (retain_graph)
-            for spectrum in {id(s): s for pair in ctx.spectra for s in pair}.values():
-                spectrum.conj_physical_()
-            ctx.conjugated = True
         n = fft_length(grad.shape[-1])
         wanted = [i for i in (1, 0) if ctx.needs_input_grad[i]]   # kernel first: u reuses G
         # a split operand's gradient is written block by block; a shared one's spectrum summed
         grads = [grad.new_empty(ctx.lead_shapes[i]) if ctx.split[i] else None for i in (0, 1)]
-        for block, conj_spectra in zip(ctx.blocks, ctx.spectra):
+        for block, spectra in zip(ctx.blocks, ctx.spectra):
             grad_spectrum = _rfft_padded(grad[block], n)
             for i in wanted:
-                other = conj_spectra[1 - i]
+                other = spectra[1 - i].conj()                           # a view: no copy
                 if i == 0 and _broadcasts_into(other, grad_spectrum):
                     correlation = grad_spectrum.mul_(other)             # G is spent after this
                 else:
                     correlation = grad_spectrum * other
-                correlation = correlation.sum_to_size(*conj_spectra[i].shape)
+                correlation = correlation.sum_to_size(*spectra[i].shape)
                 if ctx.split[i]:
                     length = ctx.lead_shapes[i][-1]
                     grads[i][block] = torch.fft.irfft(correlation, n=n)[..., :length]

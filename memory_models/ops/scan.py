@@ -87,7 +87,8 @@ def linear_scan_sequential(a: Tensor, b: Tensor, initial: Tensor,
 class _LinearScan(torch.autograd.Function):
     """states (B, T, *F) of s_t = a_t s_{t-1} + b_t from s_{-1} = initial (B, *F).
 
-    The backward pass is the same scan run backwards in time (module docstring).
+    The backward pass is the same scan run backwards in time (module docstring); it is not
+    itself differentiable.
     """
 
     @staticmethod
@@ -99,6 +100,7 @@ class _LinearScan(torch.autograd.Function):
         return states
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_states: Tensor):
         a, initial, states = ctx.saved_tensors
         g = grad_states.new_empty(a.shape)
