@@ -4,6 +4,8 @@
     cell = memory_models.make("lmu", input_size=8, hidden_size=64)
     state = cell.initial_state(batch_size=4)
     y, state = cell.scan(x, state, resets=resets)       # x (4, T, 8) -> y (4, T, 64)
+
+memory_models.laws checks the interface laws on any cell (tests/test_laws.py runs them all).
 """
 
 from .interface import RecurrentMemory, State, scan_episodes_as_rows
