@@ -1,94 +1,265 @@
-"""Study files (configs/*.yaml): schema, validation and grid expansion.
+"""Study files (configs/*.yaml): the schema, loading with `--set` overrides, and the grid of trials.
 
-A study is the grid  tasks x models x seeds,  every trial trained with the same PPO settings:
+A study is the grid  tasks x models x seeds (x sweep values); every trial gets its own complete
+settings:
 
     name: quickstart                  # results go to <output>/<name>/
-    output: results                   # relative to the working directory (default "results")
+    output: results                   # relative to the working directory
+    imports: [my_cells]               # your modules registering memories (beside this file
+                                      # or on the Python path), imported by every process
     tasks: [RepeatPreviousEasy, popgym-CountRecallEasy-v0, diagnostic]   # ids, short ids, groups
     models:
       - gru                           # a registry name ...
       - {name: lmu, label: LMU-64, kwargs: {memory_size: 64, theta: 64.0}}   # ... or a mapping
+      - {name: gru, label: GRU-old, stack: old}    # our GRU on RLlib's old API stack
+      - {name: "popgym:GRU"}          # POPGym's own model (old API stack)
+      - {name: s4d, ppo: {lr: 1.0e-4}}             # PPO overrides for this model only
     seeds: [0, 1, 2]
-    ppo: {lr: 5.0e-4, num_epochs: 10, max_seq_len: 256}   # over experiments.training.POPGYM_PPO
-    model_config: {hidden_size: 256}             # MemoryRLModule sizes: pre_, hidden_, head_size
+    sweep: {ppo.lr: [1.0e-4, 5.0e-4]}            # multiplies the grid (ppo.*, model_config.*,
+                                                 # models[i].kwargs.*, models[i].ppo.*)
+    ppo: {lr: 5.0e-4, num_epochs: 10, max_seq_len: 256}   # over POPGym's protocol
+    model_config: {hidden_size: 256}             # network widths: pre_, hidden_, head_size
     resources: {num_env_runners: 0, num_envs_per_env_runner: 8, num_gpus: 0}   # default 4 x 16
     stop: {env_steps: 100000}
-    checkpoint: {frequency: 10, keep: 2}         # every 10 training iterations; always at the end
+    checkpoint: {frequency: 10, keep: 2}         # every 10 training iterations, and at the end
+    max_failures: 3                              # restarts of a crashed trial (from checkpoint)
+    eval: {episodes: 10, every: 0, greedy: true} # recurrent rollouts (every K iters; 0: at end)
+    logging: {wandb: {project: my-project}}      # TensorBoard is always written
 
-`load(path, overrides)` reads, applies `--set` overrides (`ppo.lr=1e-4`, `models[0].kwargs.theta=8`)
-and validates; every error is a `ConfigError` naming the path in the file (`models[2].kwargs.
-memory_sise`) and the allowed values. `expand(study)` lists the trials in a fixed order.
+The schema is pydantic (`Study` and its sections; `PPOSettings` lists every `ppo` key with its
+POPGym default). `load(path, overrides)` reads, applies `--set` overrides
+(`ppo.lr=1e-4`, `models[0].kwargs.theta=8`) and validates; every error is a `ConfigError`
+naming its path in the file (`models[2].kwargs.memory_sise: unknown key; allowed: [...]`).
+Memory names and keywords need PyTorch, so they are checked by `check_models` (part of
+`load`/`validate` unless `models=False`: `memrl train --dry-run` skips them to start fast).
+`expand(study)` lists the trials in a fixed order.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-import inspect
+import importlib
 import itertools
 import re
+import sys
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError,
+                      ValidationInfo, create_model, field_validator)
+from pydantic.dataclasses import dataclass
 
-# ppo_config(...) arguments that the `resources` section sets, not `ppo`
-_RESOURCE_KEYS = ("num_env_runners", "num_envs_per_env_runner")
-# `ppo` keys that are env-runner settings, with their allowed values
-_CHOICES = {"batch_mode": ("complete_episodes", "truncate_episodes")}
-# training() arguments that are not plain hyperparameters, or are deprecated in RLlib 2.60
-_NOT_HYPERPARAMETERS = {"self", "kwargs", "model", "optimizer", "learner_class",
-                        "learner_connector", "add_default_connectors_to_learner_pipeline",
-                        "learner_config_dict", "num_sgd_iter", "train_batch_size",
-                        "max_requests_in_flight_per_sampler_worker", "vf_share_layers",
-                        "num_aggregator_actors_per_learner",
-                        "max_requests_in_flight_per_aggregator_actor"}
+from experiments.defaults import POPGYM_PPO, POPGYM_SIZES
+
+POPGYM_PREFIX = "popgym:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
 class ConfigError(ValueError):
     """A study file that does not follow the schema; the message names the path in the file."""
 
 
-# --------------------------------------------------------------------------- schema
-@dataclasses.dataclass(frozen=True)
+# --------------------------------------------------------------------------- sections
+def _overrides(settings: BaseModel) -> dict[str, Any]:
+    """A validated section as the dict of the keys the file sets (defaults are added later)."""
+    return settings.model_dump(exclude_unset=True)
+
+
+def _fragment_length(value):
+    if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"expected a positive int or 'auto', got {_kind(value)}")
+    return value
+
+
+class PPOSettings(BaseModel):
+    """Every YAML `ppo` key, with POPGym's protocol as its default (RLlib PPOConfig.training()
+    arguments, plus max_seq_len, batch_mode and rollout_fragment_length)."""
+    model_config = ConfigDict(extra="forbid")
+
+    lr: StrictFloat = Field(POPGYM_PPO["lr"], ge=0)
+    gamma: StrictFloat = Field(POPGYM_PPO["gamma"], ge=0, le=1)
+    lambda_: StrictFloat = Field(POPGYM_PPO["lambda_"], ge=0, le=1)
+    clip_param: StrictFloat = Field(POPGYM_PPO["clip_param"], ge=0)
+    vf_clip_param: StrictFloat = Field(POPGYM_PPO["vf_clip_param"], ge=0)
+    vf_loss_coeff: StrictFloat = Field(POPGYM_PPO["vf_loss_coeff"], ge=0)
+    entropy_coeff: StrictFloat = Field(POPGYM_PPO["entropy_coeff"], ge=0)
+    kl_coeff: StrictFloat = Field(POPGYM_PPO["kl_coeff"], ge=0)
+    kl_target: StrictFloat = Field(POPGYM_PPO["kl_target"], ge=0)
+    use_kl_loss: StrictBool = True
+    use_critic: StrictBool = True
+    use_gae: StrictBool = True
+    grad_clip: StrictFloat | None = Field(POPGYM_PPO["grad_clip"], ge=0)
+    grad_clip_by: Literal["value", "norm", "global_norm"] = "global_norm"
+    num_epochs: StrictInt = Field(POPGYM_PPO["num_epochs"], ge=1)
+    train_batch_size_per_learner: StrictInt = Field(POPGYM_PPO["train_batch_size_per_learner"],
+                                                    ge=1)
+    minibatch_size: StrictInt = Field(POPGYM_PPO["minibatch_size"], ge=1)
+    shuffle_batch_per_epoch: StrictBool = True      # permute the minibatch order each epoch
+    max_seq_len: StrictInt = Field(POPGYM_PPO["max_seq_len"], ge=1)    # BPTT length
+    batch_mode: Literal["complete_episodes", "truncate_episodes"] = POPGYM_PPO["batch_mode"]
+    rollout_fragment_length: Annotated[Any, AfterValidator(_fragment_length)] = "auto"
+
+
+class ModelSizes(BaseModel):
+    """YAML `model_config`: the network's widths (the memory comes from `models`, the BPTT
+    length from `ppo.max_seq_len`)."""
+    model_config = ConfigDict(extra="forbid")
+
+    pre_size: StrictInt = Field(POPGYM_SIZES["pre_size"], ge=1)
+    hidden_size: StrictInt = Field(POPGYM_SIZES["hidden_size"], ge=1)
+    head_size: StrictInt = Field(POPGYM_SIZES["head_size"], ge=1)
+
+
+PPOOverrides = Annotated[PPOSettings, AfterValidator(_overrides)]
+SizeOverrides = Annotated[ModelSizes, AfterValidator(_overrides)]
+
+
+def _one_or_more(value):
+    """A single task / seed / model may be written without a list."""
+    return [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+
+
+def _model_mapping(value):
+    return {"name": value} if isinstance(value, str) else value
+
+
+@dataclass(config=_STRICT)
 class ModelEntry:
-    name: str                                   # memory_models registry name
-    label: str                                  # shown in tables and plots; unique in a study
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    name: StrictStr                             # registry name, or popgym:<Class>
+    label: StrictStr = Field("", validate_default=True)   # tables, plots, folders; default: name
+    kwargs: dict[StrictStr, Any] = dataclasses.field(default_factory=dict)
+    stack: Literal["new", "old"] = "new"        # RLlib API stack; popgym:* is always "old"
+    ppo: PPOOverrides = dataclasses.field(default_factory=dict)   # this model's own overrides
+
+    @field_validator("name")
+    @classmethod
+    def _popgym_name(cls, name: str) -> str:
+        if name.startswith(POPGYM_PREFIX):
+            from experiments.popgym_models import canonical_name
+            return canonical_name(name)
+        return name
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label: str, info: ValidationInfo) -> str:
+        label = label or info.data.get("name", "").replace(":", "-")
+        if not _NAME.match(label):
+            raise ValueError(f"{label!r}: use letters, digits, '_', '.', '-' (it names "
+                             f"folders and plot legends)")
+        return label
+
+    def __post_init__(self):
+        if self.is_popgym:                      # POPGym's models exist on the old stack only
+            object.__setattr__(self, "stack", "old")
+
+    @property
+    def is_popgym(self) -> bool:
+        return self.name.startswith(POPGYM_PREFIX)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Resources:
-    num_env_runners: int                        # remote env runners per trial (0: sample locally)
-    num_envs_per_env_runner: int                # vectorised envs in each runner
-    num_gpus: float = 0.0                       # GPUs for each trial's learner
-    max_concurrent_trials: int = 0              # 0: as many as the cluster fits
+    num_env_runners: StrictInt = Field(POPGYM_PPO["num_env_runners"], ge=0)
+    num_envs_per_env_runner: StrictInt = Field(POPGYM_PPO["num_envs_per_env_runner"], ge=1)
+    num_gpus: StrictFloat = Field(0.0, ge=0)    # GPUs for each trial's learner
+    max_concurrent_trials: StrictInt = Field(0, ge=0)   # 0: as many as the cluster fits
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Stop:
-    env_steps: int                              # env steps sampled per trial
+    env_steps: StrictInt = Field(ge=1)          # env steps sampled per trial
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Checkpoint:
-    frequency: int = 0                          # every N training iterations (0: only at end)
-    keep: int = 0                               # most recent N kept (0: all)
+    frequency: StrictInt = Field(10, ge=0)      # every N training iterations (0: only at end)
+    keep: StrictInt = Field(2, ge=0)            # most recent N kept (0: all)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(config=_STRICT)
+class Eval:
+    episodes: StrictInt = Field(10, ge=1)       # complete episodes per evaluation
+    every: StrictInt = Field(0, ge=0)           # every K training iterations (0: at the end)
+    greedy: StrictBool = True                   # the distribution's mode, else sample
+
+
+@dataclass(config=_STRICT)
+class Wandb:
+    project: StrictStr
+    entity: StrictStr | None = None
+    group: StrictStr | None = None
+
+
+@dataclass(config=_STRICT)
+class Logging:
+    wandb: Wandb | None = None                  # Weights & Biases (pip install memrl[wandb])
+
+
+def _folder_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"{name!r} must be a folder name: letters, digits, '_', '.', '-'")
+    return name
+
+
+def _unique_seeds(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"repeated seed in {seeds}")
+    return seeds
+
+
+def _resolve_task(name: str) -> list[str]:
+    import envs
+    return envs.resolve([name])
+
+
+def _flatten_unique(groups: list[list[str]]) -> list[str]:
+    return list(dict.fromkeys(t for group in groups for t in group))
+
+
+@dataclass(config=_STRICT)
 class Study:
-    name: str
-    tasks: list[str]                            # resolved POPGym ids
-    models: list[ModelEntry]
-    seeds: list[int]
+    name: Annotated[StrictStr, AfterValidator(_folder_name)]
+    tasks: Annotated[list[Annotated[StrictStr, AfterValidator(_resolve_task)]],
+                     Field(min_length=1), BeforeValidator(_one_or_more),
+                     AfterValidator(_flatten_unique)]             # resolved POPGym ids
+    models: Annotated[list[Annotated[ModelEntry, BeforeValidator(_model_mapping)]],
+                      Field(min_length=1), BeforeValidator(_one_or_more)]
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1),
+                     BeforeValidator(_one_or_more), AfterValidator(_unique_seeds)]
     stop: Stop
-    resources: Resources
-    ppo: dict[str, Any] = dataclasses.field(default_factory=dict)           # overrides only
-    model_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides only
+    output: StrictStr = "results"
+    imports: list[StrictStr] = dataclasses.field(default_factory=list)
+    sweep: dict[StrictStr, Annotated[list[Any], Field(min_length=1)]] = \
+        dataclasses.field(default_factory=dict)
+    ppo: PPOOverrides = dataclasses.field(default_factory=dict)              # overrides only
+    model_config: SizeOverrides = dataclasses.field(default_factory=dict)    # overrides only
+    resources: Resources = Resources()
     checkpoint: Checkpoint = Checkpoint()
-    output: str = "results"
+    max_failures: StrictInt = Field(3, ge=0)    # restarts of a failed trial, from checkpoint
+    eval: Eval | None = None
+    logging: Logging = Logging()
+    base_dir: StrictStr = "."                   # the study file's folder (set by `load`)
+
+    def __post_init__(self):
+        labels = [m.label for m in self.models]
+        for i, model in enumerate(self.models):
+            first = labels.index(model.label)
+            if first != i:
+                raise ValueError(f"models[{i}].label: label {model.label!r} is already used "
+                                 f"by models[{first}]; give each model a distinct label")
+            for j, other in enumerate(self.models[:i]):
+                if (model.name, model.kwargs, model.stack, model.ppo) == \
+                        (other.name, other.kwargs, other.stack, other.ppo):
+                    raise ValueError(f"models[{i}]: same model and kwargs as models[{j}] "
+                                     f"({other.label!r})")
+        for key in self.sweep:
+            _check_sweep_key(key, len(self.models))
 
     @property
     def directory(self) -> Path:
@@ -99,17 +270,33 @@ class Study:
         return dataclasses.asdict(self)
 
 
+# --------------------------------------------------------------------------- trials
 @dataclasses.dataclass(frozen=True)
 class Trial:
+    """One run: a task, a model entry and a seed, with every setting it trains with."""
     index: int
     task: str                                   # POPGym id
-    model: ModelEntry
+    model: ModelEntry                           # after this trial's sweep values
     seed: int
+    model_index: int                            # its entry in the study's `models`
+    ppo: dict[str, Any]                         # PPO overrides: the study's, then the model's
+    model_config: dict[str, Any]                # network-size overrides
+    sweep: dict[str, Any] = dataclasses.field(default_factory=dict)  # swept key -> value
+
+    @property
+    def variant(self) -> str:
+        """The model's label with the swept values, e.g. `LMU[ppo.lr=0.0001]`: a row of the
+        report."""
+        if not self.sweep:
+            return self.model.label
+        swept = ",".join(f"{_short_key(k)}={v}" for k, v in self.sweep.items())
+        return f"{self.model.label}[{swept}]"
 
     @property
     def name(self) -> str:
         """e.g. `RepeatPreviousEasy-LMU-s0`; unique in a study, usable as a folder name."""
-        return f"{short_task(self.task)}-{self.model.label}-s{self.seed}"
+        swept = "".join(f"-{_short_key(k)}={v}" for k, v in self.sweep.items())
+        return f"{short_task(self.task)}-{self.model.label}{swept}-s{self.seed}"
 
 
 def short_task(env_id: str) -> str:
@@ -117,10 +304,65 @@ def short_task(env_id: str) -> str:
     return re.sub(r"^popgym-|-v\d+$", "", env_id)
 
 
+def _short_key(key: str) -> str:
+    """models[0].kwargs.theta -> theta; ppo.lr -> lr (folder names stay short)."""
+    return key.rsplit(".", 1)[-1]
+
+
+_SWEEP_KEY = re.compile(r"^(ppo|model_config)\.\w+$|^models\[(\d+)\]\.(kwargs|ppo)\.\w+$")
+
+
+def _check_sweep_key(key: str, num_models: int) -> None:
+    match = _SWEEP_KEY.match(key)
+    if not match:
+        raise ValueError(f"sweep.{key}: sweep keys are ppo.KEY, model_config.KEY, "
+                         f"models[i].kwargs.KEY or models[i].ppo.KEY")
+    if match.group(2) is not None and int(match.group(2)) >= num_models:
+        raise ValueError(f"sweep.{key}: models[{match.group(2)}] does not exist (the study "
+                         f"has {num_models} models)")
+
+
+def _sweep_model(key: str) -> int | None:
+    """The model index a sweep key belongs to (None: every model)."""
+    match = _SWEEP_KEY.match(key)
+    return None if match.group(2) is None else int(match.group(2))
+
+
 def expand(study: Study) -> list[Trial]:
-    """Every trial of the grid: tasks (outer) x models x seeds (inner)."""
-    grid = itertools.product(study.tasks, study.models, study.seeds)
-    return [Trial(i, task, model, seed) for i, (task, model, seed) in enumerate(grid)]
+    """Every trial: tasks (outer) x models x sweep points x seeds (inner). A sweep key of one
+    model (`models[i]...`) multiplies only that model's trials."""
+    points = [dict(zip(study.sweep, values))
+              for values in itertools.product(*study.sweep.values())] or [{}]
+    trials: list[Trial] = []
+    for task, (i, _) in itertools.product(study.tasks, enumerate(study.models)):
+        own = [k for k in study.sweep if _sweep_model(k) in (None, i)]
+        for values in dict.fromkeys(tuple((k, p[k]) for k in own) for p in points):
+            variant = _apply_sweep(study, dict(values))
+            model = variant.models[i]
+            for seed in study.seeds:
+                trials.append(Trial(len(trials), task, model, seed, i,
+                                    ppo={**variant.ppo, **model.ppo},
+                                    model_config=dict(variant.model_config),
+                                    sweep=dict(values)))
+    return trials
+
+
+def _apply_sweep(study: Study, values: dict[str, Any]) -> Study:
+    if not values:
+        return study
+    raw = _raw(study)
+    raw.pop("sweep")
+    for key, value in values.items():
+        set_key(raw, key, value)
+    return _validate_schema(raw, where=f"sweep point {values}")
+
+
+def _raw(study: Study) -> dict:
+    """The study as the mapping a file would hold (tasks resolved, labels filled)."""
+    raw = study.to_dict()
+    for model in raw["models"]:
+        model["ppo"] = dict(model["ppo"])
+    return raw
 
 
 # --------------------------------------------------------------------------- loading
@@ -139,8 +381,9 @@ def parse_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> Study:
-    """Read the study file, apply `key=value` overrides, validate."""
+def load(path: str | Path, overrides: list[str] = (), *, models: bool = True) -> Study:
+    """Read the study file, apply `key=value` overrides, validate (`models=False`: not the
+    memory names and keywords, which need PyTorch)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such study file")
@@ -149,33 +392,122 @@ def load(path: str | Path, overrides: list[str] = ()) -> Study:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     raw = apply_overrides(raw, overrides, where=str(path))
-    return validate(raw, where=str(path))
+    if isinstance(raw, dict):
+        raw.setdefault("base_dir", str(path.resolve().parent))
+    return validate(raw, where=str(path), models=models)
 
 
+def validate(raw: Any, where: str = "config", *, models: bool = True) -> Study:
+    """Raw YAML mapping -> Study, or ConfigError naming every problem found."""
+    study = _validate_schema(raw, where)
+    if models:
+        check_models(study, where)
+    return study
+
+
+def _validate_schema(raw: Any, where: str) -> Study:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {_keys(Study)}, "
+                          f"got {_kind(raw)}")
+    try:
+        return Study(**raw)
+    except ValidationError as error:
+        raise ConfigError("\n".join(_message(where, e, Study) for e in error.errors())) from None
+
+
+def import_modules(study: Study, where: str = "config") -> None:
+    """Import the study's `imports` (found beside the study file or on the Python path)."""
+    if study.base_dir not in sys.path:
+        sys.path.insert(0, study.base_dir)
+    for i, module in enumerate(study.imports):
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - any import failure is a config error
+            raise ConfigError(f"{where}: imports[{i}]: cannot import {module!r} (looked beside the "
+                              f"study file, {study.base_dir}, and on the Python path): "
+                              f"{type(error).__name__}: {error}") from None
+
+
+def check_models(study: Study, where: str = "config") -> None:
+    """Every model entry (at every sweep point) names a registered memory (after `imports`)
+    or a POPGym model that runs here, with keywords it accepts; each is built once, small, so
+    bad values fail now."""
+    import_modules(study, where)
+    errors, checked = [], set()
+    for trial in expand(study):
+        key = repr((trial.model_index, trial.model, trial.model_config))
+        if key not in checked:
+            checked.add(key)
+            at = f"{where} (sweep point {trial.sweep})" if trial.sweep else where
+            errors += _model_problems(trial.model, f"models[{trial.model_index}]", at,
+                                      {**POPGYM_SIZES, **trial.model_config})
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def _model_problems(model: ModelEntry, path: str, where: str, sizes: dict) -> list[str]:
+    import memory_models
+    from experiments.popgym_models import check_popgym_model
+
+    if model.is_popgym:
+        problem = check_popgym_model(model.name, model.kwargs)
+        return [f"{where}: {path}: {problem}"] if problem else []
+    if model.name not in memory_models.available():
+        close = difflib.get_close_matches(model.name, memory_models.available(), n=2)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        return [f"{where}: {path}.name: unknown memory model {model.name!r}{hint}; "
+                f"available: {memory_models.available()} and popgym:<Model>"]
+    kwargs_model = _kwargs_model(model.name, memory_models.keywords(model.name))
+    try:
+        kwargs_model(**model.kwargs)
+        memory_models.make(model.name, input_size=4, hidden_size=sizes["hidden_size"],
+                           **model.kwargs)
+    except ValidationError as error:
+        return [_message(where, e, kwargs_model, prefix=(path, "kwargs"))
+                for e in error.errors()]
+    except Exception as error:  # noqa: BLE001 - any constructor error is a config error
+        return [f"{where}: {path}.kwargs: {model.name} rejects these arguments: {error}"]
+    return []
+
+
+def _kwargs_model(name: str, keywords: dict[str, Any]) -> type[BaseModel]:
+    """A pydantic model of a memory's keywords, typed by their defaults (None/no default:
+    anything)."""
+    strict = {bool: StrictBool, int: StrictInt, float: StrictFloat, str: StrictStr}
+    fields = {key: (strict.get(type(default), Any), default)
+              for key, default in keywords.items()}
+    return create_model(f"{name}_kwargs", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+# --------------------------------------------------------------------------- overrides
 def apply_overrides(raw: Any, overrides: list[str], where: str = "config") -> Any:
     """Set dotted keys (`ppo.lr=1e-4`, `models[1].kwargs.theta=8`, `seeds=[0,1]`) in a copy."""
-    import copy
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. ppo.lr=1e-4")
-        parts = _split_key(key)
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = _child(node, part, parts[:depth + 1], key)
-            if child is None:                       # missing mapping on the way: create it
-                child = node[part] = {}
-            elif isinstance(child, str) and parts[0] == "models" and depth == 1:
-                child = node[part] = {"name": child}    # `- gru` shorthand -> mapping
-            node = child
-        last = parts[-1]
-        if isinstance(last, int):
-            _child(node, last, parts, key)          # checks the index is in range
-        elif not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {_join(parts[:-1])} is not a mapping")
-        node[last] = parse_value(text)
+        set_key(raw, key, parse_value(text))
     return raw
+
+
+def set_key(raw: Any, key: str, value: Any) -> None:
+    """raw[...] = value at the dotted `key`, creating mappings on the way."""
+    parts = _split_key(key)
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = _child(node, part, parts[:depth + 1], key)
+        if child is None:                       # missing mapping on the way: create it
+            child = node[part] = {}
+        elif isinstance(child, str) and parts[0] == "models" and depth == 1:
+            child = node[part] = {"name": child}    # `- gru` shorthand -> mapping
+        node = child
+    last = parts[-1]
+    if isinstance(last, int):
+        _child(node, last, parts, key)          # checks the index is in range
+    elif not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: {_join(parts[:-1])} is not a mapping")
+    node[last] = value
 
 
 def _split_key(key: str) -> list[str | int]:
@@ -201,218 +533,78 @@ def _child(node: Any, part: str | int, parts: list, key: str) -> Any:
     return node.get(part)
 
 
-def _join(parts: list[str | int]) -> str:
+def _join(parts: tuple | list) -> str:
     text = ""
     for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text or "<top level>"
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
-# --------------------------------------------------------------------------- validation
-class _Validator:
-    """Checks one raw mapping; `fail` raises ConfigError with `where: path: message`."""
-
-    def __init__(self, where: str):
-        self.where = where
-
-    def fail(self, path: str, message: str):
-        raise ConfigError(f"{self.where}: {path}: {message}" if path else f"{self.where}: {message}")
-
-    def mapping(self, value, path, allowed, required=()):
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping with keys {sorted(allowed)}, "
-                            f"got {_kind(value)}")
-        for key in value:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), list(allowed), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail(_at(path, key),
-                          f"unknown key{hint}; allowed: {sorted(allowed) or 'none'}")
-        for key in required:
-            if key not in value:
-                self.fail(_at(path, key), "missing (required)")
-        return value
-
-    def typed(self, value, path, kind: type, *, minimum=None):
-        """`value` of type int, float (int accepted), bool or str, optionally >= minimum."""
-        ok = {int: isinstance(value, int) and not isinstance(value, bool),
-              float: isinstance(value, (int, float)) and not isinstance(value, bool),
-              bool: isinstance(value, bool),
-              str: isinstance(value, str)}[kind]
-        if not ok:
-            self.fail(path, f"expected {kind.__name__}, got {_kind(value)}")
-        if minimum is not None and value < minimum:
-            self.fail(path, f"must be >= {minimum}, got {value!r}")
-        return float(value) if kind is float else value
-
-    def like(self, value, path, default):
-        """`value` of the same kind as `default` (None/containers: anything YAML)."""
-        if isinstance(default, (bool, int, float, str)):
-            return self.typed(value, path, type(default))
-        return value
+# --------------------------------------------------------------------------- messages
+def _message(where: str, error: dict, root: type, prefix: tuple = ()) -> str:
+    """One pydantic error as `where: path: message`, with the allowed keys or values."""
+    loc = tuple(part for part in error["loc"] if part != "[key]")
+    kind, value = error["type"], error.get("input")
+    expected = {"int_type": "int", "float_type": "float", "string_type": "str",
+                "bool_type": "bool"}
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        allowed = _keys(_section_at(root, loc[:-1]))
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        text = f"unknown key{hint}; allowed: {allowed}"
+    elif kind in ("missing", "missing_argument"):
+        text = "missing (required)"
+    elif kind in ("model_type", "dataclass_type", "model_attributes_type", "dict_type"):
+        text = (f"expected a mapping with keys {_keys(_section_at(root, loc))}, "
+                f"got {_kind(value)}")
+    elif kind in ("too_short", "list_type"):
+        text = f"expected a non-empty list, got {_kind(value)}"
+    elif kind in expected:
+        text = f"expected {expected[kind]}, got {_kind(value)}"
+    elif kind in ("greater_than_equal", "less_than_equal"):
+        sign, bound = (">=", error["ctx"]["ge"]) if "ge" in error["ctx"] else \
+            ("<=", error["ctx"]["le"])
+        text = f"must be {sign} {bound}, got {value!r}"
+    elif kind == "literal_error":
+        text = f"{value!r} is not one of {error['ctx']['expected']}"
+    elif kind == "value_error":
+        text = str(error["ctx"]["error"])
+        if re.match(r"^(models\[\d+\]|sweep\.)", text):       # the message names its path
+            return f"{where}: {text}"
+    else:
+        text = error["msg"]
+    path = _join((*prefix, *loc))
+    return f"{where}: {path}: {text}" if path else f"{where}: {text}"
 
 
-def validate(raw: Any, where: str = "config") -> Study:
-    """Raw YAML mapping -> Study, or ConfigError naming the first problem."""
-    check = _Validator(where)
-    fields = {f.name for f in dataclasses.fields(Study)}
-    check.mapping(raw, "", fields, required=("name", "tasks", "models", "seeds", "stop"))
-
-    name = check.typed(raw["name"], "name", str)
-    if not _NAME.match(name):
-        check.fail("name", f"{name!r} must be a folder name: letters, digits, '_', '.', '-'")
-    output = check.typed(raw.get("output", "results"), "output", str)
-
-    tasks = _tasks(check, raw["tasks"])
-    model_config = _model_config(check, raw.get("model_config", {}) or {})
-    models = [_model(check, entry, f"models[{i}]", model_config)
-              for i, entry in enumerate(_list(check, raw["models"], "models"))]
-    labels = [m.label for m in models]
-    for i, label in enumerate(labels):
-        if labels.index(label) != i:
-            check.fail(f"models[{i}].label", f"label {label!r} is already used by "
-                       f"models[{labels.index(label)}]; give each model a distinct label")
-    for i, model in enumerate(models):
-        for j, other in enumerate(models[:i]):
-            if (model.name, model.kwargs) == (other.name, other.kwargs):
-                check.fail(f"models[{i}]", f"same model and kwargs as models[{j}] "
-                                           f"({other.label!r})")
-
-    seeds = [check.typed(s, f"seeds[{i}]", int, minimum=0)
-             for i, s in enumerate(_list(check, raw["seeds"], "seeds"))]
-    if len(set(seeds)) != len(seeds):
-        check.fail("seeds", f"repeated seed in {seeds}")
-
-    ppo = _ppo(check, raw.get("ppo", {}) or {})
-    from experiments.training import POPGYM_PPO
-    resources = _section(check, raw.get("resources", {}) or {}, "resources", Resources,
-                         defaults={k: POPGYM_PPO[k] for k in _RESOURCE_KEYS})
-    stop = _section(check, raw["stop"], "stop", Stop, minimum=1)
-    checkpoint = _section(check, raw.get("checkpoint", {}) or {}, "checkpoint", Checkpoint)
-    return Study(name=name, tasks=tasks, models=models, seeds=seeds, stop=stop, ppo=ppo,
-                 model_config=model_config, resources=resources, checkpoint=checkpoint,
-                 output=output)
+def _section_at(root: type, loc: tuple) -> type | None:
+    """The schema class (dataclass or model) at `loc`, walking field annotations."""
+    cls = root
+    for part in loc:
+        if isinstance(part, int) or cls is None:
+            continue
+        hints = typing.get_type_hints(cls, include_extras=True)
+        cls = _schema_class(hints.get(part))
+    return cls
 
 
-def _list(check: _Validator, value, path) -> list:
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
-        value = [value]                      # a single task / model / seed
-    if not isinstance(value, list) or not value:
-        check.fail(path, f"expected a non-empty list, got {_kind(value)}")
-    return value
+def _schema_class(annotation) -> type | None:
+    if isinstance(annotation, type) and (dataclasses.is_dataclass(annotation)
+                                         or issubclass(annotation, BaseModel)):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _schema_class(arg)
+        if found is not None:
+            return found
+    return None
 
 
-def _tasks(check: _Validator, value) -> list[str]:
-    import envs
-    ids: list[str] = []
-    for i, name in enumerate(_list(check, value, "tasks")):
-        check.typed(name, f"tasks[{i}]", str)
-        try:
-            found = envs.resolve([name])
-        except ValueError as error:
-            check.fail(f"tasks[{i}]", str(error))
-        ids.extend(t for t in found if t not in ids)
-    event_time = [envs.is_event_time(t) for t in ids]
-    if any(event_time) and not all(event_time):   # one PPO/module config serves every task
-        check.fail("tasks", "event-time tasks (the memory reads Δt from the observation) and "
-                            "plain tasks cannot share a study; put them in two studies")
-    return ids
-
-
-def _model(check: _Validator, entry, path, model_config) -> ModelEntry:
-    import memory_models
-    if isinstance(entry, str):
-        entry = {"name": entry}
-    check.mapping(entry, path, {"name", "label", "kwargs"}, required=("name",))
-    name = check.typed(entry["name"], f"{path}.name", str)
-    if name not in memory_models.available():
-        close = difflib.get_close_matches(name, memory_models.available(), n=2)
-        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        check.fail(f"{path}.name", f"unknown memory model {name!r}{hint}; "
-                                   f"available: {memory_models.available()}")
-    label = check.typed(entry.get("label", name), f"{path}.label", str)
-    if not _NAME.match(label):
-        check.fail(f"{path}.label", f"{label!r}: use letters, digits, '_', '.', '-' (it names "
-                                    f"folders and plot legends)")
-    kwargs = entry.get("kwargs", {}) or {}
-    accepted = memory_models.keywords(name)
-    check.mapping(kwargs, f"{path}.kwargs", accepted)
-    for key, value in kwargs.items():
-        default = accepted[key]
-        if default is not inspect.Parameter.empty and default is not None:
-            check.like(value, f"{path}.kwargs.{key}", default)
-    sizes = {**model_config_keys(), **model_config}
-    try:     # build it once, small input: bad values fail here, before any trial starts
-        memory_models.make(name, input_size=4, hidden_size=sizes["hidden_size"], **kwargs)
-    except Exception as error:   # noqa: BLE001 - any constructor error is a config error
-        check.fail(f"{path}.kwargs", f"{name} rejects these arguments: {error}")
-    return ModelEntry(name=name, label=label, kwargs=dict(kwargs))
-
-
-def model_config_keys() -> dict[str, Any]:
-    """YAML `model_config` keys (MemoryRLModule sizes) with defaults; the memory comes from
-    `models` and the BPTT length from `ppo.max_seq_len`."""
-    from experiments.rl_module import MODEL_CONFIG_DEFAULTS
-    return {k: v for k, v in MODEL_CONFIG_DEFAULTS.items()
-            if k not in ("memory", "memory_kwargs", "max_seq_len")}
-
-
-def _model_config(check: _Validator, value) -> dict:
-    check.mapping(value, "model_config", model_config_keys())
-    return {k: check.typed(v, f"model_config.{k}", int, minimum=1) for k, v in value.items()}
-
-
-def ppo_hyperparameters() -> dict[str, Any]:
-    """Every YAML `ppo` key with its default: POPGym's protocol (POPGYM_PPO) over RLlib's
-    PPOConfig defaults; env runner counts belong to `resources`."""
-    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-    from ray.rllib.algorithms.ppo import PPOConfig
-
-    from experiments.training import POPGYM_PPO
-    defaults = PPOConfig()
-    names = [k for method in (PPOConfig.training, AlgorithmConfig.training)
-             for k in inspect.signature(method).parameters if k not in _NOT_HYPERPARAMETERS]
-    table = {k: getattr(defaults, k) for k in names if hasattr(defaults, k)}
-    table["rollout_fragment_length"] = defaults.rollout_fragment_length
-    table.update({k: v for k, v in POPGYM_PPO.items() if k not in _RESOURCE_KEYS})
-    return table
-
-
-def _ppo(check: _Validator, value) -> dict:
-    defaults = ppo_hyperparameters()
-    check.mapping(value, "ppo", defaults)
-    ppo = {}
-    for key, item in value.items():
-        path = f"ppo.{key}"
-        if key in _CHOICES:
-            if item not in _CHOICES[key]:
-                check.fail(path, f"{item!r} is not one of {list(_CHOICES[key])}")
-        elif key == "rollout_fragment_length":      # an int or "auto"
-            if item != "auto":
-                check.typed(item, path, int, minimum=1)
-        elif isinstance(defaults[key], (int, float)) and not isinstance(defaults[key], bool):
-            item = check.typed(item, path, type(defaults[key]), minimum=0)
-        else:
-            item = check.like(item, path, defaults[key])
-        ppo[key] = item
-    return ppo
-
-
-def _section(check: _Validator, value, path, cls, defaults=None, minimum=0):
-    """A dataclass section; `defaults` fill fields that have no dataclass default."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    defaults = defaults or {}
-    required = [n for n, f in fields.items() if n not in defaults
-                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    check.mapping(value, path, fields, required=required)
-    kinds = {"int": int, "float": float, "bool": bool, "str": str}
-    return cls(**{**defaults, **{k: check.typed(v, f"{path}.{k}", kinds[fields[k].type],
-                                                 minimum=minimum)
-                                 for k, v in value.items()}})
-
-
-def _at(path: str, key) -> str:
-    return f"{path}.{key}" if path else str(key)
+def _keys(cls: type | None) -> list[str]:
+    if cls is None:
+        return []
+    if dataclasses.is_dataclass(cls):
+        return sorted(f.name for f in dataclasses.fields(cls) if f.name != "base_dir")
+    return sorted(cls.model_fields)
 
 
 def _kind(value) -> str:

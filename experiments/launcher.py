@@ -98,56 +98,15 @@ def manifest(study: Study, trials: list[Trial]) -> dict:
 
 
 def param_space(study: Study) -> dict:
-    """One PPO config dict with grid searches over env, seed and the memory's RLModuleSpec."""
-    from experiments.training import ppo_config
-
-    res = study.resources
-
-    def config_dict(model):
-        config = ppo_config(env=study.tasks[0], memory=model.name, memory_kwargs=model.kwargs,
-                            model_config=study.model_config, seed=study.seeds[0],
-                            num_env_runners=res.num_env_runners,
-                            num_envs_per_env_runner=res.num_envs_per_env_runner, **study.ppo)
-        if res.num_gpus:
-            config.learners(num_gpus_per_learner=res.num_gpus)
-        return config.to_dict()
-
-    per_model = [config_dict(m) for m in study.models]
-    base = per_model[0]
-    for model, other in zip(study.models, per_model):     # the grid must be a pure product
-        differs = sorted(k for k in base if k != "_rl_module_spec"
-                         and repr(base[k]) != repr(other[k]))
-        if differs:
-            raise StudyError(f"model {model.label!r} changes PPO settings {differs}; the "
-                             f"launcher can only vary the memory between models")
-    # Tune cannot grid-search RLModuleSpec objects (it turns them into tuples): the spec keeps
-    # its module class, the memory's model_config moves to `_model_config`, which RLlib merges
-    # into the spec's (empty) model_config when it builds the module.
-    return {**base,
-            "env": tune.grid_search(list(study.tasks)),
-            "seed": tune.grid_search(list(study.seeds)),
-            "_rl_module_spec": dataclasses.replace(base["_rl_module_spec"], model_config=None),
-            "_model_config": tune.grid_search([c["_rl_module_spec"].model_config
-                                               for c in per_model])}
+    """One complete spec per trial (experiments.trials): Tune grid-searches the list."""
+    from experiments.trials import TRIAL_KEY, trial_spec
+    return {TRIAL_KEY: tune.grid_search([trial_spec(study, t) for t in expand(study)])}
 
 
-class TrialNames:
-    """Maps a Tune trial (its resolved config) to our Trial: names its folder and its line."""
-
-    def __init__(self, trials: list[Trial]):
-        self.by_key = {(t.task, t.seed, t.model.name, _key(t.model.kwargs)): t for t in trials}
-
-    def __call__(self, tune_trial) -> str:
-        return self.trial(tune_trial.config).name
-
-    def trial(self, config: dict) -> Trial:
-        model = config["_model_config"]
-        return self.by_key[(config["env"], config["seed"], model["memory"],
-                            _key(model["memory_kwargs"]))]
-
-
-def _key(kwargs: dict) -> str:
-    return json.dumps(kwargs, sort_keys=True)
+def trial_name(tune_trial) -> str:
+    """Tune's trial -> our trial's name (its folder and its progress lines)."""
+    from experiments.trials import TRIAL_KEY
+    return tune_trial.config[TRIAL_KEY]["name"]
 
 
 class Progress(tune.Callback):
@@ -194,6 +153,7 @@ def train(study: Study, *, address: str | None = None, resume: bool = False) -> 
     import ray
 
     from experiments.training import register_rllib_envs
+    from experiments.trials import StudyTrial
 
     trials = expand(study)
     directory = study.directory
@@ -223,22 +183,21 @@ def train(study: Study, *, address: str | None = None, resume: bool = False) -> 
         else:
             ray.init(include_dashboard=False)
     register_rllib_envs()
-    names = TrialNames(trials)
     print(f"memrl train: {study.name}: {len(trials)} trial(s) -> {directory}", flush=True)
 
     if restoring:
         print("memrl train: resuming; finished trials are kept", flush=True)
-        tuner = tune.Tuner.restore(str(directory), trainable="PPO", resume_unfinished=True,
-                                   resume_errored=True)
+        tuner = tune.Tuner.restore(str(directory), trainable=StudyTrial,
+                                   resume_unfinished=True, resume_errored=True)
     else:
         if resume:
             print(f"memrl train: nothing to resume in {directory}; starting", flush=True)
         tuner = tune.Tuner(
-            "PPO",
+            StudyTrial,
             param_space=param_space(study),
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=study.resources.max_concurrent_trials or None,
-                trial_name_creator=names, trial_dirname_creator=names),
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(
                 name=study.name,
                 storage_path=str(directory.parent),
@@ -247,6 +206,7 @@ def train(study: Study, *, address: str | None = None, resume: bool = False) -> 
                     checkpoint_frequency=study.checkpoint.frequency,
                     checkpoint_at_end=True,
                     num_to_keep=study.checkpoint.keep or None),
+                failure_config=tune.FailureConfig(max_failures=study.max_failures),
                 callbacks=[Progress(len(trials), study.stop.env_steps)],
                 verbose=0))
     grid = tuner.fit()

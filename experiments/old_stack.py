@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import torch
+from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.models import ModelCatalog
 from ray.rllib.models.torch.recurrent_net import RecurrentNetwork
 from torch import Tensor, nn
@@ -156,3 +157,34 @@ def _pad_time(out: Tensor, steps: int) -> Tensor:
     if out.shape[1] == steps:
         return out
     return torch.cat([out, out.new_zeros(out.shape[0], steps - out.shape[1], out.shape[2])], 1)
+
+
+def old_stack_ppo_config(*, env: str, custom_model, custom_model_config: dict, seed: int = 0,
+                         num_env_runners: int = 0, num_envs_per_env_runner: int = 1,
+                         num_gpus: float = 0.0, **ppo) -> PPOConfig:
+    """PPOConfig on RLlib's old API stack training `custom_model` (a registered name such as
+    "memrl_gru", or a ModelV2 class such as POPGym's) on POPGym `env`.
+
+    `ppo` takes the keys of `experiments.config.PPOSettings` (new-stack names, POPGym's
+    protocol as defaults), mapped to the old stack's: train_batch_size_per_learner ->
+    train_batch_size, max_seq_len -> model["max_seq_len"]. `shuffle_batch_per_epoch` has no
+    old-stack counterpart (the old stack always permutes its minibatches' order) and is
+    dropped.
+    """
+    from .training import register_rllib_envs, split_ppo_settings
+
+    register_rllib_envs()
+    max_seq_len, env_runner_args, training = split_ppo_settings(ppo)
+    training["train_batch_size"] = training.pop("train_batch_size_per_learner")
+    training.pop("shuffle_batch_per_epoch", None)
+    return (PPOConfig()
+            .api_stack(enable_rl_module_and_learner=False,
+                       enable_env_runner_and_connector_v2=False)
+            .framework("torch")
+            .environment(env)
+            .env_runners(num_env_runners=num_env_runners,
+                         num_envs_per_env_runner=num_envs_per_env_runner, **env_runner_args)
+            .training(model={"custom_model": custom_model, "max_seq_len": max_seq_len,
+                             "custom_model_config": custom_model_config}, **training)
+            .resources(num_gpus=num_gpus)
+            .debugging(seed=seed))

@@ -43,6 +43,8 @@ from torch import Tensor, nn
 
 import memory_models
 
+from .defaults import POPGYM_SIZES
+
 __all__ = ["MemoryRLModule", "memory_module_spec", "MODEL_CONFIG_DEFAULTS", "check_model_config",
            "build_layers"]
 
@@ -51,9 +53,8 @@ MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
     "memory": None,          # registry name, memory_models.available()
     "memory_kwargs": {},     # extra keywords of that memory (memory_models.keywords(name))
     "max_seq_len": 1024,     # learner rows (BPTT length); POPGym's bptt_cutoff
-    "pre_size": 128,         # width of the observation pre-processing layers
-    "hidden_size": 256,      # the memory's output size
-    "head_size": 128,        # width of the actor and critic MLPs
+    **POPGYM_SIZES,          # pre_size 128 (observation pre-processing), hidden_size 256
+                             # (the memory's output), head_size 128 (actor and critic MLPs)
     "timesteps_from_obs": False,  # last obs feature is Δt, the memory's integration timestep
 }
 

@@ -25,37 +25,11 @@ from ray.tune.registry import ENV_CREATOR, _global_registry, register_env
 
 import envs
 
+from .defaults import POPGYM_PPO
 from .batching import CompleteEpisodesEnvRunner, PPOLearner
 from .rl_module import memory_module_spec
 
 __all__ = ["POPGYM_PPO", "ppo_config", "register_rllib_envs"]
-
-# The POPGym paper's PPO protocol (popgym/baselines/ppo.py, run on RLlib ~2.0's PPO).
-# Set in ppo.py: gamma, vf_loss_coeff, bptt_cutoff = 1024 (max_seq_len and rollout fragment),
-# 4 workers x 16 envs, train batch = 1024 * 4 * 16 = 65536, minibatch = 8 * 1024 = 8192,
-# complete_episodes. Not set there, so the old PPOConfig defaults applied (and are RLlib
-# 2.60's PPOConfig defaults still): lr 5e-5, num_sgd_iter (now num_epochs) 30, lambda 1.0,
-# clip_param 0.3, vf_clip_param 10.0, entropy_coeff 0.0, kl_coeff 0.2, kl_target 0.01,
-# grad_clip None.
-POPGYM_PPO: dict = {
-    "gamma": 0.99,
-    "lr": 5e-5,
-    "lambda_": 1.0,
-    "vf_loss_coeff": 1.0,
-    "entropy_coeff": 0.0,
-    "clip_param": 0.3,
-    "vf_clip_param": 10.0,
-    "kl_coeff": 0.2,
-    "kl_target": 0.01,
-    "grad_clip": None,
-    "num_epochs": 30,
-    "train_batch_size_per_learner": 65536,
-    "minibatch_size": 8192,
-    "max_seq_len": 1024,
-    "batch_mode": "complete_episodes",
-    "num_env_runners": 4,
-    "num_envs_per_env_runner": 16,
-}
 
 # keys of POPGYM_PPO (and of ppo_config's **ppo) that are not PPOConfig.training() arguments
 _ENV_RUNNER_KEYS = ("batch_mode", "rollout_fragment_length")
@@ -96,22 +70,13 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
     """
     register_rllib_envs()
     env_id, = _one_env(env)
-    ppo = dict(ppo)
     model_config = dict(model_config or {})
     for key in ("memory", "memory_kwargs"):
         if key in model_config:
             raise ValueError(f"pass {key!r} as ppo_config's own argument, not in model_config")
-    if "max_seq_len" in ppo:
-        model_config["max_seq_len"] = ppo.pop("max_seq_len")
+    model_config["max_seq_len"], env_runner_args, training = split_ppo_settings(ppo)
     if envs.is_event_time(env_id):
         model_config.setdefault("timesteps_from_obs", True)
-    env_runner_args = {k: ppo.pop(k) for k in _ENV_RUNNER_KEYS if k in ppo}
-    env_runner_args.setdefault("batch_mode", POPGYM_PPO["batch_mode"])
-    valid = _training_keys()
-    unknown = sorted(set(ppo) - valid)
-    if unknown:
-        raise ValueError(f"unknown PPO setting(s) {unknown}; valid: "
-                         f"{sorted(valid | {'max_seq_len', *_ENV_RUNNER_KEYS})}")
     spec = memory_module_spec(memory, memory_kwargs, **model_config)
     return (
         PPOConfig()
@@ -122,10 +87,23 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
                      num_envs_per_env_runner=num_envs_per_env_runner,
                      env_runner_cls=CompleteEpisodesEnvRunner, **env_runner_args)
         .rl_module(rl_module_spec=spec)
-        .training(**{**_TRAINING_DEFAULTS, **ppo})
+        .training(**training)
         .learners(learner_class=PPOLearner)
         .debugging(seed=seed)
     )
+
+
+def split_ppo_settings(ppo: dict) -> tuple[int, dict, dict]:
+    """POPGYM_PPO updated by `ppo`, split into (max_seq_len, env_runners() arguments,
+    training() arguments); an unknown key raises ValueError listing the valid ones."""
+    ppo = {**_TRAINING_DEFAULTS, "max_seq_len": POPGYM_PPO["max_seq_len"],
+           "batch_mode": POPGYM_PPO["batch_mode"], **ppo}
+    valid = _training_keys() | {"max_seq_len", *_ENV_RUNNER_KEYS}
+    unknown = sorted(set(ppo) - valid)
+    if unknown:
+        raise ValueError(f"unknown PPO setting(s) {unknown}; valid: {sorted(valid)}")
+    env_runner_args = {k: ppo.pop(k) for k in _ENV_RUNNER_KEYS if k in ppo}
+    return ppo.pop("max_seq_len"), env_runner_args, ppo
 
 
 def _one_env(env: str) -> list[str]:

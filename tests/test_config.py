@@ -49,8 +49,6 @@ def test_minimal_study_gets_popgym_defaults():
     (with_(name="a/b"), ["name:", "folder name"]),
     (with_(tasks=["RepeatPrevEasy"]), ["tasks[0]:", "popgym-RepeatPreviousEasy-v0", "diagnostic"]),
     (with_(tasks=[]), ["tasks: expected a non-empty list"]),
-    (with_(tasks=["RepeatPreviousEasy", "RepeatPreviousEasy-EventTime"]),
-     ["tasks: event-time tasks", "two studies"]),
     (with_(models=["gru", "lmuu"]), ["models[1].name: unknown memory model 'lmuu'", "'lmu'"]),
     (with_(models=["gru", {"name": "lmu", "kwargs": {"memory_sise": 4}}]),
      ["models[1].kwargs.memory_sise: unknown key", "'memory_size'", "theta"]),

@@ -74,9 +74,9 @@ def test_smoke_study_trains_and_reports(tmp_path, ray_session, capsys):
     out = capsys.readouterr().out
     assert "2/2 trial(s) finished" in out and f"memrl report {study}" in out
     for name, memory in zip(TRIALS, ["gru", "mlp"]):
-        params = json.loads((study / name / "params.json").read_text())
-        assert params["env"] == "popgym-RepeatPreviousEasy-v0"
-        assert params["_model_config"]["memory"] == memory     # the folder names its model
+        spec = json.loads((study / name / "params.json").read_text())["trial"]
+        assert spec["task"] == "popgym-RepeatPreviousEasy-v0" and spec["name"] == name
+        assert spec["model"]["name"] == memory                 # the folder names its model
         assert last_steps(study / name / "progress.csv") >= 768
         assert list((study / name).glob("checkpoint_*")), "no checkpoint at the end"
 

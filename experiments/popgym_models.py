@@ -1,0 +1,101 @@
+"""POPGym's own baseline models (popgym.baselines.ray_models) as peers in a study.
+
+A study names one as `popgym:<Class>` (`popgym:GRU`, `popgym:LMU`, `popgym:S4D`, ...; any case).
+It trains POPGym's class itself on RLlib's old API stack (the stack POPGym was published on),
+given as `model["custom_model"]` with the custom_model_config of popgym/baselines/ppo.py, its
+widths from the study's `model_config`:
+
+    obs -> Linear(obs, pre) -> LayerNorm -> preprocessor Linear(pre, pre) + LeakyReLU
+        -> memory (pre -> hidden) -> actor / critic: Linear(hidden, head) LeakyReLU
+                                                      Linear(head, head) LeakyReLU -> final
+
+(ppo.py has one width h = pre = head = 128 and hidden 256; these are our defaults too.)
+A model entry's `kwargs` set the class's own MODEL_CONFIG keys (e.g. `theta` of LMU,
+`stack_size` of Framestack). Importing this module imports neither torch nor popgym.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from experiments.defaults import POPGYM_SIZES
+
+__all__ = ["POPGYM_MODELS", "canonical_name", "check_popgym_model", "popgym_class",
+           "custom_model_config"]
+
+PREFIX = "popgym:"
+
+# class name -> module of popgym.baselines.ray_models (popgym 1.0.7); every one builds and
+# trains on Ray 2.60's old API stack (checked when this table was written), DiffNC only with
+# the third-party `dnc` package installed.
+POPGYM_MODELS: dict[str, str] = {
+    "GRU": "ray_gru", "LSTM": "ray_lstm", "Elman": "ray_elman", "IndRNN": "ray_indrnn",
+    "LMU": "ray_lmu", "S4D": "ray_s4d", "DiffNC": "ray_diffnc",
+    "LinearAttention": "ray_linear_attention", "DeepLinearAttention": "ray_linear_attention",
+    "FastWeightProgrammer": "ray_fwp", "DeepFastWeightProgrammer": "ray_fwp",
+    "MLP": "ray_mlp", "BasicMLP": "ray_mlp", "Framestack": "ray_framestack",
+    "Frameconv": "ray_frameconv",
+}
+# class name -> the third-party module it needs beyond popgym's own requirements
+_NEEDS = {"DiffNC": "dnc"}
+
+
+def canonical_name(name: str) -> str:
+    """`popgym:gru` -> `popgym:GRU`; an unknown class raises ValueError listing the valid."""
+    wanted = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    for cls in POPGYM_MODELS:
+        if cls.lower() == wanted.lower():
+            return PREFIX + cls
+    raise ValueError(f"unknown POPGym model {name!r}; available: "
+                     f"{[PREFIX + cls for cls in POPGYM_MODELS]}")
+
+
+def _class_name(name: str) -> str:
+    return canonical_name(name)[len(PREFIX):]
+
+
+def popgym_class(name: str) -> type:
+    """POPGym's RLlib model class for `popgym:<Class>`."""
+    cls = _class_name(name)
+    module = importlib.import_module(f"popgym.baselines.ray_models.{POPGYM_MODELS[cls]}")
+    return getattr(module, cls)
+
+
+def check_popgym_model(name: str, kwargs: dict) -> str | None:
+    """Why `name` with `kwargs` cannot train here (None if it can)."""
+    cls = _class_name(name)
+    if cls in _NEEDS and importlib.util.find_spec(_NEEDS[cls]) is None:
+        return (f"{PREFIX}{cls} cannot run here: POPGym's {cls} needs the "
+                f"{_NEEDS[cls]!r} package, which is not installed")
+    try:
+        model_class = popgym_class(name)
+    except ImportError as error:
+        return f"{PREFIX}{cls} cannot run here: {error}"
+    unknown = sorted(set(kwargs) - set(model_class.MODEL_CONFIG))
+    if unknown:
+        return (f"kwargs {unknown} are not keys of POPGym's {cls}; allowed: "
+                f"{sorted(model_class.MODEL_CONFIG)}")
+    return None
+
+
+def custom_model_config(sizes: dict, kwargs: dict) -> dict:
+    """popgym/baselines/ppo.py's custom_model_config at the widths `sizes` (pre_size,
+    hidden_size, head_size; POPGym's defaults for missing ones), plus the class's `kwargs`."""
+    from torch import nn
+
+    sizes = {**POPGYM_SIZES, **sizes}
+    pre, hidden, head = sizes["pre_size"], sizes["hidden_size"], sizes["head_size"]
+
+    def head_mlp():
+        return nn.Sequential(nn.Linear(hidden, head), nn.LeakyReLU(inplace=True),
+                             nn.Linear(head, head), nn.LeakyReLU(inplace=True))
+
+    return {"preprocessor_input_size": pre,
+            "preprocessor": nn.Sequential(nn.Linear(pre, pre), nn.LeakyReLU(inplace=True)),
+            "preprocessor_output_size": pre,
+            "hidden_size": hidden,
+            "postprocessor": nn.Identity(),
+            "actor": head_mlp(), "critic": head_mlp(),
+            "postprocessor_output_size": head,
+            **kwargs}

@@ -1,0 +1,90 @@
+"""One trial of a study: its spec, the RLlib algorithm it trains, and the Tune trainable.
+
+Tune gets one spec per trial (`trial_spec`, a JSON mapping under the config key "trial": what
+`params.json` of the trial folder holds), and `StudyTrial` builds the trial's own complete
+algorithm config from it (`algorithm_config`), so every trial can differ in anything: the API
+stack, the task (event-time or plain), the model and its PPO settings.
+
+    stack "new", a memory     experiments.training.ppo_config: MemoryRLModule, new API stack
+    stack "old", a memory     experiments.old_stack: the same network as "memrl_<name>"
+    "popgym:<Class>"          POPGym's own model class, old API stack (experiments.popgym_models)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from typing import Any
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.algorithms.ppo import PPO
+
+from experiments.config import Study, Trial
+
+TRIAL_KEY = "trial"
+
+__all__ = ["TRIAL_KEY", "trial_spec", "algorithm_config", "StudyTrial", "import_spec_modules"]
+
+
+def trial_spec(study: Study, trial: Trial) -> dict[str, Any]:
+    """Everything one trial needs, as plain JSON values."""
+    return {"name": trial.name, "variant": trial.variant, "task": trial.task,
+            "seed": trial.seed, "model": dataclasses.asdict(trial.model),
+            "ppo": dict(trial.ppo), "model_config": dict(trial.model_config),
+            "resources": dataclasses.asdict(study.resources),
+            "env_steps": study.stop.env_steps,
+            "eval": None if study.eval is None else dataclasses.asdict(study.eval),
+            "imports": list(study.imports), "base_dir": study.base_dir}
+
+
+def import_spec_modules(spec: dict) -> None:
+    """Import the study's `imports` in this process (trial actors and env runners need the
+    user's registered memories)."""
+    if spec["imports"] and spec["base_dir"] not in sys.path:
+        sys.path.insert(0, spec["base_dir"])
+    for module in spec["imports"]:
+        importlib.import_module(module)
+
+
+def algorithm_config(spec: dict) -> AlgorithmConfig:
+    """The trial's complete PPO config (see the module docstring for the three kinds)."""
+    import_spec_modules(spec)
+    model, res = spec["model"], spec["resources"]
+    common = dict(env=spec["task"], seed=spec["seed"], num_env_runners=res["num_env_runners"],
+                  num_envs_per_env_runner=res["num_envs_per_env_runner"], **spec["ppo"])
+    if model["stack"] == "new":
+        from experiments.training import ppo_config
+        config = ppo_config(memory=model["name"], memory_kwargs=model["kwargs"],
+                            model_config=spec["model_config"], **common)
+        return config.learners(num_gpus_per_learner=res["num_gpus"]) if res["num_gpus"] \
+            else config
+    from experiments.old_stack import (CUSTOM_MODEL_CONFIG_KEYS, old_stack_ppo_config,
+                                       register_old_stack_models)
+    if model["name"].startswith("popgym:"):
+        from experiments.popgym_models import custom_model_config, popgym_class
+        custom_model = popgym_class(model["name"])
+        custom_config = custom_model_config(spec["model_config"], model["kwargs"])
+    else:
+        custom_model = register_old_stack_models()[model["name"]]
+        custom_config = {"memory_kwargs": model["kwargs"],
+                         **{k: v for k, v in spec["model_config"].items()
+                            if k in CUSTOM_MODEL_CONFIG_KEYS}}
+    return old_stack_ppo_config(custom_model=custom_model, custom_model_config=custom_config,
+                                num_gpus=res["num_gpus"], **common)
+
+
+class StudyTrial(PPO):
+    """Tune trainable of one study trial: PPO built from the trial's spec (config["trial"])."""
+
+    @classmethod
+    def default_resource_request(cls, config):
+        if isinstance(config, dict) and TRIAL_KEY in config:
+            config = algorithm_config(config[TRIAL_KEY])
+        return super().default_resource_request(config)
+
+    def __init__(self, config=None, **kwargs):
+        if isinstance(config, dict) and TRIAL_KEY in config:
+            self.spec = config[TRIAL_KEY]
+            config = algorithm_config(self.spec)
+        super().__init__(config=config, **kwargs)
