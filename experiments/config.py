@@ -457,6 +457,11 @@ def _model_problems(model: ModelEntry, path: str, where: str, sizes: dict) -> li
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         return [f"{where}: {path}.name: unknown memory model {model.name!r}{hint}; "
                 f"available: {memory_models.available()} and popgym:<Model>"]
+    try:
+        memory_models.check_kwargs(model.name, model.kwargs)     # the registry's one check
+    except memory_models.UnknownKeywordError as error:
+        return [f"{where}: {path}.kwargs.{key}: unknown key{_did_you_mean(key, error.valid)}; "
+                f"allowed: {error.valid}" for key in error.unknown]
     kwargs_model = _kwargs_model(model.name, memory_models.keywords(model.name))
     try:
         kwargs_model(**model.kwargs)
@@ -471,12 +476,12 @@ def _model_problems(model: ModelEntry, path: str, where: str, sizes: dict) -> li
 
 
 def _kwargs_model(name: str, keywords: dict[str, Any]) -> type[BaseModel]:
-    """A pydantic model of a memory's keywords, typed by their defaults (None/no default:
-    anything)."""
+    """A pydantic model of the types of a memory's keywords, as their defaults have them
+    (None or no default: anything); which keys exist is the registry's check."""
     strict = {bool: StrictBool, int: StrictInt, float: StrictFloat, str: StrictStr}
     fields = {key: (strict.get(type(default), Any), default)
               for key, default in keywords.items()}
-    return create_model(f"{name}_kwargs", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model(f"{name}_kwargs", **fields)
 
 
 # --------------------------------------------------------------------------- overrides
@@ -549,9 +554,7 @@ def _message(where: str, error: dict, root: type, prefix: tuple = ()) -> str:
                 "bool_type": "bool"}
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         allowed = _keys(_section_at(root, loc[:-1]))
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        text = f"unknown key{hint}; allowed: {allowed}"
+        text = f"unknown key{_did_you_mean(loc[-1], allowed)}; allowed: {allowed}"
     elif kind in ("missing", "missing_argument"):
         text = "missing (required)"
     elif kind in ("model_type", "dataclass_type", "model_attributes_type", "dict_type"):
@@ -575,6 +578,11 @@ def _message(where: str, error: dict, root: type, prefix: tuple = ()) -> str:
         text = error["msg"]
     path = _join((*prefix, *loc))
     return f"{where}: {path}: {text}" if path else f"{where}: {text}"
+
+
+def _did_you_mean(key, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _section_at(root: type, loc: tuple) -> type | None:

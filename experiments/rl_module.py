@@ -42,6 +42,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import Tensor, nn
 
 import memory_models
+from memory_models.checks import check_int
 
 from .defaults import POPGYM_SIZES
 
@@ -89,15 +90,13 @@ def check_model_config(model_config: dict) -> dict[str, Any]:
     if not isinstance(config["memory_kwargs"], dict):
         raise ValueError(f"model_config['memory_kwargs'] must be a dict, "
                          f"got {config['memory_kwargs']!r}")
-    accepted = memory_models.keywords(config["memory"])
-    unknown = sorted(set(config["memory_kwargs"]) - set(accepted))
-    if unknown:
-        raise ValueError(f"memory {config['memory']!r} got unknown memory_kwargs {unknown}; "
-                         f"valid: {sorted(accepted) or 'none'}")
+    try:
+        memory_models.check_kwargs(config["memory"], config["memory_kwargs"])
+    except memory_models.UnknownKeywordError as error:
+        raise ValueError(f"model_config: unknown memory_kwargs {error.unknown}; "
+                         f"{error}") from None
     for key in ("max_seq_len", "pre_size", "hidden_size", "head_size"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"model_config[{key!r}] must be a positive int, got {value!r}")
+        check_int(f"model_config[{key!r}]", config[key])
     if not isinstance(config["timesteps_from_obs"], bool):
         raise ValueError(f"model_config['timesteps_from_obs'] must be a bool, "
                          f"got {config['timesteps_from_obs']!r}")
