@@ -75,8 +75,10 @@ class StudyError(RuntimeError):
 def describe(study: Study, trials: list[Trial]) -> str:
     """The trial list as `--dry-run` prints it."""
     res = study.resources
+    sweep = f" x {len(trials) // (len(study.tasks) * len(study.models) * len(study.seeds))}" \
+        f" sweep point(s)" if study.sweep else ""
     lines = [f"study {study.name!r}: {len(study.tasks)} task(s) x {len(study.models)} model(s) "
-             f"x {len(study.seeds)} seed(s) = {len(trials)} trial(s), "
+             f"x {len(study.seeds)} seed(s){sweep} = {len(trials)} trial(s), "
              f"{study.stop.env_steps} env steps each",
              f"output: {study.directory}",
              f"per trial: {res.num_env_runners} env runner(s) x {res.num_envs_per_env_runner} "
@@ -84,8 +86,11 @@ def describe(study: Study, trials: list[Trial]) -> str:
     width = max(len(t.name) for t in trials)
     for t in trials:
         kwargs = f" {t.model.kwargs}" if t.model.kwargs else ""
-        lines.append(f"  {t.index:4d}  {t.name:<{width}}  {t.task}  {t.model.name}{kwargs}  "
-                     f"seed {t.seed}")
+        stack = " (old API stack)" if t.model.stack == "old" else ""
+        own = {k: v for k, v in t.ppo.items() if study.ppo.get(k) != v}
+        ppo = f" ppo {own}" if own else ""
+        lines.append(f"  {t.index:4d}  {t.name:<{width}}  {t.task}  {t.model.name}{kwargs}"
+                     f"{stack}{ppo}  seed {t.seed}")
     return "\n".join(lines)
 
 
@@ -93,7 +98,8 @@ def manifest(study: Study, trials: list[Trial]) -> dict:
     """What `study.json` holds: the validated study and every trial's folder and settings."""
     return {"study": study.to_dict(),
             "trials": [{"index": t.index, "name": t.name, "task": t.task, "model": t.model.name,
-                        "label": t.model.label, "kwargs": t.model.kwargs, "seed": t.seed}
+                        "label": t.model.label, "variant": t.variant, "stack": t.model.stack,
+                        "kwargs": t.model.kwargs, "sweep": t.sweep, "seed": t.seed}
                        for t in trials]}
 
 
