@@ -5,8 +5,8 @@ Every task is wrapped as popgym/baselines/ppo.py does,
     obs_t = (popgym obs_t, previous action a_{t-1}, first-step flag [t == 0])
 
 (`PreviousAction` then `Antialias`; the previous action at t = 0 is the null action), and then
-flattened with gymnasium's `flatten` (Discrete and MultiDiscrete parts one-hot) into a float32
-Box of size `flatdim`, so every model reads the same vector. Action spaces are left as they are:
+flattened with gymnasium's `FlattenObservation` (Discrete and MultiDiscrete parts one-hot) and
+`DtypeObservation` into a float32 Box of size `flatdim`, so every model reads the same vector. Action spaces are left as they are:
 Discrete, MultiDiscrete (Battleship, MineSweeper) or Box (the pendulums).
 
     envs.list_envs("diagnostic")          -> ["popgym-AutoencodeEasy-v0", ...]
@@ -27,17 +27,18 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import warnings
 
 import gymnasium
 import numpy as np
 import popgym.envs
-from gymnasium import spaces
+from gymnasium.wrappers import DtypeObservation, FlattenObservation
 from popgym.wrappers import Antialias, PreviousAction
 
 from .event_time import EventTime
 
-__all__ = ["GROUPS", "list_envs", "resolve", "make_env", "register_envs", "FlattenToFloat32",
-           "EventTime", "is_event_time"]
+__all__ = ["GROUPS", "list_envs", "resolve", "make_env", "register_envs", "EventTime",
+           "is_event_time"]
 
 # group name -> popgym's {env class: {"id": ...}} over all three difficulties
 _GROUP_TABLES = {
@@ -116,22 +117,12 @@ def _unknown_env_message(name: str) -> str:
             f"see envs.list_envs() for every id")
 
 
-class FlattenToFloat32(gymnasium.ObservationWrapper):
-    """Flattens any (nested) observation into a float32 Box of gymnasium's `flatdim` entries.
-
-    Discrete(n) -> one-hot (n,), MultiDiscrete(nvec) -> concatenated one-hots (sum nvec,),
-    Box -> its entries, Tuple/Dict -> concatenation of their parts.
-    """
-
-    def __init__(self, env: gymnasium.Env):
-        super().__init__(env)
-        flat = spaces.flatten_space(env.observation_space)
-        self.observation_space = spaces.Box(flat.low.astype(np.float32),
-                                            flat.high.astype(np.float32), dtype=np.float32)
-
-    def observation(self, observation):
-        flat = spaces.flatten(self.env.observation_space, observation)
-        return np.asarray(flat, dtype=np.float32)
+def _flatten_to_float32(env: gymnasium.Env) -> gymnasium.Env:
+    """`env` with its (nested) observation flattened by gymnasium (Discrete and MultiDiscrete
+    parts one-hot, Box entries as they are, Tuple/Dict parts concatenated) into a float32 Box."""
+    with warnings.catch_warnings():     # float64 bounds cast to float32 on purpose
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32")
+        return DtypeObservation(FlattenObservation(env), np.float32)
 
 
 def make_env(env_id: str, config: dict | None = None) -> gymnasium.Env:
@@ -156,7 +147,7 @@ def make_env(env_id: str, config: dict | None = None) -> gymnasium.Env:
     if unknown and not takes_any:
         raise ValueError(f"{env_id} got unknown config key(s) {unknown}; "
                          f"valid keys: {accepted or 'none'}")
-    return FlattenToFloat32(Antialias(PreviousAction(cls(**kwargs))))
+    return _flatten_to_float32(Antialias(PreviousAction(cls(**kwargs))))
 
 
 def _gym_entry_point(env_id: str, **kwargs) -> gymnasium.Env:

@@ -26,7 +26,7 @@ __all__ = ["EventTime"]
 class EventTime(gymnasium.Wrapper):
     """Repeats each action for a random gap of 1..max_gap task steps; appends Δt to the obs.
 
-    `env` must have a 1-D float32 Box observation (envs.FlattenToFloat32 gives one); the new
+    `env` must have a 1-D float32 Box observation (envs.make_env flattens to one); the new
     Box is that one plus a last entry Δt in [0, max_gap]. The gaps come from this wrapper's
     own generator, reseeded by `reset(seed=...)`, so the task's random stream is untouched.
     """
