@@ -6,8 +6,9 @@ Every task is wrapped as popgym/baselines/ppo.py does,
 
 (`PreviousAction` then `Antialias`; the previous action at t = 0 is the null action), and then
 flattened with gymnasium's `FlattenObservation` (Discrete and MultiDiscrete parts one-hot) and
-`DtypeObservation` into a float32 Box of size `flatdim`, so every model reads the same vector. Action spaces are left as they are:
-Discrete, MultiDiscrete (Battleship, MineSweeper) or Box (the pendulums).
+`DtypeObservation` into a float32 Box of size `flatdim`, so every model reads the same vector.
+Action spaces are left as they are: Discrete, MultiDiscrete (Battleship, MineSweeper) or Box
+(the pendulums).
 
     envs.list_envs("diagnostic")          -> ["popgym-AutoencodeEasy-v0", ...]
     envs.resolve(["game", "popgym-RepeatFirstEasy-v0"])  -> ordered unique ids
