@@ -5,8 +5,9 @@
                      episodes=10, greedy=True, seed=0)
     result["mean_return"], result["returns"], result["lengths"]
 
-The policy runs one observation at a time, as RLlib's env runners run it: at an episode's first
-step the memory state is the module's initial state, and within the episode
+The episodes run together, one env each (`play_episodes`), and the policy sees one observation
+per env at a time, as RLlib's env runners run it: at an episode's first step the memory state
+is the module's initial state, and within the episode
 
     dist_inputs_t, state_t = module.forward_inference({obs: o_t (1, 1, D), state_in: state_{t-1}})
     a_t = argmax / mode of the action distribution     (greedy; forward_exploration + a sample
@@ -17,6 +18,9 @@ does with its default `normalize_actions=True`. Episode i's env is reset with se
 and sampled actions draw from a torch generator state forked from the caller's and seeded with
 `seed`, so a rollout is reproducible and leaves the global RNG as it was.
 
+Studies evaluate their trials with the same code (`study eval:`, experiments.trials), for
+new-stack modules (`ModuleActor`) and old-stack policies (`PolicyActor`) alike.
+
 A checkpoint is an RLlib algorithm checkpoint folder (`algo.save(path)`, a Tune
 `checkpoint_*` folder) or the folder of one saved RLModule; only the module is restored (no env
 runners, no Ray). Custom env-to-module connectors (e.g. observation filters) are not applied.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -38,8 +43,10 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.spaces.space_utils import unsquash_action
 
 import envs
+from memory_models.checks import check_int
 
-__all__ = ["rollout", "play_episode", "load_module", "add_parser"]
+__all__ = ["rollout", "play_episodes", "play_episode", "ModuleActor", "PolicyActor",
+           "load_module", "checkpoint_env", "add_parser"]
 
 _MODULE_FILES = ("class_and_ctor_args.pkl", "module_state.pkl")
 
@@ -64,6 +71,21 @@ def load_module(checkpoint: str | Path, module_id: str = DEFAULT_MODULE_ID) -> R
                             f"{', '.join(str(c.relative_to(path)) for c in candidates)}")
 
 
+def checkpoint_env(checkpoint: str | Path) -> str:
+    """The env id an RLlib algorithm checkpoint was trained on (its saved config's `env`)."""
+    path = Path(checkpoint).resolve() / "class_and_ctor_args.pkl"
+    env = None
+    if path.is_file():
+        with open(path, "rb") as file:
+            args, _ = pickle.load(file)["ctor_args_and_kwargs"]
+        config = args[0] if args else None
+        env = config.get("env") if isinstance(config, dict) else getattr(config, "env", None)
+    if not isinstance(env, str):
+        raise ValueError(f"cannot tell which env {str(checkpoint)!r} was trained on (not an "
+                         f"algorithm checkpoint); pass --env ID")
+    return env
+
+
 def _env_action(action: np.ndarray, space: gym.Space):
     """A policy action (numpy) -> the env's action (Box: unsquashed into bounds)."""
     if isinstance(space, gym.spaces.Discrete):
@@ -71,79 +93,141 @@ def _env_action(action: np.ndarray, space: gym.Space):
     return unsquash_action(action, space)
 
 
-@torch.no_grad()
+class ModuleActor:
+    """A new-stack RLModule acting on a batch of envs, one step at a time.
+
+    state: the memory's state, {key: (n, ...)} (None for a memoryless module)."""
+
+    def __init__(self, module: RLModule, greedy: bool):
+        self.module, self.greedy = module, greedy
+        self.forward = module.forward_inference if greedy else module.forward_exploration
+        self.dist_cls = (module.get_inference_action_dist_cls() if greedy
+                         else module.get_exploration_action_dist_cls())
+        self.dtype = next(module.parameters()).dtype
+
+    def initial_state(self, n: int):
+        if not self.module.is_stateful():
+            return None
+        return {k: torch.as_tensor(v, dtype=self.dtype)[None].repeat(n, *[1] * np.ndim(v))
+                for k, v in self.module.get_initial_state().items()}
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, state) -> tuple[np.ndarray, object, np.ndarray]:
+        """obs (n, D) -> actions (n, ...), next state, action distribution inputs (n, A)."""
+        obs_t = torch.as_tensor(obs, dtype=self.dtype)
+        if state is not None:
+            out = self.forward({Columns.OBS: obs_t[:, None], Columns.STATE_IN: state})
+            state, inputs = out[Columns.STATE_OUT], out[Columns.ACTION_DIST_INPUTS][:, 0]
+        else:
+            inputs = self.forward({Columns.OBS: obs_t})[Columns.ACTION_DIST_INPUTS]
+        dist = self.dist_cls.from_logits(inputs)
+        actions = (dist.to_deterministic() if self.greedy else dist).sample()
+        return actions.numpy(), state, inputs.numpy()
+
+    @staticmethod
+    def rows(state, keep: np.ndarray):
+        return None if state is None else {k: v[keep] for k, v in state.items()}
+
+
+class PolicyActor:
+    """An old-stack Policy (our "memrl_<name>" models, POPGym's) acting on a batch of envs.
+
+    state: the policy's state list, [(n, ...)] numpy arrays ([] for a memoryless model)."""
+
+    def __init__(self, policy, greedy: bool):
+        self.policy, self.greedy = policy, greedy
+
+    def initial_state(self, n: int):
+        return [np.repeat(np.asarray(s)[None], n, axis=0) for s in self.policy.get_initial_state()]
+
+    def act(self, obs: np.ndarray, state) -> tuple[np.ndarray, object, np.ndarray]:
+        actions, state, info = self.policy.compute_actions(
+            obs, state_batches=state or None, explore=not self.greedy)
+        return np.asarray(actions), list(state), np.asarray(info.get("action_dist_inputs", []))
+
+    @staticmethod
+    def rows(state, keep: np.ndarray):
+        return [s[keep] for s in state]
+
+
+def play_episodes(actor, envs_: list[gym.Env], seeds: list[int]) -> list[dict]:
+    """One complete episode in each env, all stepped together; env i is reset with seeds[i],
+    its memory state starts at the initial state and is carried step by step.
+
+    Returns per env: observations (T, D), actions (T, ...) as the policy emitted them, the
+    action distribution inputs (T, A), rewards (T,), the return and the length T. Sampled
+    actions use torch's global RNG (`rollout` forks and seeds it).
+    """
+    n = len(envs_)
+    obs = [env.reset(seed=seed)[0] for env, seed in zip(envs_, seeds)]
+    record = [{"observations": [], "actions": [], "action_dist_inputs": [], "rewards": []}
+              for _ in range(n)]
+    running = np.arange(n)                                    # envs whose episode goes on
+    state = actor.initial_state(n)
+    while len(running):
+        observations = np.stack([np.asarray(obs[i], dtype=np.float32) for i in running])
+        actions, state, inputs = actor.act(observations, state)
+        finished = np.zeros(len(running), dtype=bool)
+        for row, i in enumerate(running):
+            env = envs_[i]
+            obs[i], reward, terminated, truncated, _ = env.step(
+                _env_action(actions[row], env.action_space))
+            for key, value in (("observations", observations[row]), ("actions", actions[row]),
+                               ("action_dist_inputs", inputs[row] if len(inputs) else []),
+                               ("rewards", float(reward))):
+                record[i][key].append(value)
+            finished[row] = terminated or truncated
+        running, state = running[~finished], actor.rows(state, ~finished)
+    return [{"observations": np.stack(r["observations"]), "actions": np.stack(r["actions"]),
+             "action_dist_inputs": np.stack(r["action_dist_inputs"]),
+             "rewards": np.asarray(r["rewards"]), "return": float(np.sum(r["rewards"])),
+             "length": len(r["rewards"])} for r in record]
+
+
 def play_episode(module: RLModule, env: gym.Env, *, greedy: bool = True,
                  seed: int | None = None) -> dict:
-    """One complete episode, state reset at its start and carried step by step.
-
-    Returns observations (T, D), actions (T, ...) as the policy emitted them, the action
-    distribution inputs (T, A), rewards (T,), the return and the length T.
-    Sampled actions (greedy=False) use torch's global RNG; `rollout` forks and seeds it.
-    """
-    forward = module.forward_inference if greedy else module.forward_exploration
-    dist_cls = (module.get_inference_action_dist_cls() if greedy
-                else module.get_exploration_action_dist_cls())
-    stateful = module.is_stateful()
-    dtype = next(module.parameters()).dtype
-    state = ({k: torch.as_tensor(v, dtype=dtype)[None] for k, v in
-              module.get_initial_state().items()} if stateful else None)         # (1, ...) each
-
-    obs, _ = env.reset(seed=seed)
-    observations, actions, dist_inputs, rewards = [], [], [], []
-    done = False
-    while not done:
-        obs_t = torch.as_tensor(np.asarray(obs), dtype=dtype)[None]             # (1, D)
-        if stateful:
-            out = forward({Columns.OBS: obs_t[:, None], Columns.STATE_IN: state})  # T axis
-            state = out[Columns.STATE_OUT]
-            inputs = out[Columns.ACTION_DIST_INPUTS][:, 0]                      # (1, A)
-        else:
-            inputs = forward({Columns.OBS: obs_t})[Columns.ACTION_DIST_INPUTS]  # (1, A)
-        dist = dist_cls.from_logits(inputs)
-        action = (dist.to_deterministic() if greedy else dist).sample()[0].numpy()
-        observations.append(obs_t[0].numpy())
-        obs, reward, terminated, truncated, _ = env.step(_env_action(action, env.action_space))
-        actions.append(action)
-        dist_inputs.append(inputs[0].numpy())
-        rewards.append(float(reward))
-        done = terminated or truncated
-    return {"observations": np.stack(observations), "actions": np.stack(actions),
-            "action_dist_inputs": np.stack(dist_inputs), "rewards": np.asarray(rewards),
-            "return": float(np.sum(rewards)), "length": len(rewards)}
+    """One complete episode of `module` in `env` (see play_episodes)."""
+    return play_episodes(ModuleActor(module, greedy), [env], [seed])[0]
 
 
 def rollout(module_or_checkpoint, env_id: str, *, episodes: int = 10, greedy: bool = True,
             seed: int = 0) -> dict:
-    """Run `episodes` complete episodes of POPGym task `env_id` with a trained policy.
+    """Run `episodes` complete episodes of POPGym task `env_id` with a trained policy, all at
+    once (episode i in its own env, reset with seed + i, with its own memory state).
 
-    module_or_checkpoint: an RLModule (e.g. algo.get_module()) or a checkpoint path.
+    module_or_checkpoint: an RLModule (e.g. algo.get_module()), an old-stack Policy
+    (algo.get_policy()) or a checkpoint path.
     Returns {"env", "episodes", "greedy", "seed", "returns", "lengths", "mean_return",
     "std_return", "mean_length"}.
     """
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_int("episodes", episodes)
+    check_int("seed", seed, minimum=0)
     ids = envs.resolve(env_id)
     if len(ids) != 1:
         raise ValueError(f"rollout needs one env id, got {env_id!r} ({len(ids)} envs)")
-    module = (module_or_checkpoint if isinstance(module_or_checkpoint, RLModule)
-              else load_module(module_or_checkpoint))
-    env = envs.make_env(ids[0])
-    expected = getattr(module, "observation_space", None)
-    if expected is not None and expected.shape != env.observation_space.shape:
+    policy = module_or_checkpoint
+    if not isinstance(policy, RLModule) and not hasattr(policy, "compute_actions"):
+        policy = load_module(policy)
+    envs_ = [envs.make_env(ids[0]) for _ in range(episodes)]
+    expected = getattr(policy, "observation_space", None)
+    if expected is not None and expected.shape != envs_[0].observation_space.shape:
         raise ValueError(f"the policy was trained on observations of shape {expected.shape} but "
-                         f"{ids[0]} gives {env.observation_space.shape}: wrong --env?")
-    was_training = module.training
-    module.eval()
+                         f"{ids[0]} gives {envs_[0].observation_space.shape}: wrong --env?")
+    if isinstance(policy, RLModule):
+        was_training = policy.training
+        policy.eval()
+        actor = ModuleActor(policy, greedy)
+    else:
+        actor = PolicyActor(policy, greedy)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            played = [play_episode(module, env, greedy=greedy, seed=seed + i)
-                      for i in range(episodes)]
+            played = play_episodes(actor, envs_, [seed + i for i in range(episodes)])
     finally:
-        module.train(was_training)
-        env.close()
+        if isinstance(policy, RLModule):
+            policy.train(was_training)
+        for env in envs_:
+            env.close()
     returns = [p["return"] for p in played]
     lengths = [p["length"] for p in played]
     return {"env": ids[0], "episodes": episodes, "greedy": greedy, "seed": seed,
@@ -171,8 +255,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "the memory state reset at each episode start and carried step by step.")
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="RLlib algorithm checkpoint folder (or one saved RLModule)")
-    parser.add_argument("--env", required=True, metavar="ID",
-                        help="POPGym env id, e.g. popgym-RepeatPreviousEasy-v0")
+    parser.add_argument("--env", metavar="ID",
+                        help="POPGym env id, e.g. popgym-RepeatPreviousEasy-v0 (default: the "
+                             "env the checkpoint was trained on)")
     parser.add_argument("--episodes", type=int, default=10, metavar="N",
                         help="number of episodes (default 10)")
     parser.add_argument("--sample", action="store_true",
@@ -186,7 +271,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     try:
-        result = rollout(args.checkpoint, args.env, episodes=args.episodes,
+        env = args.env or checkpoint_env(args.checkpoint)
+        result = rollout(args.checkpoint, env, episodes=args.episodes,
                          greedy=not args.sample, seed=args.seed)
     except (ValueError, FileNotFoundError) as error:
         print(f"memrl rollout: error: {error}", file=sys.stderr)

@@ -74,8 +74,20 @@ def algorithm_config(spec: dict) -> AlgorithmConfig:
                                 num_gpus=res["num_gpus"], **common)
 
 
+EVAL_KEYS = ("return_mean", "return_std", "length_mean", "episodes")
+EVAL_SEED = 1_000_000          # evaluation episode i is reset with seed EVAL_SEED + i
+
+
 class StudyTrial(PPO):
-    """Tune trainable of one study trial: PPO built from the trial's spec (config["trial"])."""
+    """Tune trainable of one study trial: PPO built from the trial's spec (config["trial"]).
+
+    With the study's `eval: {episodes: N, every: K, greedy: G}`, the policy plays N complete
+    episodes (experiments.rollout: all N envs together, each with its own memory state reset
+    at its start) every K training iterations and in the iteration that reaches the stop
+    criterion (K = 0: only then); the same N episode seeds every time. Every result carries
+    `evaluation` {return_mean, return_std, length_mean, episodes} (NaN where none ran, so that
+    progress.csv keeps one set of columns).
+    """
 
     @classmethod
     def default_resource_request(cls, config):
@@ -88,3 +100,24 @@ class StudyTrial(PPO):
             self.spec = config[TRIAL_KEY]
             config = algorithm_config(self.spec)
         super().__init__(config=config, **kwargs)
+
+    def step(self) -> dict:
+        result = super().step()
+        settings = getattr(self, "spec", {}).get("eval")
+        if settings:
+            iteration = self.iteration + 1               # the one this step completes
+            final = result.get("num_env_steps_sampled_lifetime", 0) >= self.spec["env_steps"]
+            due = final or (settings["every"] and iteration % settings["every"] == 0)
+            result["evaluation"] = self.evaluate_rollout(settings) if due else \
+                dict.fromkeys(EVAL_KEYS, float("nan"))
+        return result
+
+    def evaluate_rollout(self, settings: dict) -> dict:
+        """N complete episodes of the trial's task with the current policy."""
+        from experiments.rollout import rollout
+        policy = self.get_module() if self.config.enable_rl_module_and_learner \
+            else self.get_policy()
+        played = rollout(policy, self.spec["task"], episodes=settings["episodes"],
+                         greedy=settings["greedy"], seed=EVAL_SEED)
+        return {"return_mean": played["mean_return"], "return_std": played["std_return"],
+                "length_mean": played["mean_length"], "episodes": played["episodes"]}

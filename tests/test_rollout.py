@@ -113,5 +113,8 @@ def test_cli_rolls_out_a_saved_checkpoint(ray_session, tmp_path, capsys, monkeyp
     monkeypatch.chdir(tmp_path)            # a relative path, as typed after `memrl train`
     assert cli.main(["rollout", "ckpt", "--env", ENV, "--episodes", "2",
                      "--sample", "--seed", "4"]) == 0
+    capsys.readouterr()
+    assert cli.main(["rollout", "ckpt", "--episodes", "2", "--seed", "4"]) == 0   # env inferred
+    assert ENV in capsys.readouterr().out
     assert cli.main(["rollout", str(tmp_path), "--env", ENV]) == 2
     assert "no RLModule" in capsys.readouterr().err
