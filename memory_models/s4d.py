@@ -15,14 +15,17 @@ real ones and the output is 2·Re; the state is stored as real (B, H, N/2, 2) (r
 
 Inits: "lin" (S4D-Lin) A_n = -1/2 + iπn; "inv" (S4D-Inv) A_n = -1/2 + i(N/π)(N/(2n+1) - 1).
 
-Parallel path (`scan`): with K_l = A_bar^l = exp(l·log A_bar) (no cumulative products),
+Parallel path (`scan`), with A_bar^t = exp(t·log A_bar) (no cumulative products):
 
-    z_t = Σ_{j<=t} k_{t-j} u_j + 2·Re(Σ_n C A_bar^(t+1) s_{-1}) + D u_t,
-    k_l = 2·Re(Σ_n C B_bar A_bar^l)                              the SSM kernel (H, L)
+    z_t = Σ_{j<=t} k_(t-j) u_j + D u_t + 2·Re(Σ_n C A_bar^(t+1) s_{-1}),
+    k_t = 2·Re(Σ_n C B_bar A_bar^t)                              the SSM kernel (H, T)
 
 (the sum is a causal FFT convolution), and the state after `lengths[b]` = ℓ steps
-s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{j<ℓ} A_bar^(ℓ-1-j) u_j. Resets repack episodes into rows.
-The recurrent path (`step`) runs the recurrence above; both agree to rounding.
+s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{j<ℓ} A_bar^(ℓ-1-j) u_j. The kernel and both state terms are
+real einsums over the modes against two small tables of powers (`_power_tables`): complex
+tensors hold only those tables and, with a carried state, the state, in the forward and the
+backward pass. Resets repack episodes into rows. The recurrent path (`step`) runs the
+recurrence above; both agree to rounding.
 """
 
 from __future__ import annotations
@@ -98,26 +101,11 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
 
         The seed's (N, L) and (N, H) with the channel axis leading: every channel has its own
         N/2 modes, so B_norm's (N, H) block-diagonal matrix is stored as its (H, N/2) diagonal.
-        Built from the factor tables of `_power_tables` (the FFT path uses those directly).
-        """
-        _, B_bar, log_A_bar = self._discretize_float64()
-        within, across = self._power_tables(length, log_A_bar)
-        powers = (across[..., :, None] * within[..., None, :]).flatten(-2)        # (H, n, M·c)
-        return powers[..., :length], B_bar.to(powers.dtype)
-
-    def _power_tables(self, length: int, log_A_bar: Tensor) -> tuple[Tensor, Tensor]:
-        """A_bar^l for l < L as two small tables, A_bar^(c·m + j) = across[..., m]·within[..., j].
-
-        within (H, n, c) = A_bar^j and across (H, n, M) = A_bar^(c·m), c = ceil(sqrt(L)),
-        M = ceil(L / c). Each entry is exp(l·log A_bar) taken in float64 (no cumulative
-        products; the phase l·arg A_bar stays exact for long L), cast to the parameters' dtype.
         """
         dtype = self.C.dtype.to_complex()
-        width = math.isqrt(max(length - 1, 0)) + 1                                # c
-        j = torch.arange(width, device=log_A_bar.device, dtype=torch.float64)
-        within = torch.exp(log_A_bar[..., None] * j).to(dtype)
-        across = torch.exp(log_A_bar[..., None] * (j[:-(-length // width)] * width)).to(dtype)
-        return within, across
+        _, B_bar, log_A_bar = self._discretize_float64()
+        exponents = torch.arange(length, device=log_A_bar.device, dtype=torch.float64)
+        return _complex(_powers(log_A_bar, exponents)).to(dtype), B_bar.to(dtype)
 
     # ------------------------------------------------------------------ interface
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
@@ -131,64 +119,62 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
 
     def _scan_from_state(self, x: Tensor, state: State, integration_timesteps: Tensor,
                          lengths: Tensor) -> tuple[Tensor, State]:
-        """FFT path without resets: x (B, T, I) from state -> y (B, T, hidden), state.
+        """FFT path without resets: x (B, T, I) from state s_{-1} -> y (B, T, hidden), state.
 
-        Sequences are laid out channel-major, (H, B, T), and time is split as t = c·m + j
-        (`_power_tables`), so every sum over modes is a batched matmul against the small
-        table within (H, n, c) and no (H, n, T) tensor of powers is ever built.
+        Sequences are channel-major, u (H, B, T). Each term is one real einsum over the modes
+        against the power tables of `_power_tables` (t = c·m + j), complex numbers held as
+        (Re, Im) pairs and 2x2 real multipliers (`_multiplier`):
+
+            kernel  k_t = 2·Re Σ_n C B_bar A_bar^t                                  (H, T)
+            output  z_t = Σ_{j<=t} k_(t-j) u_j + D u_t + 2·Re Σ_n C A_bar A_bar^t s_{-1}
         """
         batch, steps = x.shape[:2]
-        channels = self.hidden_size
+        channels, dtype = self.hidden_size, x.dtype
         # u = W_in x + b_in straight into the channel-major layout (one matmul, no transpose copy)
         u = torch.addmm(self.in_proj.bias[:, None], self.in_proj.weight, x.flatten(0, 1).T)
         u = u.view(channels, batch, steps)                                      # (H, B, T)
-        A_bar, B_bar, log_A_bar = self._discretize_float64()
-        C = torch.view_as_complex(self.C)
-        A_bar, B_bar = A_bar.to(C.dtype), B_bar.to(C.dtype)
-        within, across = self._power_tables(steps, log_A_bar)                   # (H,n,c) (H,n,M)
-        within_re_im = _interleave(within)                                      # (H, 2n, c)
+        A_bar, B_bar, log_A_bar = self._discretize_float64()                    # (H, n) c128
+        C = torch.view_as_complex(self.C).to(A_bar.dtype)
+        within, across = _power_tables(log_A_bar, batch, steps, dtype)    # (H,n,2,c) (H,n,M+1)
+        chunks = -(-steps // within.shape[-1])                                  # M
+        readout = within * within.new_tensor([[2.0], [-2.0]])   # Σ pairs(q)·readout = 2·Re(q w)
 
-        def response(coefficients: Tensor) -> Tensor:
-            """2·Re Σ_n q_n A_bar_n^t, t < T, for q (H, R, n) complex -> (H, R, T) real."""
-            q = 2 * coefficients[..., None, :] * across.transpose(1, 2)[:, None]  # (H,R,M,n)
-            out = real_part_weights(q).flatten(1, 2) @ within_re_im             # (H, R·M, c)
-            return out.unflatten(1, (q.shape[1], -1)).flatten(2)[..., :steps]
-
+        kernel = torch.einsum("hncm,hncj->hmj", _pairs((C * B_bar)[..., None] * across, dtype)
+                              [..., :chunks], readout).flatten(1)[:, :steps]    # (H, T)
         # the skip D u_t is the kernel's lag 0: k_0 + D
-        kernel = response((C * B_bar)[:, None])                                 # (H, 1, T)
-        kernel = torch.cat([kernel[..., :1] + self.D[:, None, None], kernel[..., 1:]], dim=-1)
-        z = causal_fft_conv(u, kernel)                                          # (H, B, T)
-        s0 = as_complex(state["s"])                                             # (B, H, n)
-        if state["s"].requires_grad or bool(s0.any()):   # initial state's response C A_bar^(t+1) s0
-            z = z + response((C * A_bar * s0).transpose(0, 1))
+        kernel = torch.cat([kernel[:, :1] + self.D[:, None], kernel[:, 1:]], dim=-1)
+        z = causal_fft_conv(u, kernel[:, None])                                 # (H, B, T)
+        s0 = state["s"]                                                         # (B, H, n, 2)
+        carried = s0.requires_grad or bool(s0.any())
+        if carried:                                     # the free response of s_{-1}
+            free = torch.einsum("bhnc,hnmcd,hndj->hbmj", s0, _multiplier(
+                (C * A_bar)[..., None] * across[..., :chunks], dtype), readout)
+            z = z + free.flatten(2)[..., :steps]
         activation = F.gelu(z).reshape(channels, batch * steps)                 # (H, B·T)
         y = torch.addmm(self.out_proj.bias, activation.T, self.out_proj.weight.T)
-        state = self._state_after(u, s0, lengths, within_re_im, across, B_bar, log_A_bar)
-        return y.view(batch, steps, -1), {"s": state}
+        s = self._state_after(u, s0 if carried else None, lengths, B_bar, within, across)
+        return y.view(batch, steps, -1), {"s": s}
 
-    def _state_after(self, u, s0, lengths, within_re_im, across, B_bar, log_A_bar) -> Tensor:
-        """s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{k<ℓ} A_bar^k u_(ℓ-1-k) for ℓ = lengths[b].
-
-        The input sum is split as k = c·m + j against the tables within (H, 2n, c) and
-        across (H, n, M). When every row runs the whole sequence (ℓ = T) the inputs are read
-        oldest first with flipped tables (u_i meets A_bar^(M·c-1-i) after M·c - T zeros in
-        front, no copy when c divides T); otherwise each row's last ℓ inputs are gathered
-        newest first.
-        """
+    @staticmethod
+    def _state_after(u: Tensor, s0: Tensor | None, lengths: Tensor, B_bar: Tensor,
+                     within: Tensor, across: Tensor) -> Tensor:
+        """s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{k<ℓ} A_bar^k u_(ℓ-1-k) for ℓ = lengths[b], as
+        (B, H, n, 2) pairs; s0 None stands for a zero s_{-1}. The inputs are read newest first,
+        k = c·m + j: newest[h, b, m, j] = u_(ℓ-1-k) (0 for k >= ℓ)."""
         channels, batch, steps = u.shape
-        width, rows = within_re_im.shape[-1], across.shape[-1]
-        if bool((lengths == steps).all()):
-            u_blocks = F.pad(u, (rows * width - steps, 0))                      # (H, B, M·c)
-            within_re_im, across = within_re_im.flip(-1), across.flip(-1)
-        else:  # newest first: u_blocks[:, b, k] = u[:, b, ℓ_b - 1 - k] for k < ℓ_b, else 0
-            source = (lengths - 1)[:, None] - torch.arange(rows * width, device=u.device)
-            u_blocks = u.gather(2, source.clamp(min=0).expand(channels, -1, -1))
-            u_blocks = u_blocks * (source >= 0).to(u.dtype)                     # (H, B, M·c)
-        partial = u_blocks.view(channels, batch * rows, width) @ within_re_im.transpose(1, 2)
-        partial = torch.view_as_complex(partial.unflatten(-1, (-1, 2)))         # (H, B·M, n)
-        inputs = (partial.unflatten(1, (-1, rows)) * across.transpose(1, 2)[:, None]).sum(2)
-        decay = torch.exp(lengths[:, None, None] * log_A_bar).to(s0.dtype)          # (B, H, n)
-        return torch.view_as_real(decay * s0 + B_bar * inputs.transpose(0, 1))
+        width = within.shape[-1]
+        chunks = -(-steps // width)
+        before_end = (lengths - 1)[:, None] - torch.arange(chunks * width, device=u.device)
+        newest = u.gather(2, before_end.clamp(min=0).expand(channels, -1, -1))
+        newest = (newest * (before_end >= 0)).view(channels, batch, chunks, width)
+        s = torch.einsum("hbmj,hncj,hnmcd->bhnd", newest, within,
+                         _multiplier(B_bar[..., None] * across[..., :chunks], u.dtype))
+        if s0 is None:
+            return s
+        # A_bar^ℓ = A_bar^(c·(ℓ // c)) A_bar^(ℓ % c)
+        power = _complex(within)[..., lengths % width]
+        decay = across.to(power.dtype)[..., lengths // width] * power               # (H, n, B)
+        return s + torch.view_as_real(decay.permute(2, 0, 1) * as_complex(s0))
 
     def _recurrence(self, x_t: Tensor, state: State, integration_timestep: Tensor,
                     matrices) -> tuple[Tensor, State]:
@@ -206,7 +192,7 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
     def compute_step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
         """(A_bar, B_bar, C_readout) for the recurrence (reused by `step_matrices`; the
         inference cache holds them as "A_bar", "B_bar", "C"): A_bar, B_bar (H, N/2) complex
-        from discretize(), C_readout (H, N) real with C_readout · interleave(s) = 2·Re Σ_n C s."""
+        from discretize(), C_readout (H, N) real, C_readout · interleave(s) = 2·Re Σ_n C s."""
         A_bar, B_bar, C = self.discretize()
         return A_bar, B_bar, 2 * real_part_weights(C)
 
@@ -218,6 +204,44 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
                          lengths=lengths)[0]
 
 
-def _interleave(z: Tensor) -> Tensor:
-    """(H, n, L) complex -> (H, 2n, L) real, rows (Re z_1, Im z_1, Re z_2, ...)."""
-    return torch.view_as_real(z).transpose(-1, -2).flatten(-3, -2)
+def _power_tables(log_A_bar: Tensor, batch: int, steps: int,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """A_bar^t for t < T as two small tables, A_bar^(c·m + j) = across[..., m]·within[..., j]:
+
+        within (H, n, 2, c)   (Re, Im) of A_bar^j, j < c, in `dtype`
+        across (H, n, M + 1)  A_bar^(c·m), m <= T // c, complex128 (phase exact for long T)
+
+    from log A_bar (H, n) complex128, c = ceil(sqrt(B·T)) at most T, M = ceil(T / c). The
+    tables and the per-chunk intermediates of the einsums, (B, H, n, M), then stay near
+    H·n·sqrt(B·T) entries: no (H, n, T) table is built for long sequences, and short ones
+    (c = T, M = 1) use the plain Vandermonde table within.
+    """
+    width = max(1, min(steps, math.isqrt(max(batch * steps - 1, 0)) + 1))
+    j = torch.arange(width, device=log_A_bar.device, dtype=dtype)
+    m = torch.arange(steps // width + 1, device=log_A_bar.device, dtype=torch.float64)
+    return (_powers(log_A_bar.to(dtype.to_complex()), j),
+            _complex(_powers(log_A_bar, width * m)))
+
+
+def _powers(log_z: Tensor, exponents: Tensor) -> Tensor:
+    """(Re, Im) of z^k = exp(k·log z) for log z (H, n) complex and k (K,) real
+    -> (H, n, 2, K) real. No cumulative products."""
+    magnitude = torch.exp(log_z.real[..., None] * exponents)
+    phase = log_z.imag[..., None] * exponents
+    return torch.stack([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=-2)
+
+
+def _complex(pairs: Tensor) -> Tensor:
+    """(H, n, 2, K) real (Re, Im) -> (H, n, K) complex (a copy)."""
+    return torch.complex(pairs[..., 0, :], pairs[..., 1, :])
+
+
+def _pairs(z: Tensor, dtype: torch.dtype) -> Tensor:
+    """(H, n, K) complex -> (H, n, 2, K) real (Re, Im) in `dtype`: the einsum operand layout."""
+    return torch.view_as_real(z).to(dtype).transpose(-1, -2)
+
+
+def _multiplier(z: Tensor, dtype: torch.dtype) -> Tensor:
+    """(H, n, K) complex -> (H, n, K, 2, 2) real M with (Re x, Im x) @ M = (Re, Im)(x·z)."""
+    re, im = z.real.to(dtype), z.imag.to(dtype)
+    return torch.stack([torch.stack([re, im], -1), torch.stack([-im, re], -1)], -2)

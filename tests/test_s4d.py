@@ -46,6 +46,26 @@ def test_fft_path_equals_recurrence_from_nonzero_state(discretization, init, dty
     torch.testing.assert_close(final["s"], final_ref["s"], **TOL[dtype])
 
 
+def test_fft_path_gradients_equal_the_recurrences():
+    """The einsums over the chunked power tables (T = 29 from B = 3: chunks of c = 10, lengths
+    inside a chunk) differentiate like the step loop: input, state and every parameter."""
+    cell = build(discretization="bilinear", dt_min=0.01, dt_max=0.5)
+    x = torch.randn(3, 29, 3, dtype=torch.float64, requires_grad=True)
+    s0 = torch.randn(3, 5, 3, 2, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([29, 13, 0])
+    weights = torch.randn(3, 29, 5, dtype=torch.float64) * (torch.arange(29) < lengths[:, None])[
+        ..., None]
+
+    def gradients(run):
+        y, final = run(cell, x, {"s": s0}, lengths)
+        loss = (y * weights).sum() + final["s"].square().sum()
+        return torch.autograd.grad(loss, [x, s0, *cell.parameters()])
+
+    scanned = gradients(lambda c, x, state, n: c.scan(x, state, lengths=n))
+    for got, expected in zip(scanned, gradients(step_loop)):
+        torch.testing.assert_close(got, expected, **TOL[torch.float64])
+
+
 def test_compute_kernel_is_powers_of_A_bar_and_B_norm():
     cell = build()
     A_bar, B_bar, C = cell.discretize()
