@@ -1,54 +1,78 @@
-"""`memrl report RESULTS_DIR`: the MMER table (markdown + CSV) and learning curves of a study.
+"""`memrl report RESULTS_DIR`: the MMER table (markdown + CSV), rliable's aggregate, the
+evaluation table and learning curves of a study.
 
 MMER, as in the POPGym paper: for one trial, the maximum over training iterations of the mean
 episodic return (`env_runners/episode_return_mean`); per (model, task) the mean over seeds with
 its spread; per model the mean over tasks. POPGym scales every task's rewards so that an
 episode's return lies in [-1, 1] (e.g. RepeatPrevious: +-1/(cards - k) per step, CountRecall and
-the CartPoles: 1/max_episode_length), so tasks are averaged as they are.
+the CartPoles: 1/max_episode_length), so tasks are averaged as they are. A "model" is a row of
+the study (its label, with the swept values when the study sweeps).
 
     RESULTS_DIR/report/mmer.md       models x tasks, "mean ± std (n seeds)", last column: mean
     RESULTS_DIR/report/mmer.csv      one row per (model, task) and per (model, "mean")
     RESULTS_DIR/report/trials.csv    one row per trial: MMER, last return, env steps reached
+    RESULTS_DIR/report/aggregate.md  rliable: IQM and mean of MMER with 95% bootstrap CIs,
+                                     probability of improvement over POPGym's originals
+                                     (+ aggregate.csv, performance_profile.png); see
+                                     experiments.aggregate
+    RESULTS_DIR/report/eval.md       studies with `eval:`: the last evaluation's mean return
+                                     per (model, task), mean ± std over seeds, beside MMER
+                                     (+ eval.csv)
     RESULTS_DIR/report/curves_<task>.png   return vs env steps, every model, mean ± std shaded
 
 The spread over seeds is the sample standard deviation (0 for one seed); the CSV also has the
-min and max. The "mean" column's spread is over seeds of the per-seed task average.
+min and max. The "mean" column's spread is over seeds of the per-seed task average, over the
+seeds that have every task.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from experiments import aggregate
 from experiments.launcher import ENV_STEPS, RETURN_MEAN, STUDY_FILE
 
 MEAN = "mean"           # the task-average column
+# the evaluation's mean return, as the trainable writes it into progress.csv (with `eval:`)
+EVAL_RETURN = "evaluation/return_mean"
+# a trial's entry in study.json, as read here (older studies lack variant/stack/sweep)
+TRIAL_KEYS = ("name", "task", "model", "label", "variant", "stack", "kwargs", "sweep", "seed")
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "report", help="MMER table and learning curves of a finished (or running) study",
+        "report", help="MMER table, aggregate statistics, evaluation and learning curves of a "
+                       "finished (or running) study",
         description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="the study folder, e.g. results/quickstart")
     parser.add_argument("--out", default=None,
-                        help="where to write the table and plots (default RESULTS/report)")
+                        help="where to write the tables and plots (default RESULTS/report)")
+    parser.add_argument("--reps", type=int, default=aggregate.BOOTSTRAP_REPS,
+                        help="bootstrap resamples of the aggregate's confidence intervals "
+                             "(default %(default)s; the time grows with reps x tasks x models)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     try:
-        paths = report(args.results, args.out)
+        paths = report(args.results, args.out, args.reps)
     except ReportError as error:
         print(f"memrl report: {error}", file=sys.stderr)
         return 2
     print(paths["table"].read_text())
-    print(f"table:  {paths['table']}\n        {paths['csv']}\n        {paths['trials']}")
-    print("plots:  " + "\n        ".join(str(p) for p in paths["plots"]))
+    print(paths["aggregate"].read_text())
+    print(f"table:      {paths['table']}\n            {paths['csv']}\n            "
+          f"{paths['trials']}")
+    print("aggregate:  " + "\n            ".join(
+        str(p) for p in (paths["aggregate"], paths["aggregate_csv"], paths["profile"]) if p))
+    print(f"evaluation: {paths['eval']}\n            {paths['eval_csv']}" if paths["eval"]
+          else f"evaluation: none, {paths['eval_note']}")
+    print("plots:      " + "\n            ".join(str(p) for p in paths["plots"]))
     return 0
 
 
@@ -57,98 +81,159 @@ class ReportError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- reading
+def read_progress(progress_csv: Path) -> pd.DataFrame:
+    """One trial's progress.csv: one row per training iteration (a repeated iteration, as a
+    resumed trial logs it, keeps its last row), with the columns `iteration`, `env_steps`,
+    `return_mean` (mean episodic return) and `eval_return` (NaN where absent)."""
+    names = {"training_iteration": "iteration", ENV_STEPS: "env_steps",
+             RETURN_MEAN: "return_mean", EVAL_RETURN: "eval_return"}
+    frame = pd.read_csv(progress_csv, usecols=lambda c: c in names, on_bad_lines="warn")
+    frame = frame.rename(columns=names).reindex(columns=list(names.values()))
+    frame = frame.apply(pd.to_numeric, errors="coerce").dropna(subset=["iteration"])
+    return frame.drop_duplicates("iteration", keep="last").sort_values("iteration")
+
+
+def with_episodes(iterations: pd.DataFrame) -> pd.DataFrame:
+    """The iterations that finished an episode (have env steps and a mean return)."""
+    return iterations.dropna(subset=["env_steps", "return_mean"])
+
+
 def read_curve(progress_csv: Path) -> tuple[np.ndarray, np.ndarray]:
     """(env steps (N,), mean episodic return (N,)) of one trial, one entry per training
     iteration that had a finished episode; a repeated iteration (resume) keeps its last row."""
-    rows: dict[int, tuple[float, float]] = {}
-    with open(progress_csv, newline="") as file:
-        for row in csv.DictReader(file):
-            if row.get("training_iteration") in (None, "", "training_iteration"):
-                continue
-            steps, ret = _float(row.get(ENV_STEPS)), _float(row.get(RETURN_MEAN))
-            if math.isfinite(steps) and math.isfinite(ret):
-                rows[int(float(row["training_iteration"]))] = (steps, ret)
-    ordered = [rows[i] for i in sorted(rows)]
-    steps = np.array([s for s, _ in ordered], dtype=float)
-    returns = np.array([r for _, r in ordered], dtype=float)
-    return steps, returns
+    curve = with_episodes(read_progress(progress_csv))
+    return curve["env_steps"].to_numpy(), curve["return_mean"].to_numpy()
 
 
-def _float(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def load_study(results: str | Path) -> tuple[dict, list[dict]]:
-    """The study's manifest and, per trial, its entry plus `steps`/`returns` curves."""
+def load_study(results: str | Path) -> tuple[dict, pd.DataFrame]:
+    """The study's manifest, and its iterations: one row per (trial, training iteration), the
+    trial's study.json entry (TRIAL_KEYS) beside the progress.csv columns; a trial without
+    results yet is one row of NaN results."""
     results = Path(results)
     manifest_file = results / STUDY_FILE
     if not manifest_file.is_file():
         raise ReportError(f"{results} is not a memrl study folder (no {STUDY_FILE}); "
                           f"run `memrl train CONFIG` first")
     manifest = json.loads(manifest_file.read_text())
-    trials = []
-    for entry in manifest["trials"]:
-        progress = results / entry["name"] / "progress.csv"
-        steps, returns = read_curve(progress) if progress.is_file() else (np.zeros(0),) * 2
-        trials.append({**entry, "steps": steps, "returns": returns})
-    if not any(len(t["returns"]) for t in trials):
+    trials = pd.DataFrame(manifest["trials"]).reindex(columns=list(TRIAL_KEYS))
+    trials["variant"] = trials["variant"].fillna(trials["label"])      # before variants
+    trials["stack"] = trials["stack"].fillna("new")
+    trials["sweep"] = [sweep if isinstance(sweep, dict) else {} for sweep in trials["sweep"]]
+    files = {name: results / name / "progress.csv" for name in trials["name"]}
+    progress = [read_progress(path).assign(name=name) for name, path in files.items()
+                if path.is_file() and path.stat().st_size]
+    if not progress or with_episodes(pd.concat(progress)).empty:
         raise ReportError(f"no trial in {results} has reported an episode return yet")
-    return manifest, trials
+    return manifest, trials.merge(pd.concat(progress), on="name", how="left")
+
+
+# --------------------------------------------------------------------------- per trial
+def trial_table(iterations: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial, in the study's order: its TRIAL_KEYS, `iterations` and `env_steps`
+    (over iterations with a finished episode; 0 without any), `mmer` and `last_return` (NaN
+    without), `eval_return` (the last evaluation's mean return; NaN without)."""
+    by_trial = with_episodes(iterations).groupby("name", sort=False)
+    trials = iterations.drop_duplicates("name").set_index("name")[list(TRIAL_KEYS[1:])]
+    trials = trials.join(pd.DataFrame({
+        "iterations": by_trial.size(), "env_steps": by_trial["env_steps"].last(),
+        "mmer": by_trial["return_mean"].max(), "last_return": by_trial["return_mean"].last()}))
+    trials["eval_return"] = iterations.groupby("name", sort=False)["eval_return"].last()
+    trials[["iterations", "env_steps"]] = trials[["iterations", "env_steps"]].fillna(0).astype(int)
+    return trials.reset_index()
+
+
+def complete_runs(trials: pd.DataFrame) -> pd.DataFrame:
+    """MMER per (variant, seed) x task, only the seeds that have every task of the study."""
+    tasks = list(trials["task"].unique())
+    scored = trials.dropna(subset=["mmer"])
+    return (scored.pivot(index=["variant", "seed"], columns="task", values="mmer")
+            .reindex(columns=tasks).dropna())
+
+
+def seed_stats(values: pd.Series, by) -> pd.DataFrame:
+    """n, mean, std (sample std; 0 for one seed), min and max of `values` per group of `by`."""
+    stats = values.groupby(by, sort=False).agg(["count", "mean", "std", "min", "max"])
+    stats = stats.rename(columns={"count": "n"})
+    stats.loc[stats["n"] == 1, "std"] = 0.0
+    return stats
 
 
 # --------------------------------------------------------------------------- MMER
-def mmer_table(trials: list[dict]) -> tuple[list[str], list[str], dict]:
-    """labels, tasks and {(label, task or MEAN): stats} with n, mean, std, min, max, values."""
-    labels = list(dict.fromkeys(t["label"] for t in trials))
-    tasks = list(dict.fromkeys(t["task"] for t in trials))
-    mmer = {(t["label"], t["task"], t["seed"]): float(t["returns"].max())
-            for t in trials if len(t["returns"])}
-    seeds = sorted({t["seed"] for t in trials})
-    table = {}
-    for label in labels:
-        for task in tasks:
-            table[label, task] = _stats([mmer[label, task, s] for s in seeds
-                                         if (label, task, s) in mmer])
-        # per seed: the task average, over seeds that have every task
-        per_seed = [np.mean([mmer[label, task, s] for task in tasks]) for s in seeds
-                    if all((label, task, s) in mmer for task in tasks)]
-        table[label, MEAN] = _stats(per_seed)
-    return labels, tasks, table
+def mmer_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """MMER stats (seed_stats columns) per (model, task or MEAN), every pair, in study order;
+    a pair without results has n = 0 and NaN stats."""
+    models, tasks = list(trials["variant"].unique()), list(trials["task"].unique())
+    scored = trials.dropna(subset=["mmer"])
+    cells = seed_stats(scored["mmer"], [scored["variant"], scored["task"]])
+    per_seed = complete_runs(trials).mean(axis=1)           # task average of each full seed
+    means = seed_stats(per_seed, per_seed.index.get_level_values("variant"))
+    means.index = pd.MultiIndex.from_product([means.index, [MEAN]])
+    frame = pd.concat([cells, means]).reindex(
+        pd.MultiIndex.from_product([models, [*tasks, MEAN]], names=["model", "task"]))
+    frame["n"] = frame["n"].fillna(0).astype(int)
+    return frame
 
 
-def _stats(values: list[float]) -> dict:
-    values = [float(v) for v in values]
-    if not values:
-        return {"n": 0, "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
-    return {"n": len(values), "mean": float(np.mean(values)),
-            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values)}
+def mmer_table(iterations: pd.DataFrame) -> tuple[list[str], list[str], dict]:
+    """models, tasks and {(model, task or MEAN): {n, mean, std, min, max}} (mmer_frame)."""
+    trials = trial_table(iterations)
+    frame = mmer_frame(trials)
+    return list(trials["variant"].unique()), list(trials["task"].unique()), \
+        frame.to_dict("index")
 
 
-def markdown(labels, tasks, table, title: str) -> str:
+def markdown(models, tasks, table, title: str) -> str:
     from experiments.config import short_task
     header = ["model", *map(short_task, tasks), "mean over tasks"]
     lines = [f"# MMER: {title}", "",
              "Max over training of the mean episodic return; mean ± std over seeds (n seeds). "
              "POPGym returns lie in [-1, 1].", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label in labels:
-        cells = [_cell(table[label, task]) for task in (*tasks, MEAN)]
-        lines.append("| " + " | ".join([label, *cells]) + " |")
+    for model in models:
+        cells = [cell(table[model, task]) for task in (*tasks, MEAN)]
+        lines.append("| " + " | ".join([model, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(stats: dict) -> str:
+def cell(stats: dict) -> str:
+    """`mean ± std (n)`, or a dash without results."""
     if not stats["n"]:
         return "—"
     return f"{stats['mean']:.3f} ± {stats['std']:.3f} ({stats['n']})"
 
 
+# --------------------------------------------------------------------------- evaluation
+def eval_frame(trials: pd.DataFrame, mmer: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task) with an evaluation: eval_seeds/mean/std of the last evaluation's mean
+    return over seeds, and the MMER of mmer_frame beside it."""
+    evaluated = trials.dropna(subset=["eval_return"])
+    stats = seed_stats(evaluated["eval_return"], [evaluated["variant"], evaluated["task"]])
+    stats.index.names = ["model", "task"]
+    return (stats[["n", "mean", "std"]].add_prefix("eval_")
+            .rename(columns={"eval_n": "eval_seeds"})
+            .join(mmer[["n", "mean", "std"]].add_prefix("mmer_")
+                  .rename(columns={"mmer_n": "mmer_seeds"})))
+
+
+def eval_markdown(frame: pd.DataFrame, settings: dict | None, title: str) -> str:
+    from experiments.config import short_task
+    how = (f"{settings['episodes']} complete episodes, "
+           f"{'greedy' if settings['greedy'] else 'sampled'} actions, " if settings else "")
+    lines = [f"# Evaluation: {title}", "",
+             f"Mean return of each trial's last evaluation ({how}played one step at a time, "
+             "the memory reset at each episode start); mean ± std over seeds (n seeds). "
+             "MMER (mmer.md) beside it.", "",
+             "| model | task | eval return | MMER |", "|---|---|---|---|"]
+    for row in frame.itertuples():
+        model, task = row.Index
+        evaluation = {"n": row.eval_seeds, "mean": row.eval_mean, "std": row.eval_std}
+        mmer = {"n": row.mmer_seeds, "mean": row.mmer_mean, "std": row.mmer_std}
+        lines.append(f"| {model} | {short_task(task)} | {cell(evaluation)} | {cell(mmer)} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- plots
-def plot_task(task: str, trials: list[dict], path: Path) -> None:
+def plot_task(task: str, iterations: pd.DataFrame, path: Path) -> None:
     """Mean return over seeds vs env steps, one line per model, std shaded."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -157,17 +242,16 @@ def plot_task(task: str, trials: list[dict], path: Path) -> None:
     figure = Figure(figsize=(6.4, 4.2), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for label in dict.fromkeys(t["label"] for t in trials):
-        curves = [(t["steps"], t["returns"]) for t in trials
-                  if t["label"] == label and t["task"] == task and len(t["returns"])]
-        if not curves:
-            continue
+    episodes = with_episodes(iterations[iterations["task"] == task])
+    for model, rows in episodes.groupby("variant", sort=False):
+        curves = [(trial["env_steps"].to_numpy(), trial["return_mean"].to_numpy())
+                  for _, trial in rows.groupby("name", sort=False)]
         end = min(steps[-1] for steps, _ in curves)       # range every seed covers
         start = max(steps[0] for steps, _ in curves)
         grid = np.linspace(start, end, 100) if end > start else np.array([end])
         values = np.stack([np.interp(grid, steps, returns) for steps, returns in curves])
         mean, std = values.mean(0), values.std(0)
-        line, = axes.plot(grid, mean, label=f"{label} ({len(curves)})",
+        line, = axes.plot(grid, mean, label=f"{model} ({len(curves)})",
                           marker="o" if len(grid) == 1 else None)
         axes.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     axes.set_title(short_task(task))
@@ -180,38 +264,42 @@ def plot_task(task: str, trials: list[dict], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- report
-def report(results: str | Path, out: str | Path | None = None) -> dict:
-    """Write the table, CSVs and plots; returns their paths."""
+def report(results: str | Path, out: str | Path | None = None,
+           reps: int = aggregate.BOOTSTRAP_REPS) -> dict:
+    """Write the tables, CSVs and plots (`reps` bootstrap resamples for the aggregate's CIs);
+    returns their paths (`eval`, `eval_csv` and `profile` None when not written, `eval_note`
+    saying why there is no eval.md)."""
+    from experiments.config import short_task
     results = Path(results)
-    manifest, trials = load_study(results)
+    manifest, iterations = load_study(results)
+    title = manifest["study"]["name"]
     out = Path(out) if out else results / "report"
     out.mkdir(parents=True, exist_ok=True)
-    labels, tasks, table = mmer_table(trials)
+    trials = trial_table(iterations)
+    models, tasks = list(trials["variant"].unique()), list(trials["task"].unique())
+    mmer = mmer_frame(trials)
 
     paths = {"table": out / "mmer.md", "csv": out / "mmer.csv", "trials": out / "trials.csv",
-             "plots": []}
-    paths["table"].write_text(markdown(labels, tasks, table, manifest["study"]["name"]))
-    with open(paths["csv"], "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["model", "task", "seeds", "mmer_mean", "mmer_std", "mmer_min",
-                         "mmer_max"])
-        for label in labels:
-            for task in (*tasks, MEAN):
-                s = table[label, task]
-                writer.writerow([label, task, s["n"], s["mean"], s["std"], s["min"], s["max"]])
-    with open(paths["trials"], "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["trial", "task", "model", "label", "seed", "iterations", "env_steps",
-                         "mmer", "last_return"])
-        for t in trials:
-            has = len(t["returns"]) > 0
-            writer.writerow([t["name"], t["task"], t["model"], t["label"], t["seed"],
-                             len(t["returns"]), int(t["steps"][-1]) if has else 0,
-                             float(t["returns"].max()) if has else "",
-                             float(t["returns"][-1]) if has else ""])
-    from experiments.config import short_task
+             "eval": None, "eval_csv": None, "eval_note": None, "plots": []}
+    paths["table"].write_text(markdown(models, tasks, mmer.to_dict("index"), title))
+    mmer.set_axis(["seeds", "mmer_mean", "mmer_std", "mmer_min", "mmer_max"], axis=1).to_csv(
+        paths["csv"])
+    trials.rename(columns={"name": "trial"})[
+        ["trial", "task", "model", "label", "variant", "seed", "iterations", "env_steps",
+         "mmer", "last_return"]].to_csv(paths["trials"], index=False)
+    paths.update(aggregate.write(complete_runs(trials), trials, out, title, reps))
+
+    if trials["eval_return"].notna().any():
+        evaluation = eval_frame(trials, mmer)
+        paths["eval"], paths["eval_csv"] = out / "eval.md", out / "eval.csv"
+        paths["eval"].write_text(eval_markdown(evaluation, manifest["study"].get("eval"), title))
+        evaluation.to_csv(paths["eval_csv"])
+    else:
+        paths["eval_note"] = ("no trial has finished an evaluation yet"
+                              if manifest["study"].get("eval") else
+                              "the study has no `eval:` key (add `eval: {episodes: 10}`)")
     for task in tasks:
         path = out / f"curves_{short_task(task)}.png"
-        plot_task(task, trials, path)
+        plot_task(task, iterations, path)
         paths["plots"].append(path)
     return paths
