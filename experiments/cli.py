@@ -1,7 +1,8 @@
-"""The `memrl` command line: train | report | rollout.
+"""The `memrl` command line: train | report | rollout | check.
 
 Each subcommand lives in its own module, which exposes `add_parser(subparsers)`; the parser it
-adds sets `func(args) -> int` as its default.
+adds sets `func(args) -> int` as its default. Only the chosen subcommand's module is imported
+(`memrl --help`, `memrl train --dry-run` and `memrl report` load neither Ray nor PyTorch).
 """
 
 from __future__ import annotations
@@ -10,23 +11,31 @@ import argparse
 import importlib
 import sys
 
+# name -> (module, one-line help)
 COMMANDS = {
-    "train": "experiments.launcher",
-    "report": "experiments.report",
-    "rollout": "experiments.rollout",
+    "train": ("experiments.launcher", "run the study in a YAML file with Ray Tune"),
+    "report": ("experiments.report", "MMER table, aggregate statistics and learning curves "
+                                     "of a study"),
+    "rollout": ("experiments.rollout", "run a trained policy for N episodes and report returns"),
+    "check": ("experiments.check", "run the interface laws on a registered memory model"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="memrl", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS.values():
-        importlib.import_module(module).add_parser(subparsers)
-    return parser
+    return parser, subparsers
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, subparsers = _top_parser()              # names and help only: nothing imported
+    for name, (_, text) in COMMANDS.items():
+        subparsers.add_parser(name, help=text, add_help=False)
+    command, _ = parser.parse_known_args(argv)
+    parser, subparsers = _top_parser()              # the chosen command's full parser
+    importlib.import_module(COMMANDS[command.command][0]).add_parser(subparsers)
+    args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
 

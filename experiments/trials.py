@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
@@ -36,6 +38,41 @@ def trial_spec(study: Study, trial: Trial) -> dict[str, Any]:
             "env_steps": study.stop.env_steps,
             "eval": None if study.eval is None else dataclasses.asdict(study.eval),
             "imports": list(study.imports), "base_dir": study.base_dir}
+
+
+IMPORTS_VAR, IMPORT_PATH_VAR, LOG_DIR_VAR = "MEMRL_IMPORTS", "MEMRL_IMPORT_PATH", "MEMRL_LOG_DIR"
+
+
+def worker_runtime_env(study: Study, log_dir: Path | None) -> dict:
+    """Ray runtime environment making every worker process run `worker_setup`: it imports
+    the study's `imports` (the folder of the study file on sys.path: on a cluster, that path
+    must exist on every node, as `output` must) and, with a `log_dir`, sends the process's
+    output there."""
+    env_vars = {}
+    if study.imports:
+        env_vars.update({IMPORTS_VAR: ",".join(study.imports), IMPORT_PATH_VAR: study.base_dir})
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env_vars[LOG_DIR_VAR] = str(log_dir)
+    if not env_vars:
+        return {}
+    return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.worker_setup"}
+
+
+def worker_setup() -> None:
+    """Ray worker setup hook (see worker_runtime_env)."""
+    log_dir = os.environ.get(LOG_DIR_VAR)
+    if log_dir:
+        log = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    path = os.environ.get(IMPORT_PATH_VAR)
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
+    for module in filter(None, os.environ.get(IMPORTS_VAR, "").split(",")):
+        importlib.import_module(module)
 
 
 def import_spec_modules(spec: dict) -> None:

@@ -171,5 +171,5 @@ def test_address_runs_the_study_on_an_existing_cluster(tmp_path, ray_head):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert process.returncode == 0, output
-    assert "Connected to Ray cluster" in output, output
+    assert f"attached to the Ray cluster at {ray_head}" in output, output
     assert last_steps(tmp_path / "smoke" / "RepeatPreviousEasy-mlp-s0" / "progress.csv") >= 768

@@ -1,0 +1,262 @@
+"""Running a study with Ray Tune: the trials, their resources, the console and the logs.
+
+`train(study)` starts (or attaches to) Ray, checks that each trial fits the cluster, and runs
+every trial of `expand(study)` through `experiments.trials.StudyTrial`, each from its own spec.
+By default the console shows only memrl's lines: Ray's driver logs and warnings go to
+`<study>/logs/driver.log`, and what Ray's worker processes print (trial actors, env runners,
+their warnings and teardown messages) to `<study>/logs/worker-<pid>.log`; `verbose=True`
+leaves them on the console. TensorBoard event files are written into each trial's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from experiments.config import Study, expand
+from experiments.launcher import ENV_STEPS, STUDY_FILE, manifest
+
+__all__ = ["train", "StudyError", "check_resources"]
+
+
+class StudyError(RuntimeError):
+    """The study cannot run as asked (folder exists without --resume, differs, does not fit
+    the cluster, ...)."""
+
+
+def param_space(study: Study) -> dict:
+    """One complete spec per trial (experiments.trials): Tune grid-searches the list."""
+    from experiments.trials import TRIAL_KEY, trial_spec
+    return {TRIAL_KEY: tune.grid_search([trial_spec(study, t) for t in expand(study)])}
+
+
+def trial_name(tune_trial) -> str:
+    """Tune's trial -> our trial's name (its folder and its progress lines)."""
+    from experiments.trials import TRIAL_KEY
+    return tune_trial.config[TRIAL_KEY]["name"]
+
+
+class Progress(tune.Callback):
+    """One compact line per trial result (at most every `every_s` per trial) and one per
+    finished or failed trial."""
+
+    def __init__(self, total: int, env_steps: int, every_s: float = 10.0, out=None):
+        self.total, self.env_steps, self.every_s = total, env_steps, every_s
+        self.out = out or sys.stdout              # the console, also while Tune's is a file
+        self.start = time.monotonic()
+        self.last: dict[str, float] = {}
+        self.done = 0
+
+    def __getstate__(self):             # Tune pickles its callbacks; a stream cannot be
+        return {**self.__dict__, "out": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.out = self.out or sys.__stdout__
+
+    def setup(self, **info):            # also runs on resume, after unpickling
+        self.start, self.last, self.done = time.monotonic(), {}, 0
+
+    def _line(self, text: str) -> None:
+        print(f"[{(time.monotonic() - self.start) / 60:6.1f} min] {text}", file=self.out,
+              flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now = time.monotonic()
+        if now - self.last.get(trial.trial_id, -1e9) >= self.every_s:
+            self.last[trial.trial_id] = now
+            self._line(_result_line(str(trial), result, self.env_steps))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        self._line(f"{_result_line(str(trial), trial.last_result or {}, self.env_steps)}  "
+                   f"finished ({self.done} this run, {self.total} in the study)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(f"{trial} FAILED: see {trial.local_path}/error.txt")
+
+
+def _result_line(name: str, result: dict, env_steps: int) -> str:
+    steps = int(result.get(ENV_STEPS, 0) or 0)
+    ret = result.get("env_runners", {}).get("episode_return_mean")
+    ret_text = "  n/a " if ret is None or ret != ret else f"{ret:+.3f}"
+    return (f"{name:<40} iter {result.get('training_iteration', 0):4d}  "
+            f"steps {steps:>9,}/{env_steps:,}  return {ret_text}")
+
+
+def train(study: Study, *, address: str | None = None, resume: bool = False,
+          verbose: bool = False) -> int:
+    """Run (or resume) the study with Ray Tune; 0 when every trial finished."""
+    from experiments.training import register_rllib_envs
+    from experiments.trials import StudyTrial
+
+    trials = expand(study)
+    directory = study.directory
+    new_folder = _check_folder(study, trials, resume)
+    logs = directory / "logs"
+    try:
+        _start_ray(study, address, logs, verbose)
+        check_resources(study)
+    except StudyError:
+        if new_folder:                  # nothing half-written is left behind
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    (directory / STUDY_FILE).write_text(json.dumps(manifest(study, trials), indent=1))
+    register_rllib_envs()
+    print(f"memrl train: {study.name}: {len(trials)} trial(s) -> {directory}", flush=True)
+    if not verbose:
+        print(f"memrl train: Ray's own logs go to {logs}/ (--verbose shows them here)",
+              flush=True)
+
+    restoring = resume and tune.Tuner.can_restore(str(directory))
+    if restoring:
+        print("memrl train: resuming; finished trials are kept", flush=True)
+        tuner = tune.Tuner.restore(str(directory), trainable=StudyTrial,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        if resume:
+            print(f"memrl train: nothing to resume in {directory}; starting", flush=True)
+        tuner = tune.Tuner(
+            StudyTrial,
+            param_space=param_space(study),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=study.resources.max_concurrent_trials or None,
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            run_config=tune.RunConfig(
+                name=study.name,
+                storage_path=str(directory.parent),
+                stop={ENV_STEPS: study.stop.env_steps},
+                checkpoint_config=tune.CheckpointConfig(
+                    checkpoint_frequency=study.checkpoint.frequency,
+                    checkpoint_at_end=True,
+                    num_to_keep=study.checkpoint.keep or None),
+                failure_config=tune.FailureConfig(max_failures=study.max_failures),
+                callbacks=[Progress(len(trials), study.stop.env_steps), *_loggers(study)],
+                verbose=0))
+    with _tune_output(logs / "driver.log", verbose):
+        grid = tuner.fit()
+    failed = [r for r in grid if r.error is not None]
+    finished = len(grid) - len(failed)
+    print(f"memrl train: {finished}/{len(trials)} trial(s) finished, {len(failed)} failed; "
+          f"results in {directory}", flush=True)
+    for result in failed:
+        print(f"  failed: {result.path}: {type(result.error).__name__}: {result.error}",
+              file=sys.stderr)
+    print(f"next: memrl report {directory}\n"
+          f"      tensorboard --logdir {directory}", flush=True)
+    return 1 if failed or finished < len(trials) else 0
+
+
+def _check_folder(study: Study, trials: list, resume: bool) -> bool:
+    """Refuse to overwrite a study, or to resume a different one; True if the study folder
+    is new (then created, empty)."""
+    directory = study.directory
+    study_file = directory / STUDY_FILE
+    if directory.exists() and any(directory.iterdir()):
+        if not resume:
+            raise StudyError(f"{directory} already holds a study: add --resume to continue it, "
+                             f"or remove the folder (or change `name`) to start again")
+        if study_file.exists() and json.loads(study_file.read_text()) != json.loads(
+                json.dumps(manifest(study, trials))):
+            raise StudyError(f"{study_file} was written for a different study (config or "
+                             f"--set values changed); resume with the original settings")
+        return False
+    directory.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def _quiet_driver(log_file: Path) -> None:
+    """Ray's, Tune's and RLlib's driver-side logs and Python warnings -> log_file."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    names = [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]
+    for name in ("ray", *names, "py.warnings"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        if name in ("ray", "py.warnings"):
+            logger.addHandler(handler)
+            logger.propagate = False
+        else:                            # up to "ray" and its file
+            logger.propagate = True
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+
+
+@contextlib.contextmanager
+def _tune_output(log_file: Path, verbose: bool):
+    """What Tune prints itself (its experiment banner, a TensorBoard path inside Ray's temp
+    folder) -> log_file; memrl's lines (Progress) write to the console they were given."""
+    if verbose:
+        yield
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as log, contextlib.redirect_stdout(log):
+        yield
+
+
+def _start_ray(study: Study, address: str | None, logs: Path, verbose: bool) -> None:
+    """ray.init (local, or attached at `address`) with every worker set up by
+    trials.worker_setup: the study's `imports`, and its output to logs/ unless verbose (the
+    driver's own logs too). A session the caller started is used as it is."""
+    if ray.is_initialized():            # e.g. the caller's own session: used as it is
+        return
+    if not verbose:
+        _quiet_driver(logs / "driver.log")
+    from experiments.trials import worker_runtime_env
+    runtime_env = worker_runtime_env(study, None if verbose else logs)
+    try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
+        else:
+            ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=verbose)
+    except (ConnectionError, RuntimeError) as error:
+        raise StudyError(f"cannot attach to the Ray cluster at {address}: {error}\n"
+                         f"(`ray start --head` turns on token authentication: run with "
+                         f"RAY_AUTH_MODE=token and the cluster's ~/.ray/auth_token)") from None
+    if address:
+        have = ray.cluster_resources()
+        print(f"memrl train: attached to the Ray cluster at {address} ({have.get('CPU', 0):g} "
+              f"CPUs, {have.get('GPU', 0):g} GPUs)", flush=True)
+
+
+def check_resources(study: Study) -> None:
+    """Every trial must fit the cluster as it is (CPUs, GPUs); else StudyError saying what a
+    trial needs, what the cluster has, and the --set overrides that would fit."""
+    from experiments.trials import StudyTrial, TRIAL_KEY, trial_spec
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    for trial in expand(study):
+        request = StudyTrial.default_resource_request(
+            {TRIAL_KEY: trial_spec(study, trial)}).required_resources
+        need_cpus, need_gpus = request.get("CPU", 0.0), request.get("GPU", 0.0)
+        if need_cpus <= cpus and need_gpus <= gpus:
+            continue
+        fixes = []
+        if need_cpus > cpus:
+            fixes.append(f"--set resources.num_env_runners={max(int(cpus) - 1, 0)}")
+        if need_gpus > gpus:
+            fixes.append(f"--set resources.num_gpus={gpus:g}")
+        raise StudyError(f"trial {trial.name} needs {need_cpus:g} CPU(s) and {need_gpus:g} "
+                         f"GPU(s) but the Ray cluster has {cpus:g} CPU(s) and {gpus:g} GPU(s); "
+                         f"it would wait forever. To fit: {' '.join(fixes)}")
+
+
+def _loggers(study: Study) -> list:
+    """Tune's own logger callbacks the study asks for (TensorBoard is Tune's default)."""
+    if study.logging.wandb is None:
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+    wandb = study.logging.wandb
+    return [WandbLoggerCallback(project=wandb.project, entity=wandb.entity,
+                                group=wandb.group or study.name)]
