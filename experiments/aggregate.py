@@ -7,8 +7,8 @@
   resampled within each task);
 - probability of improvement P(X > Y), the chance that X's MMER beats Y's on a task averaged
   over tasks, with its CI: each of our cells against its POPGym original (`gru` ->
-  `popgym:GRU`, ...; same sweep values), and each of our old-API-stack entries against the same
-  cell (same keywords and sweep values) on the new stack;
+  `popgym:GRU`, ...; same study-wide sweep values), and each of our old-API-stack entries
+  against the same cell (same keywords and sweep values) on the new stack;
 - a performance profile: the fraction of runs x tasks whose MMER exceeds tau, tau in [-1, 1].
 
 A run is one seed of a model with an MMER on every task of the study. A CI needs at least 2
@@ -21,7 +21,6 @@ does not depend on the other models of the study.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -62,24 +61,21 @@ def score_matrices(runs: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def comparisons(trials: pd.DataFrame) -> list[tuple[str, str]]:
-    """(X, Y) variant pairs for the probability of improvement (see the module docstring)."""
+    """(X, Y) variant pairs for the probability of improvement (see the module docstring).
+    Sweep values count where both have the key: a study-wide key (`ppo.lr`) must agree, one
+    model's own key (`models[0].kwargs.theta`) does not keep it from its POPGym original."""
     entries = list(trials.drop_duplicates("variant").itertuples())
     pairs = []
     for x in entries:
         for y in entries:
-            if _json(x.sweep) != _json(y.sweep):
+            if any(x.sweep[key] != y.sweep[key] for key in x.sweep.keys() & y.sweep.keys()):
                 continue
             original = y.model == POPGYM_ORIGINAL.get(x.model)
             new_stack = (x.stack, y.stack) == ("old", "new") and x.model == y.model and \
-                _json(x.kwargs) == _json(y.kwargs)
+                x.kwargs == y.kwargs
             if original or new_stack:
                 pairs.append((x.variant, y.variant))
     return pairs
-
-
-def _json(value) -> str:
-    """Sweep values and keywords compared as their JSON."""
-    return json.dumps(value, sort_keys=True)
 
 
 def aggregate(runs: pd.DataFrame, models: list[str], pairs: list[tuple[str, str]],

@@ -118,16 +118,20 @@ def test_probability_of_improvement_pairs_our_cells_with_popgyms_and_the_old_sta
             pytest.approx(tuple(ci[x].ravel()), abs=1e-12)
 
 
-def test_pairs_need_equal_sweep_values_and_the_old_stack_equal_keywords():
+def test_pairs_need_equal_study_wide_sweep_values_and_the_old_stack_equal_keywords():
     import pandas as pd
-    rows = [("gru", "gru", "new", {}, {"lr": 1}), ("gru-lr2", "gru", "new", {}, {"lr": 2}),
-            ("popgym-GRU", "popgym:GRU", "old", {}, {"lr": 1}),
-            ("lmu-old", "lmu", "old", {"theta": 8}, {"lr": 1}),
-            ("lmu", "lmu", "new", {"theta": 16}, {"lr": 1}),
-            ("mlp", "mlp", "new", {}, {"lr": 1}), ("mlp-peer", "popgym:BasicMLP", "old", {},
-                                                   {"lr": 1})]
+    lr, theta, old_theta = "ppo.lr", "models[3].kwargs.theta", "models[4].kwargs.theta"
+    rows = [("gru", "gru", "new", {}, {lr: 1}), ("gru-lr2", "gru", "new", {}, {lr: 2}),
+            ("popgym-GRU", "popgym:GRU", "old", {}, {lr: 1}),
+            ("lmu[theta=8]", "lmu", "new", {"theta": 8}, {lr: 1, theta: 8}),
+            ("lmu-old[theta=8]", "lmu", "old", {"theta": 8}, {lr: 1, old_theta: 8}),
+            ("lmu-old[theta=16]", "lmu", "old", {"theta": 16}, {lr: 1, old_theta: 16}),
+            ("popgym-LMU", "popgym:LMU", "old", {}, {lr: 1}),
+            ("mlp", "mlp", "new", {}, {lr: 2}), ("peer", "popgym:BasicMLP", "old", {}, {lr: 2})]
     trials = pd.DataFrame(rows, columns=["variant", "model", "stack", "kwargs", "sweep"])
-    assert aggregate.comparisons(trials) == [("gru", "popgym-GRU"), ("mlp", "mlp-peer")]
+    assert aggregate.comparisons(trials) == [
+        ("gru", "popgym-GRU"), ("lmu[theta=8]", "popgym-LMU"), ("lmu-old[theta=8]", "lmu[theta=8]"),
+        ("lmu-old[theta=8]", "popgym-LMU"), ("lmu-old[theta=16]", "popgym-LMU"), ("mlp", "peer")]
 
 
 def test_report_writes_aggregate_files_and_prints_them(study, tmp_path, capsys):
