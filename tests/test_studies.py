@@ -4,6 +4,12 @@ sweeps, POPGym's models beside ours, evaluation by rollout inside the study."""
 import csv
 import json
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +103,121 @@ def test_mixed_study_trains_evaluates_and_reports(tmp_path, ray_session):
     assert cli.main(["report", str(folder)]) == 0
     table = (folder / "report" / "mmer.md").read_text()
     assert all(f"| {label} |" in table for label in ("gru", "gru-old", "popgym-GRU"))
+
+
+# --------------------------------------------------------------------------- running for days
+def run_memrl(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_help_dry_run_and_report_load_neither_ray_nor_torch(tmp_path):
+    probe = ("import sys; from experiments import cli\n"
+             "try:\n    code = cli.main(sys.argv[1:])\nexcept SystemExit as exit:\n"
+             "    code = exit.code\n"
+             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch'})\n"
+             "print('HEAVY', heavy, 'CODE', code)")
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "study.json").write_text(json.dumps({"study": {"name": "s"}, "trials": [
+        {"index": 0, "name": "T-gru-s0", "task": "popgym-T-v0", "model": "gru", "label": "gru",
+         "variant": "gru", "stack": "new", "kwargs": {}, "sweep": {}, "seed": 0}]}))
+    (folder / "T-gru-s0").mkdir()
+    (folder / "T-gru-s0" / "progress.csv").write_text(
+        "training_iteration,num_env_steps_sampled_lifetime,env_runners/episode_return_mean\n"
+        "1,100,0.5\n")
+    for args in (["--help"], ["train", str(ROOT / "configs" / "quickstart.yaml"), "--dry-run"],
+                 ["report", str(folder)]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert "HEAVY [] CODE 0" in done.stdout, (args, done.stdout, done.stderr)
+
+
+def test_trials_that_cannot_fit_fail_at_once(tmp_path, ray_session, capsys):
+    """2 CPUs here: 4 env runners + the trial's own CPU cannot fit; nothing is left behind."""
+    assert cli.main(["train", str(ROOT / "configs" / "smoke.yaml"), "--set",
+                     f"output={tmp_path}", "--set", "resources.num_env_runners=4"]) == 2
+    error = capsys.readouterr().err
+    assert "needs 5 CPU(s) and 0 GPU(s) but the Ray cluster has 2 CPU(s)" in error, error
+    assert "--set resources.num_env_runners=1" in error
+    assert not (tmp_path / "smoke").exists()
+
+
+def test_own_memory_checked_and_trained_with_a_quiet_console(tmp_path):
+    """configs/my_cells.py's "leaky" passes `memrl check`, then trains in a study beside gru
+    with a remote env runner (a separate process that must import my_cells too); the console
+    holds only memrl's lines, Ray's logs are in the study's logs/ folder."""
+    checked = run_memrl("check", "leaky", "--imports", "my_cells", cwd=ROOT / "configs")
+    assert checked.returncode == 0 and "every law holds" in checked.stdout, checked.stdout
+    done = run_memrl("train", str(ROOT / "configs" / "leaky_vs_gru.yaml"),
+                     "--set", f"output={tmp_path}", "--set", "seeds=[0]",
+                     "--set", "stop.env_steps=200", "--set", "ppo.max_seq_len=16",
+                     "--set", "ppo.train_batch_size_per_learner=128",
+                     "--set", "ppo.minibatch_size=64", "--set", "ppo.num_epochs=1",
+                     "--set", "resources.num_env_runners=1",
+                     "--set", "resources.num_envs_per_env_runner=2",
+                     "--set", "resources.max_concurrent_trials=1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    ours = re.compile(r"^(memrl train: |\[ *[\d.]+ min\] |next: |      tensorboard )")
+    assert all(ours.match(line) for line in lines if line.strip()), "\n".join(lines)
+    assert "2/2 trial(s) finished" in done.stdout
+    logs = tmp_path / "leaky_vs_gru" / "logs"
+    assert (logs / "driver.log").is_file() and list(logs.glob("worker-*.log"))
+
+
+def _trial_processes() -> list:
+    import psutil
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any("StudyTrial" in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL a running trial's process after its first checkpoint: Tune restarts it from
+    that checkpoint (FailureConfig), no trial starts over, the study finishes (exit 0)."""
+    trial = tmp_path / "smoke" / "RepeatPreviousEasy-gru-s0"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments.cli", "train", str(ROOT / "configs" / "smoke.yaml"),
+         "--set", f"output={tmp_path}", "--set", "models=[gru]", "--set",
+         "checkpoint.frequency=1", "--set", "stop.env_steps=3000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(trial.glob("checkpoint_*")):
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.2)
+        victims = _trial_processes()
+        assert victims, "no StudyTrial process found"
+        for victim in victims:
+            os.kill(victim.pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, output
+    with open(trial / "progress.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    iterations = [int(r["training_iteration"]) for r in rows]
+    since_restore = [int(r["iterations_since_restore"]) for r in rows]
+    assert 1 in since_restore[1:], f"the trial was never restarted: {since_restore}"
+    assert 1 not in iterations[1:], f"the trial started over: {iterations}"
+    assert float(rows[-1]["num_env_steps_sampled_lifetime"]) >= 3000
+
+
+def test_wandb_logs_every_trial_offline(tmp_path):
+    """Tune's WandbLoggerCallback (offline): one W&B run per trial, in the trial's folder."""
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({**SMOKE, "output": str(tmp_path),
+                                    "logging": {"wandb": {"project": "memrl-test"}}}))
+    done = run_memrl("train", str(path), env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    for trial in ("RepeatPreviousEasy-gru-s0", "RepeatPreviousEasy-MLP-s0"):
+        runs = list((tmp_path / "smoke" / trial / "wandb").glob("offline-run-*/*.wandb"))
+        assert len(runs) == 1, (trial, sorted(map(str, (tmp_path / "smoke").rglob("*")))[:30])
