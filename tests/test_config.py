@@ -141,3 +141,10 @@ def test_shipped_configs_validate(name):
     assert registered, "no model of this config is registered"
     study = config.validate({**raw, "models": registered}, where=name)
     assert study.name == name and config.expand(study)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_fully(path):
+    """Every study file of configs/ validates with its models built (imports included)."""
+    study = config.load(path)
+    assert config.expand(study) and study.name == path.stem
