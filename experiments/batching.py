@@ -120,10 +120,11 @@ def old_stack_minibatch_rows(valid_steps: np.ndarray, minibatch_size: int) -> li
 class OldStackMinibatches:
     """Minibatches of a learner batch (MultiAgentBatch of one module) cut as the old stack did
     (`old_stack_minibatch_rows`), for `num_epochs` epochs, the minibatch order permuted each
-    epoch. Rows are episode chunks (B, T) with a LOSS_MASK, or single steps for a stateless
-    module."""
+    epoch (`shuffle`, PPO's `shuffle_batch_per_epoch`; else in batch order). Rows are episode
+    chunks (B, T) with a LOSS_MASK, or single steps for a stateless module."""
 
-    def __init__(self, batch: MultiAgentBatch, *, num_epochs: int, minibatch_size: int):
+    def __init__(self, batch: MultiAgentBatch, *, num_epochs: int, minibatch_size: int,
+                 shuffle: bool = True):
         if len(batch.policy_batches) != 1:
             raise ValueError(f"OldStackMinibatches cuts the batch of one module, got "
                              f"{sorted(batch.policy_batches)}")
@@ -134,12 +135,13 @@ class OldStackMinibatches:
         valid = np.ones(rows, dtype=np.int64) if mask is None else \
             np.asarray(mask).reshape(rows, -1).sum(axis=1)
         self.minibatches = old_stack_minibatch_rows(valid, minibatch_size)
-        self.num_epochs = num_epochs
+        self.num_epochs, self.shuffle = num_epochs, shuffle
         self.env_steps = batch.env_steps()
 
     def __iter__(self) -> Iterator[MultiAgentBatch]:
         for _ in range(self.num_epochs):
-            for k in np.random.permutation(len(self.minibatches)):
+            order = np.arange(len(self.minibatches))
+            for k in np.random.permutation(order) if self.shuffle else order:
                 rows = self.minibatches[k]
                 yield MultiAgentBatch({self.module_id: self.module_batch[rows.start:rows.stop]},
                                       self.env_steps)
@@ -163,4 +165,5 @@ class PPOLearner(PPOTorchLearner):
         if not batch.policy_batches:
             return {}
         batch = self._set_slicing_by_batch_id(batch, value=True)
-        return OldStackMinibatches(batch, num_epochs=num_epochs, minibatch_size=minibatch_size)
+        return OldStackMinibatches(batch, num_epochs=num_epochs, minibatch_size=minibatch_size,
+                                   shuffle=shuffle_batch_per_epoch)
