@@ -168,41 +168,46 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
     # ------------------------------------------------------------------ forward passes
     # Features and head outputs exist only up to the batch's longest row; `_pad` restores
     # RLlib's (B, max_seq_len) layout with zeros (finite, and masked out by the loss).
+    # Only `_forward` (env runners, rollouts) returns STATE_OUT; the learner's passes
+    # (`_forward_train`, `compute_values`) never read it, so their memory does not compute it.
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        features, state_out = self._features(batch)
+        features, state_out = self._features(batch, final_state=True)
         out = {Columns.ACTION_DIST_INPUTS: _pad(self.actor(features), batch)}
         if state_out is not None:
             out[Columns.STATE_OUT] = state_out
         return out
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        features, state_out = self._features(batch)
-        out = {Columns.ACTION_DIST_INPUTS: _pad(self.actor(features), batch),
-               Columns.EMBEDDINGS: features}
-        if state_out is not None:
-            out[Columns.STATE_OUT] = state_out
-        return out
+        features, _ = self._features(batch, final_state=False)
+        return {Columns.ACTION_DIST_INPUTS: _pad(self.actor(features), batch),
+                Columns.EMBEDDINGS: features}
 
     def compute_values(self, batch: dict[str, Any], embeddings: Tensor | None = None) -> Tensor:
         """V(obs): (B, T) or (N,) like the observations; `embeddings` from forward_train."""
         if embeddings is None:
-            embeddings, _ = self._features(batch)
+            embeddings, _ = self._features(batch, final_state=False)
         return _pad(self.critic(embeddings), batch).squeeze(-1)
 
     # ------------------------------------------------------------------ the memory
-    def _features(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor] | None]:
+    def _features(self, batch: dict[str, Any],
+                  final_state: bool) -> tuple[Tensor, dict[str, Tensor] | None]:
         """Memory features (B, L, hidden), L = longest row, or (N, hidden) for (N, obs)
-        batches; and the state after each row's last valid step (None when stateless)."""
+        batches; with `final_state`, also the state after each row's last valid step (None
+        when stateless)."""
         obs = batch[Columns.OBS].to(self.pre[0].weight.dtype)
         if obs.ndim == 2:                            # (N, D): one step per row
-            features, state_out = self._scan(obs[:, None], batch, lengths=None)
+            features, state_out = self._scan(obs[:, None], batch, None, final_state)
             return features[:, 0], state_out
         if obs.ndim != 3:
             raise ValueError(f"observations must be (B, T, obs) or (B, obs), got {obs.shape}")
-        return self._scan(obs, batch, lengths=_row_lengths(batch, obs.shape[:2]))
+        return self._scan(obs, batch, _row_lengths(batch, obs.shape[:2]), final_state)
 
-    def _scan(self, obs: Tensor, batch: dict[str, Any],
-              lengths: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+    def _scan(self, obs: Tensor, batch: dict[str, Any], lengths: Tensor | None,
+              final_state: bool) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """The memory over pre(obs) cut to the longest row. Without `final_state` every row
+        runs to L: the outputs within each row's length are the same (a length only selects
+        the returned state), and the memory is spared the per-row ends (the GRU's packed
+        sequences, the state-space cells' gather of each row's last inputs)."""
         batch_size, steps = obs.shape[:2]
         longest = steps if lengths is None else max(int(lengths.max()), 1)
         x = self.pre(obs[:, :longest])                                      # (B, L, pre)
@@ -214,8 +219,8 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
             y = y_t[:, None]
         else:
             y, state_out = self.memory.scan(x, state, integration_timesteps=timesteps,
-                                            lengths=lengths)                # (B, L, hidden)
-        return y, (state_out if self.is_stateful() else None)
+                                            lengths=lengths if final_state else None)
+        return y, (state_out if final_state and self.is_stateful() else None)
 
     def _timesteps(self, obs: Tensor, lengths: Tensor | None) -> Tensor | None:
         """Δt (B, L) from the last feature of obs (B, L, D) with `timesteps_from_obs`, 1 past

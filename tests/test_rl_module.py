@@ -75,7 +75,8 @@ def test_initial_state_has_no_batch_dim_and_stays_floating(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_training_rows_equal_step_by_step_rollout_and_padding_is_ignored(name, timesteps_from_obs):
     """A (B, T) learner batch with per-row lengths gives the env runner's (B, 1) step outputs
-    on valid steps, whatever is in the padding, and STATE_OUT after each row's last step; with
+    on valid steps, whatever is in the padding; forward_inference on it (not the learner's
+    forward_train, whose loss never reads it) STATE_OUT after each row's last step; with
     `timesteps_from_obs` too, the last feature being Δt in {0, ..., 4} (anything in padding)."""
     module, env = build(name, timesteps_from_obs=timesteps_from_obs)
     B, T = 3, SIZES["max_seq_len"]
@@ -95,6 +96,8 @@ def test_training_rows_equal_step_by_step_rollout_and_padding_is_ignored(name, t
     with torch.no_grad():
         out = module.forward_train(train_batch(module, padded, lengths))
         values = module.compute_values(train_batch(module, padded, lengths))
+        state_out = module.forward_inference(train_batch(module, padded, lengths))[
+            Columns.STATE_OUT]
         state = batched_state(module, B)
         step_logits, step_states = [], []
         for t in range(T):
@@ -104,12 +107,13 @@ def test_training_rows_equal_step_by_step_rollout_and_padding_is_ignored(name, t
             step_logits.append(step[Columns.ACTION_DIST_INPUTS][:, 0])
             step_states.append(state)
     logits = out[Columns.ACTION_DIST_INPUTS]
+    assert Columns.STATE_OUT not in out
     assert logits.shape == (B, T, env.action_space.n) and values.shape == (B, T)
     assert torch.isfinite(logits).all() and torch.isfinite(values).all()
     for b, n in enumerate(lengths):
         torch.testing.assert_close(logits[b, :n], torch.stack(step_logits, 1)[b, :n],
                                    atol=2e-4, rtol=2e-4)
-        for k, v in out[Columns.STATE_OUT].items():
+        for k, v in state_out.items():
             torch.testing.assert_close(v[b], step_states[n - 1][k][b], atol=2e-4, rtol=2e-4)
 
 
