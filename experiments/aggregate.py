@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.popgym_models import POPGYM_ORIGINAL
+
 BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0
 TAUS = np.linspace(-1.0, 1.0, 41)       # MMER thresholds of the performance profile
 # our cell -> its POPGym original
-POPGYM_ORIGINAL = {"gru": "popgym:GRU", "lstm": "popgym:LSTM", "lmu": "popgym:LMU",
-                   "s4d": "popgym:S4D", "mlp": "popgym:BasicMLP"}
 TOO_FEW = "too few seeds for a CI (needs 2 runs)"
 NO_RUN = "no seed has every task"
 

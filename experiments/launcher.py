@@ -25,6 +25,10 @@ STUDY_FILE = "study.json"
 # RLlib 2.60 new-stack result keys
 ENV_STEPS = "num_env_steps_sampled_lifetime"
 RETURN_MEAN = "env_runners/episode_return_mean"
+# a study's in-trial evaluation (eval:), in every result as evaluation/<key>
+EVALUATION = "evaluation"
+EVAL_KEYS = ("return_mean", "return_std", "length_mean", "episodes")
+EVAL_RETURN = f"{EVALUATION}/return_mean"
 
 
 def add_parser(subparsers) -> None:

@@ -21,7 +21,7 @@ import importlib.util
 
 from experiments.defaults import POPGYM_SIZES
 
-__all__ = ["POPGYM_MODELS", "canonical_name", "check_popgym_model", "popgym_class",
+__all__ = ["POPGYM_MODELS", "POPGYM_ORIGINAL", "canonical_name", "check_popgym_model", "popgym_class",
            "custom_model_config"]
 
 PREFIX = "popgym:"
@@ -37,6 +37,9 @@ POPGYM_MODELS: dict[str, str] = {
     "MLP": "ray_mlp", "BasicMLP": "ray_mlp", "Framestack": "ray_framestack",
     "Frameconv": "ray_frameconv",
 }
+# our cell -> its POPGym original (the pairs `memrl report` compares)
+POPGYM_ORIGINAL = {"gru": "popgym:GRU", "lstm": "popgym:LSTM", "lmu": "popgym:LMU",
+                   "s4d": "popgym:S4D", "mlp": "popgym:BasicMLP"}
 # class name -> the third-party module it needs beyond popgym's own requirements
 _NEEDS = {"DiffNC": "dnc"}
 

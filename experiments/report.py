@@ -35,11 +35,10 @@ import numpy as np
 import pandas as pd
 
 from experiments import aggregate
-from experiments.launcher import ENV_STEPS, RETURN_MEAN, STUDY_FILE
+from experiments.launcher import ENV_STEPS, EVAL_RETURN, RETURN_MEAN, STUDY_FILE
 
 MEAN = "mean"           # the task-average column
 # the evaluation's mean return, as the trainable writes it into progress.csv (with `eval:`)
-EVAL_RETURN = "evaluation/return_mean"
 # a trial's entry in study.json, as read here (older studies lack variant/stack/sweep)
 TRIAL_KEYS = ("name", "task", "model", "label", "variant", "stack", "kwargs", "sweep", "seed")
 

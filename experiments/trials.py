@@ -23,6 +23,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPO
 
 from experiments.config import Study, Trial
+from experiments.launcher import EVAL_KEYS, EVALUATION
 
 TRIAL_KEY = "trial"
 
@@ -111,7 +112,6 @@ def algorithm_config(spec: dict) -> AlgorithmConfig:
                                 num_gpus=res["num_gpus"], **common)
 
 
-EVAL_KEYS = ("return_mean", "return_std", "length_mean", "episodes")
 EVAL_SEED = 1_000_000          # evaluation episode i is reset with seed EVAL_SEED + i
 
 
@@ -145,7 +145,7 @@ class StudyTrial(PPO):
             iteration = self.iteration + 1               # the one this step completes
             final = result.get("num_env_steps_sampled_lifetime", 0) >= self.spec["env_steps"]
             due = final or (settings["every"] and iteration % settings["every"] == 0)
-            result["evaluation"] = self.evaluate_rollout(settings) if due else \
+            result[EVALUATION] = self.evaluate_rollout(settings) if due else \
                 dict.fromkeys(EVAL_KEYS, float("nan"))
         return result
 

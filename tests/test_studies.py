@@ -100,7 +100,7 @@ def test_mixed_study_trains_evaluates_and_reports(tmp_path, ray_session):
         assert math.isfinite(float(rows[-1]["evaluation/return_mean"]))
         assert all(math.isnan(float(r["evaluation/return_mean"])) for r in rows[:-1])
         assert list((folder / name).glob("events.out.tfevents.*")), "no TensorBoard events"
-    assert cli.main(["report", str(folder)]) == 0
+    assert cli.main(["report", str(folder), "--reps", "100"]) == 0
     table = (folder / "report" / "mmer.md").read_text()
     assert all(f"| {label} |" in table for label in ("gru", "gru-old", "popgym-GRU"))
 
@@ -167,13 +167,11 @@ def test_own_memory_checked_and_trained_with_a_quiet_console(tmp_path):
     assert (logs / "driver.log").is_file() and list(logs.glob("worker-*.log"))
 
 
-def _trial_processes() -> list:
+def _trial_processes(driver_pid: int) -> list:
+    """The trial actors of the Ray that `memrl train` (driver_pid) started: its descendants."""
     import psutil
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any("StudyTrial" in part for part in process.info["cmdline"] or []):
-            found.append(process)
-    return found
+    return [p for p in psutil.Process(driver_pid).children(recursive=True)
+            if any("StudyTrial" in part for part in p.cmdline())]
 
 
 def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
@@ -183,16 +181,18 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments.cli", "train", str(ROOT / "configs" / "smoke.yaml"),
          "--set", f"output={tmp_path}", "--set", "models=[gru]", "--set",
-         "checkpoint.frequency=1", "--set", "stop.env_steps=3000"],
+         "checkpoint.frequency=1", "--set", "checkpoint.keep=0", "--set", "stop.env_steps=3000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not list(trial.glob("checkpoint_*")):
+        # two results processed by the driver: the first checkpoint is surely registered
+        while not (list(trial.glob("checkpoint_*")) and (trial / "progress.csv").exists()
+                   and len((trial / "progress.csv").read_text().splitlines()) >= 3):
             assert process.poll() is None, process.stdout.read()
             assert time.monotonic() < deadline, "no checkpoint written"
             time.sleep(0.2)
-        victims = _trial_processes()
+        victims = _trial_processes(process.pid)
         assert victims, "no StudyTrial process found"
         for victim in victims:
             os.kill(victim.pid, signal.SIGKILL)
