@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from experiments import cli
+from processes import act_when
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -99,18 +100,10 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, r
                 "--set", "checkpoint.frequency=1", "--set", "stop.env_steps=1500"]
     first, second = (study / name for name in TRIALS)
     process = memrl("train", SMOKE, *settings)
-    try:       # one trial at a time: Ctrl-C once the second has started
-        deadline = time.monotonic() + 240
-        while not (second / "progress.csv").exists():
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "second trial never started"
-            time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    # one trial at a time: Ctrl-C once the second has started
+    output = act_when(process, (second / "progress.csv").exists,
+                      lambda: os.killpg(process.pid, signal.SIGINT), wait_s=240,
+                      what="started the second trial", finish_s=120)
     assert last_steps(first / "progress.csv") >= 1500, output
     assert last_steps(second / "progress.csv") < 1500, "second trial finished before Ctrl-C"
     finished = (first / "progress.csv").read_text()

@@ -9,13 +9,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from experiments import cli, config
+from processes import act_when
 from experiments.trials import algorithm_config, trial_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,23 +184,18 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
          "checkpoint.frequency=1", "--set", "checkpoint.keep=0", "--set", "stop.env_steps=3000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        # two results processed by the driver: the first checkpoint is surely registered
-        while not (list(trial.glob("checkpoint_*")) and (trial / "progress.csv").exists()
-                   and len((trial / "progress.csv").read_text().splitlines()) >= 3):
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.2)
+    def registered():        # two results processed: the first checkpoint is surely registered
+        progress = trial / "progress.csv"
+        return bool(list(trial.glob("checkpoint_*"))) and progress.exists() \
+            and len(progress.read_text().splitlines()) >= 3
+
+    def kill():
         victims = _trial_processes(process.pid)
         assert victims, "no StudyTrial process found"
         for victim in victims:
             os.kill(victim.pid, signal.SIGKILL)
-        output, _ = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+
+    output = act_when(process, registered, kill, wait_s=300, what="checkpointed")
     assert process.returncode == 0, output
     with open(trial / "progress.csv", newline="") as file:
         rows = list(csv.DictReader(file))
