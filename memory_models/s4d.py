@@ -22,10 +22,11 @@ Parallel path (`scan`), with A_bar^t = exp(t·log A_bar) (no cumulative products
 
 (the sum is a causal FFT convolution), and the state after `lengths[b]` = ℓ steps
 s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{j<ℓ} A_bar^(ℓ-1-j) u_j. The kernel and both state terms are
-real einsums over the modes against two small tables of powers (`_power_tables`): complex
-tensors hold only those tables and, with a carried state, the state, in the forward and the
-backward pass. Resets repack episodes into rows. The recurrent path (`step`) runs the
-recurrence above; both agree to rounding.
+real einsums over the modes against one small Vandermonde table (`powers`) into which the
+coefficients fold; complex numbers are stored as (Re, Im) pairs and multiplied elementwise
+(`times`), so no complex tensor larger than the state (or its value at each chunk start) is
+built, in the forward or the backward pass. Resets repack episodes into rows. The recurrent
+path (`step`) runs the recurrence above; both agree to rounding.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
         dtype = self.C.dtype.to_complex()
         _, B_bar, log_A_bar = self._discretize_float64()
         exponents = torch.arange(length, device=log_A_bar.device, dtype=torch.float64)
-        return _complex(_powers(log_A_bar, exponents)).to(dtype), B_bar.to(dtype)
+        return torch.view_as_complex(powers(log_A_bar, exponents)).to(dtype), B_bar.to(dtype)
 
     # ------------------------------------------------------------------ interface
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
@@ -121,12 +122,14 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
                          lengths: Tensor) -> tuple[Tensor, State]:
         """FFT path without resets: x (B, T, I) from state s_{-1} -> y (B, T, hidden), state.
 
-        Sequences are channel-major, u (H, B, T). Each term is one real einsum over the modes
-        against the power tables of `_power_tables` (t = c·m + j), complex numbers held as
-        (Re, Im) pairs and 2x2 real multipliers (`_multiplier`):
+        Time is split as t = c·m + j (`chunk_width`: one chunk, c = T, for short sequences),
+        so that A_bar^t = A_bar^(c·m)·A_bar^j. The powers within a chunk, A_bar^j (j < c), are
+        one small table that the coefficients fold into, and every term is one real einsum
+        over the modes ((Re, Im) pairs, `times` multiplies them):
 
-            kernel  k_t = 2·Re Σ_n C B_bar A_bar^t                                  (H, T)
-            output  z_t = Σ_{j<=t} k_(t-j) u_j + D u_t + 2·Re Σ_n C A_bar A_bar^t s_{-1}
+            kernel  k_(c·m+j) = 2·Re Σ_n A_bar^(c·m) (C B_bar A_bar^j)                   (H, T)
+            output  z_(c·m+j) = Σ_{i<=t} k_(t-i) u_i + D u_t + 2·Re Σ_n σ_m (C A_bar A_bar^j)
+                    σ_m = A_bar^(c·m) s_{-1}: the carried state's free response at chunk starts
         """
         batch, steps = x.shape[:2]
         channels, dtype = self.hidden_size, x.dtype
@@ -134,47 +137,30 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
         u = torch.addmm(self.in_proj.bias[:, None], self.in_proj.weight, x.flatten(0, 1).T)
         u = u.view(channels, batch, steps)                                      # (H, B, T)
         A_bar, B_bar, log_A_bar = self._discretize_float64()                    # (H, n) c128
-        C = torch.view_as_complex(self.C).to(A_bar.dtype)
-        within, across = _power_tables(log_A_bar, batch, steps, dtype)    # (H,n,2,c) (H,n,M+1)
-        chunks = -(-steps // within.shape[-1])                                  # M
-        readout = within * within.new_tensor([[2.0], [-2.0]])   # Σ pairs(q)·readout = 2·Re(q w)
+        A_bar, B_bar = torch.view_as_real(A_bar).to(dtype), torch.view_as_real(B_bar).to(dtype)
+        width = chunk_width(batch, steps)                                       # c
+        chunks = -(-steps // width)                                             # M
+        within = powers(log_A_bar.to(dtype.to_complex()),
+                        torch.arange(width, device=x.device))                   # (H, n, c, 2)
+        across = powers(log_A_bar, torch.arange(chunks, device=x.device) * width).to(dtype)
 
-        kernel = torch.einsum("hncm,hncj->hmj", _pairs((C * B_bar)[..., None] * across, dtype)
-                              [..., :chunks], readout).flatten(1)[:, :steps]    # (H, T)
+        kernel = torch.einsum("hnmd,hnjd->hmj", across, twice_conj(times(
+            times(self.C, B_bar)[..., None, :], within))).flatten(1)[:, :steps]  # (H, T)
         # the skip D u_t is the kernel's lag 0: k_0 + D
         kernel = torch.cat([kernel[:, :1] + self.D[:, None], kernel[:, 1:]], dim=-1)
         z = causal_fft_conv(u, kernel[:, None])                                 # (H, B, T)
         s0 = state["s"]                                                         # (B, H, n, 2)
         carried = s0.requires_grad or bool(s0.any())
-        if carried:                                     # the free response of s_{-1}
-            free = torch.einsum("bhnc,hnmcd,hndj->hbmj", s0, _multiplier(
-                (C * A_bar)[..., None] * across[..., :chunks], dtype), readout)
+        if carried:
+            sigma = s0[..., None, :] if chunks == 1 else times(s0[..., None, :], across)
+            free = torch.einsum("bhnmd,hnjd->hbmj", sigma, twice_conj(times(
+                times(self.C, A_bar)[..., None, :], within)))                   # (H, B, M, c)
             z = z + free.flatten(2)[..., :steps]
-        activation = F.gelu(z).reshape(channels, batch * steps)                 # (H, B·T)
-        y = torch.addmm(self.out_proj.bias, activation.T, self.out_proj.weight.T)
-        s = self._state_after(u, s0 if carried else None, lengths, B_bar, within, across)
+        # the read-out in the (B·T, H) layout: its backward is a third faster than through
+        # the channel-major one, more than the copy costs
+        y = self.out_proj(F.gelu(z).permute(1, 2, 0).reshape(batch * steps, channels))
+        s = _state_after(u, s0 if carried else None, lengths, B_bar, log_A_bar, within, across)
         return y.view(batch, steps, -1), {"s": s}
-
-    @staticmethod
-    def _state_after(u: Tensor, s0: Tensor | None, lengths: Tensor, B_bar: Tensor,
-                     within: Tensor, across: Tensor) -> Tensor:
-        """s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{k<ℓ} A_bar^k u_(ℓ-1-k) for ℓ = lengths[b], as
-        (B, H, n, 2) pairs; s0 None stands for a zero s_{-1}. The inputs are read newest first,
-        k = c·m + j: newest[h, b, m, j] = u_(ℓ-1-k) (0 for k >= ℓ)."""
-        channels, batch, steps = u.shape
-        width = within.shape[-1]
-        chunks = -(-steps // width)
-        before_end = (lengths - 1)[:, None] - torch.arange(chunks * width, device=u.device)
-        newest = u.gather(2, before_end.clamp(min=0).expand(channels, -1, -1))
-        newest = (newest * (before_end >= 0)).view(channels, batch, chunks, width)
-        s = torch.einsum("hbmj,hncj,hnmcd->bhnd", newest, within,
-                         _multiplier(B_bar[..., None] * across[..., :chunks], u.dtype))
-        if s0 is None:
-            return s
-        # A_bar^ℓ = A_bar^(c·(ℓ // c)) A_bar^(ℓ % c)
-        power = _complex(within)[..., lengths % width]
-        decay = across.to(power.dtype)[..., lengths // width] * power               # (H, n, B)
-        return s + torch.view_as_real(decay.permute(2, 0, 1) * as_complex(s0))
 
     def _recurrence(self, x_t: Tensor, state: State, integration_timestep: Tensor,
                     matrices) -> tuple[Tensor, State]:
@@ -204,44 +190,77 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
                          lengths=lengths)[0]
 
 
-def _power_tables(log_A_bar: Tensor, batch: int, steps: int,
-                  dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """A_bar^t for t < T as two small tables, A_bar^(c·m + j) = across[..., m]·within[..., j]:
-
-        within (H, n, 2, c)   (Re, Im) of A_bar^j, j < c, in `dtype`
-        across (H, n, M + 1)  A_bar^(c·m), m <= T // c, complex128 (phase exact for long T)
-
-    from log A_bar (H, n) complex128, c = ceil(sqrt(B·T)) at most T, M = ceil(T / c). The
-    tables and the per-chunk intermediates of the einsums, (B, H, n, M), then stay near
-    H·n·sqrt(B·T) entries: no (H, n, T) table is built for long sequences, and short ones
-    (c = T, M = 1) use the plain Vandermonde table within.
-    """
-    width = max(1, min(steps, math.isqrt(max(batch * steps - 1, 0)) + 1))
-    j = torch.arange(width, device=log_A_bar.device, dtype=dtype)
-    m = torch.arange(steps // width + 1, device=log_A_bar.device, dtype=torch.float64)
-    return (_powers(log_A_bar.to(dtype.to_complex()), j),
-            _complex(_powers(log_A_bar, width * m)))
+def chunk_width(batch: int, steps: int) -> int:
+    """The chunk width c of `S4D._scan_from_state`: T (one chunk) when T <= B, else
+    ceil(sqrt(B·T) / 2). The table within (H, n, c) and the per-chunk terms (B, H, n, M) then
+    stay near H·n·sqrt(B·T) entries, never (H, n, T) or (B, H, n, T); the table's entries
+    cost more (powers, coefficients, their gradients), hence the half (measured on CPU)."""
+    if steps <= batch:
+        return max(steps, 1)
+    return math.isqrt(batch * steps - 1) // 2 + 1
 
 
-def _powers(log_z: Tensor, exponents: Tensor) -> Tensor:
-    """(Re, Im) of z^k = exp(k·log z) for log z (H, n) complex and k (K,) real
-    -> (H, n, 2, K) real. No cumulative products."""
-    magnitude = torch.exp(log_z.real[..., None] * exponents)
-    phase = log_z.imag[..., None] * exponents
-    return torch.stack([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=-2)
+def _state_after(u: Tensor, s0: Tensor | None, lengths: Tensor, B_bar: Tensor,
+                 log_A_bar: Tensor, within: Tensor, across: Tensor) -> Tensor:
+    """s_ℓ = A_bar^ℓ s_{-1} + Σ_m A_bar^(c·m) Σ_j (B_bar A_bar^j) u_(ℓ-1-c·m-j) for ℓ =
+    lengths[b]: (B, H, n, 2) pairs, from u (H, B, T), B_bar (H, n, 2), log A_bar (H, n)
+    complex128 and the tables within (H, n, c, 2), across (H, n, M, 2); s0 None stands for
+    a zero s_{-1}. The inputs are read newest first, newest[h, b, m, j] = u_(ℓ-1-k) for
+    k = c·m + j < ℓ, else 0."""
+    channels, batch, steps = u.shape
+    width, chunks = within.shape[2], across.shape[2]
+    if bool((lengths == steps).all()):                      # every row ends at T: flipped
+        newest = F.pad(u.flip(-1), (0, chunks * width - steps))
+    else:
+        before_end = (lengths - 1)[:, None] - torch.arange(chunks * width, device=u.device)
+        newest = u.gather(2, before_end.clamp(min=0).expand(channels, -1, -1))
+        newest = newest * (before_end >= 0)
+    newest = newest.view(channels, batch, chunks, width)
+    per_chunk = torch.einsum("hbmj,hnjd->bhnmd", newest, times(B_bar[..., None, :], within))
+    s = per_chunk[..., 0, :] if chunks == 1 else times(across, per_chunk).sum(-2)
+    if s0 is None:
+        return s
+    ends, row_end = lengths.unique(return_inverse=True)
+    decay = powers(log_A_bar, ends).to(s.dtype).permute(2, 0, 1, 3)            # A_bar^ℓ
+    decay = decay[row_end] if len(ends) > 1 else decay      # (B or 1, H, n, 2): one per row
+    return torch.view_as_real(torch.addcmul(as_complex(s), as_complex(decay), as_complex(s0)))
 
 
-def _complex(pairs: Tensor) -> Tensor:
-    """(H, n, 2, K) real (Re, Im) -> (H, n, K) complex (a copy)."""
-    return torch.complex(pairs[..., 0, :], pairs[..., 1, :])
+def times(a: Tensor, b: Tensor) -> Tensor:
+    """The complex product of (Re, Im) pairs a (..., 2) and b (..., 2), broadcast, as pairs:
+    one elementwise complex multiply on views (no copies of either operand)."""
+    return torch.view_as_real(as_complex(a) * as_complex(b))
 
 
-def _pairs(z: Tensor, dtype: torch.dtype) -> Tensor:
-    """(H, n, K) complex -> (H, n, 2, K) real (Re, Im) in `dtype`: the einsum operand layout."""
-    return torch.view_as_real(z).to(dtype).transpose(-1, -2)
+def twice_conj(pairs: Tensor) -> Tensor:
+    """(Re, Im) pairs of w -> those of 2·conj(w), so that for pairs a
+    Σ_d a[..., d]·twice_conj(w)[..., d] = 2·Re(a·w): a real einsum over (n, d) sums 2·Re."""
+    return pairs * pairs.new_tensor([2.0, -2.0])
 
 
-def _multiplier(z: Tensor, dtype: torch.dtype) -> Tensor:
-    """(H, n, K) complex -> (H, n, K, 2, 2) real M with (Re x, Im x) @ M = (Re, Im)(x·z)."""
-    re, im = z.real.to(dtype), z.imag.to(dtype)
-    return torch.stack([torch.stack([re, im], -1), torch.stack([-im, re], -1)], -2)
+def powers(log_z: Tensor, exponents: Tensor) -> Tensor:
+    """z^k = exp(k·log z) as (Re, Im) pairs: log z (H, n) complex, k (K,) real -> (H, n, K, 2)
+    in log z's precision. No cumulative products; the gradient is Σ_k k·G_k·conj(z^k)
+    (`_Powers`), with no (H, n, K) intermediates kept beyond the result."""
+    return _Powers.apply(log_z, exponents.to(device=log_z.device, dtype=log_z.real.dtype))
+
+
+class _Powers(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, log_z: Tensor, exponents: Tensor) -> Tensor:
+        magnitude = torch.exp(log_z.real[..., None] * exponents)
+        pairs = torch.view_as_real(torch.polar(magnitude, log_z.imag[..., None] * exponents))
+        ctx.save_for_backward(pairs, exponents)
+        return pairs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        pairs, exponents = ctx.saved_tensors
+        weighted = torch.view_as_complex(grad.contiguous()) * exponents
+        return (weighted * torch.view_as_complex(pairs).conj()).sum(-1), None
+
+
+def powers_reference(log_z: Tensor, exponents: Tensor) -> Tensor:
+    """`powers` by torch.exp and autograd (tests)."""
+    return torch.view_as_real(torch.exp(log_z[..., None] * exponents.to(log_z.real.dtype)))
