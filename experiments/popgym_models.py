@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 
 from experiments.defaults import POPGYM_SIZES
 
@@ -25,6 +26,11 @@ __all__ = ["POPGYM_MODELS", "POPGYM_ORIGINAL", "canonical_name", "check_popgym_m
            "custom_model_config"]
 
 PREFIX = "popgym:"
+
+# POPGym's modules log notes at import (S4D: optional CUDA kernels) without configuring
+# logging; with no handler Python prints them on stderr. They reach the application's own
+# handlers, if any, as before.
+logging.getLogger("popgym").addHandler(logging.NullHandler())
 
 # class name -> module of popgym.baselines.ray_models (popgym 1.0.7); every one builds and
 # trains on Ray 2.60's old API stack (checked when this table was written), DiffNC only with
