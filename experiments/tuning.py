@@ -16,7 +16,6 @@ import logging
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import ray
@@ -142,8 +141,15 @@ def train(study: Study, *, address: str | None = None, resume: bool = False,
                 failure_config=tune.FailureConfig(max_failures=study.max_failures),
                 callbacks=[Progress(len(trials), study.stop.env_steps), *_loggers(study)],
                 verbose=0))
-    with _tune_output(logs / "driver.log", verbose):
-        grid = tuner.fit()
+    try:
+        with _tune_output(logs / "driver.log", verbose):
+            grid = tuner.fit()
+    except Exception as error:  # noqa: BLE001 - Tune itself stopped: say so, keep the study
+        logging.getLogger("ray").exception("Tune stopped")
+        print(f"memrl train: Ray Tune stopped: {type(error).__name__}: "
+              f"{str(error).splitlines()[0]}\n(details in {logs / 'driver.log'}; finished "
+              f"trials and checkpoints are kept: add --resume to continue)", file=sys.stderr)
+        return 1
     failed = [r for r in grid if r.error is not None]
     finished = len(grid) - len(failed)
     print(f"memrl train: {finished}/{len(trials)} trial(s) finished, {len(failed)} failed; "
@@ -190,7 +196,6 @@ def _quiet_driver(log_file: Path) -> None:
         else:                            # up to "ray" and its file
             logger.propagate = True
     logging.captureWarnings(True)
-    warnings.simplefilter("default")
 
 
 @contextlib.contextmanager
