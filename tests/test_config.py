@@ -148,3 +148,19 @@ def test_every_shipped_config_loads_fully(path):
     """Every study file of configs/ validates with its models built (imports included)."""
     study = config.load(path)
     assert config.expand(study) and study.name == path.stem
+
+
+def test_ppo_schema_is_rllibs_ppo_with_popgyms_defaults():
+    """PPOSettings lists PPOConfig.training() arguments (and three env-runner/model keys), with
+    POPGym's protocol where it sets a value and RLlib's default elsewhere."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from experiments.defaults import POPGYM_PPO
+    from experiments.training import _training_keys
+    fields = config.PPOSettings.model_fields
+    extra = {"max_seq_len", "batch_mode", "rollout_fragment_length"}
+    assert set(fields) - extra <= _training_keys()
+    rllib = PPOConfig()
+    for key, field in fields.items():
+        expected = POPGYM_PPO[key] if key in POPGYM_PPO else getattr(rllib, key)
+        assert field.default == expected, key
