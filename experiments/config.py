@@ -148,11 +148,7 @@ class ModelEntry:
     @field_validator("label")
     @classmethod
     def _label(cls, label: str, info: ValidationInfo) -> str:
-        label = label or info.data.get("name", "").replace(":", "-")
-        if not _NAME.match(label):
-            raise ValueError(f"{label!r}: use letters, digits, '_', '.', '-' (it names "
-                             f"folders and plot legends)")
-        return label
+        return _folder_name(label or info.data.get("name", "").replace(":", "-"))
 
     def __post_init__(self):
         if self.is_popgym:                      # POPGym's models exist on the old stack only
