@@ -151,12 +151,16 @@ def train(study: Study, *, address: str | None = None, resume: bool = False,
               f"trials and checkpoints are kept: add --resume to continue)", file=sys.stderr)
         return 1
     failed = [r for r in grid if r.error is not None]
-    finished = len(grid) - len(failed)
+    finished = sum(r.error is None and (r.metrics or {}).get(ENV_STEPS, 0) >= study.stop.env_steps
+                   for r in grid)
     print(f"memrl train: {finished}/{len(trials)} trial(s) finished, {len(failed)} failed; "
           f"results in {directory}", flush=True)
     for result in failed:
         print(f"  failed: {result.path}: {type(result.error).__name__}: {result.error}",
               file=sys.stderr)
+    if finished + len(failed) < len(trials):
+        print(f"memrl train: {len(trials) - finished - len(failed)} trial(s) not finished "
+              f"(interrupted): add --resume to continue them", flush=True)
     print(f"next: memrl report {directory}\n"
           f"      tensorboard --logdir {directory}", flush=True)
     return 1 if failed or finished < len(trials) else 0
