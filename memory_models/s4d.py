@@ -205,18 +205,21 @@ def _state_after(u: Tensor, s0: Tensor | None, lengths: Tensor, B_bar: Tensor,
     """s_ℓ = A_bar^ℓ s_{-1} + Σ_m A_bar^(c·m) Σ_j (B_bar A_bar^j) u_(ℓ-1-c·m-j) for ℓ =
     lengths[b]: (B, H, n, 2) pairs, from u (H, B, T), B_bar (H, n, 2), log A_bar (H, n)
     complex128 and the tables within (H, n, c, 2), across (H, n, M, 2); s0 None stands for
-    a zero s_{-1}. The inputs are read newest first, newest[h, b, m, j] = u_(ℓ-1-k) for
-    k = c·m + j < ℓ, else 0."""
+    a zero s_{-1}. The inputs are read newest first, inputs[h, b, m, j] = u_(ℓ-1-k) for
+    k = c·m + j < ℓ, else 0; when every row ends at T, oldest first against the reversed
+    tables instead (u_i meets A_bar^(T-1-i) after M·c - T zeros in front: no copy of u when
+    c divides T)."""
     channels, batch, steps = u.shape
     width, chunks = within.shape[2], across.shape[2]
-    if bool((lengths == steps).all()):                      # every row ends at T: flipped
-        newest = F.pad(u.flip(-1), (0, chunks * width - steps))
+    if bool((lengths == steps).all()):
+        inputs = F.pad(u, (chunks * width - steps, 0)) if steps % width else u
+        within, across = within.flip(2), across.flip(2)
     else:
         before_end = (lengths - 1)[:, None] - torch.arange(chunks * width, device=u.device)
-        newest = u.gather(2, before_end.clamp(min=0).expand(channels, -1, -1))
-        newest = newest * (before_end >= 0)
-    newest = newest.view(channels, batch, chunks, width)
-    per_chunk = torch.einsum("hbmj,hnjd->bhnmd", newest, times(B_bar[..., None, :], within))
+        inputs = u.gather(2, before_end.clamp(min=0).expand(channels, -1, -1))
+        inputs = inputs * (before_end >= 0)
+    inputs = inputs.view(channels, batch, chunks, width)
+    per_chunk = torch.einsum("hbmj,hnjd->bhnmd", inputs, times(B_bar[..., None, :], within))
     s = per_chunk[..., 0, :] if chunks == 1 else times(across, per_chunk).sum(-2)
     if s0 is None:
         return s

@@ -47,13 +47,15 @@ def test_fft_path_equals_recurrence_from_nonzero_state(discretization, init, dty
     torch.testing.assert_close(final["s"], final_ref["s"], **TOL[dtype])
 
 
-def test_fft_path_gradients_equal_the_recurrences():
-    """The einsums over the chunked power tables (T = 29 from B = 3: chunks of c = 5, lengths
-    inside a chunk) differentiate like the step loop: input, state and every parameter."""
+@pytest.mark.parametrize("lengths", [[29, 13, 0], [29, 29, 29]], ids=["ragged", "full"])
+def test_fft_path_gradients_equal_the_recurrences(lengths):
+    """The einsums over the chunked power tables (T = 29 from B = 3: 6 chunks of c = 5, ends
+    inside a chunk, or every row whole: inputs oldest first, 1 zero in front) differentiate
+    like the step loop: input, state and every parameter."""
     cell = build(discretization="bilinear", dt_min=0.01, dt_max=0.5)
     x = torch.randn(3, 29, 3, dtype=torch.float64, requires_grad=True)
     s0 = torch.randn(3, 5, 3, 2, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([29, 13, 0])
+    lengths = torch.tensor(lengths)
     weights = torch.randn(3, 29, 5, dtype=torch.float64) * (torch.arange(29) < lengths[:, None])[
         ..., None]
 
