@@ -42,6 +42,8 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.policy.sample_batch import MultiAgentBatch
 
+from .workers import use_assigned_cpus
+
 __all__ = ["CompleteEpisodesEnvRunner", "OldStackMinibatches", "PPOLearner",
            "old_stack_minibatch_rows"]
 
@@ -54,6 +56,7 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
     """
 
     def __init__(self, *args, **kwargs):
+        use_assigned_cpus()
         super().__init__(*args, **kwargs)
         self._running: dict[str, SingleAgentEpisode] = {}   # episode id -> its steps so far
 

@@ -13,21 +13,19 @@ stack, the task (event-time or plain), the model and its PPO settings.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPO
 
+from experiments import workers
 from experiments.config import Study, Trial
 from experiments.launcher import EVAL_KEYS, EVALUATION
 
 TRIAL_KEY = "trial"
 
-__all__ = ["TRIAL_KEY", "trial_spec", "algorithm_config", "StudyTrial", "import_spec_modules"]
+__all__ = ["TRIAL_KEY", "trial_spec", "algorithm_config", "StudyTrial", "worker_runtime_env"]
 
 
 def trial_spec(study: Study, trial: Trial) -> dict[str, Any]:
@@ -41,53 +39,15 @@ def trial_spec(study: Study, trial: Trial) -> dict[str, Any]:
             "imports": list(study.imports), "base_dir": study.base_dir}
 
 
-IMPORTS_VAR, IMPORT_PATH_VAR, LOG_DIR_VAR = "MEMRL_IMPORTS", "MEMRL_IMPORT_PATH", "MEMRL_LOG_DIR"
-
-
 def worker_runtime_env(study: Study, log_dir: Path | None) -> dict:
-    """Ray runtime environment making every worker process run `worker_setup`: it imports
-    the study's `imports` (the folder of the study file on sys.path: on a cluster, that path
-    must exist on every node, as `output` must) and, with a `log_dir`, sends the process's
-    output there."""
-    env_vars = {}
-    if study.imports:
-        env_vars.update({IMPORTS_VAR: ",".join(study.imports), IMPORT_PATH_VAR: study.base_dir})
-    if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        env_vars[LOG_DIR_VAR] = str(log_dir)
-    if not env_vars:
-        return {}
-    return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.worker_setup"}
-
-
-def worker_setup() -> None:
-    """Ray worker setup hook (see worker_runtime_env)."""
-    log_dir = os.environ.get(LOG_DIR_VAR)
-    if log_dir:
-        log = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-    path = os.environ.get(IMPORT_PATH_VAR)
-    if path and path not in sys.path:
-        sys.path.insert(0, path)
-    for module in filter(None, os.environ.get(IMPORTS_VAR, "").split(",")):
-        importlib.import_module(module)
-
-
-def import_spec_modules(spec: dict) -> None:
-    """Import the study's `imports` in this process (trial actors and env runners need the
-    user's registered memories)."""
-    if spec["imports"] and spec["base_dir"] not in sys.path:
-        sys.path.insert(0, spec["base_dir"])
-    for module in spec["imports"]:
-        importlib.import_module(module)
+    """The study's Ray runtime environment (experiments.workers): every worker imports the
+    study's `imports` and, with a `log_dir`, writes its output there."""
+    return workers.runtime_env(study.imports, study.base_dir, log_dir)
 
 
 def algorithm_config(spec: dict) -> AlgorithmConfig:
     """The trial's complete PPO config (see the module docstring for the three kinds)."""
-    import_spec_modules(spec)
+    workers.import_modules(spec["imports"], spec["base_dir"])
     model, res = spec["model"], spec["resources"]
     common = dict(env=spec["task"], seed=spec["seed"], num_env_runners=res["num_env_runners"],
                   num_envs_per_env_runner=res["num_envs_per_env_runner"], **spec["ppo"])
@@ -133,6 +93,7 @@ class StudyTrial(PPO):
         return super().default_resource_request(config)
 
     def __init__(self, config=None, **kwargs):
+        workers.use_assigned_cpus()
         if isinstance(config, dict) and TRIAL_KEY in config:
             self.spec = config[TRIAL_KEY]
             config = algorithm_config(self.spec)
