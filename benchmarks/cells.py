@@ -1,11 +1,18 @@
 """Speed of every registered memory cell beside its peers, measured side by side in one run.
 
     .venv/bin/python benchmarks/cells.py [--quick] [--models lmu,lmu_fft] [--repeats 3]
+                                         [--kinds learner,value] [--threads 1] [--clock cpu]
 
-For each cell of memory_models.available() (or --models) and each peer of PEERS:
-  train  forward + backward over a (B, T, input) sequence from a non-zero initial state,
-         loss = y.mean(); median of --repeats runs after one warm-up.
-  step   one rollout step at batch B without gradients; median over --steps steps.
+For each cell of memory_models.available() (or --models) and each peer of PEERS, at the
+shapes of Sizes:
+  train    forward + backward over a (B, T, input) sequence (B=16, T=1024) from a non-zero
+           initial state, loss = y.mean()
+  learner  the same at the PPO learner's minibatch: 157 rows x 53 steps (RepeatPreviousEasy
+           at POPGym's protocol: 52-step episodes plus the bootstrap step)
+  value    forward without gradients at the GAE value pass over the whole train batch
+           (1260 rows x 53 steps)
+  step     one rollout step at batch B (16 envs per env runner) without gradients
+train, learner and value: median of --repeats runs after one warm-up; step: median over --steps.
 Ratios are against torch's nn.GRU (the "torch.nn.GRU" peer); TARGETS lists the pass/fail checks.
 Prints a table and writes it as markdown to benchmarks/results/cells.md (--out to change).
 Peers are a dict so other cells' published versions can be added beside them.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -42,11 +50,46 @@ class Sizes:
     hidden: int = 256
     memory: int = 256      # memory_size of the LMUs
     state: int = 64        # state_size of state-space cells
+    learner: tuple[int, int] = (157, 53)    # PPO minibatch (rows, steps), RepeatPreviousEasy
+    value: tuple[int, int] = (1260, 53)     # GAE value pass over the train batch
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """(rows, steps) of each sequence kind."""
+        return {"train": (self.batch, self.steps), "learner": self.learner,
+                "value": self.value}
 
 
-# A benchmark subject is built into two closures over fixed random inputs:
-#   train() -> y (B, T, H) with the graph attached;   step() -> None (one rollout step, no grad)
-Subject = tuple[Callable[[], Tensor], Callable[[], None] | None]
+KINDS = ("train", "learner", "value", "step")
+
+
+# A benchmark subject is built into one closure per kind of KINDS over fixed random inputs
+# (each runs its forward, and backward where the kind trains); a kind it lacks is left out.
+Subject = dict[str, Callable[[], None]]
+
+
+def sequence_closure(forward: Callable[[Tensor, object], Tensor],
+                     make_state: Callable[[int], object], kind: str, rows: int, steps: int,
+                     input_size: int) -> Callable[[], None]:
+    """forward(x, state) -> y on fixed random x (rows, steps, input) and make_state(rows):
+    mean(y).backward() for the training kinds, no gradients for "value"."""
+    x, state = torch.randn(rows, steps, input_size), make_state(rows)
+
+    def run():
+        if kind == "value":
+            with torch.no_grad():
+                forward(x, state)
+        else:
+            forward(x, state).mean().backward()
+    return run
+
+
+def sequence_closures(forward: Callable[[Tensor, object], Tensor],
+                      make_state: Callable[[int], object], sizes: Sizes,
+                      step: Callable[[], None] | None = None) -> Subject:
+    """The closures of one subject: `sequence_closure` at every shape of `sizes`, and step."""
+    closures = {kind: sequence_closure(forward, make_state, kind, rows, steps, sizes.input)
+                for kind, (rows, steps) in sizes.shapes().items()}
+    return closures | ({"step": step} if step is not None else {})
 
 
 def popgym_s4d_state_size(sizes: Sizes) -> int:
@@ -61,64 +104,69 @@ SIZE_OF_PEER: dict[str, Callable[[Sizes], dict]] = {
 
 
 def cell_subject(name: str, sizes: Sizes, **extra) -> Subject:
-    """A registered memory under the interface: scan for training, step for rollout."""
+    """A registered memory under the interface: scan at the sequence shapes, step for rollout."""
     offered = {"memory_size": sizes.memory, "state_size": sizes.state, "seq_len": sizes.steps}
     if name in SIZE_OF_PEER:
         offered.update(SIZE_OF_PEER[name](sizes))
     accepted = memory_models.keywords(name)
-    cell = memory_models.make(name, input_size=sizes.input, hidden_size=sizes.hidden,
-                              **{k: v for k, v in offered.items() if k in accepted} | extra)
-    x = torch.randn(sizes.batch, sizes.steps, sizes.input)
-    start = {k: torch.randn_like(v) * 0.5
-             for k, v in cell.initial_state(sizes.batch).items()}
-    rollout = {"state": start}
+    # the class itself: `extra` may hold implementation options, which `make` refuses
+    cell = memory_models.get(name)(input_size=sizes.input, hidden_size=sizes.hidden,
+                                   **{k: v for k, v in offered.items() if k in accepted} | extra)
 
-    def train():
-        return cell.scan(x, start)[0]
+    def make_state(rows: int):
+        return {k: torch.randn_like(v) * 0.5 for k, v in cell.initial_state(rows).items()}
+
+    x_t = torch.randn(sizes.batch, sizes.input)
+    rollout = {"state": make_state(sizes.batch)}
 
     def step():
         with torch.no_grad():
-            _, rollout["state"] = cell.step(x[:, 0], rollout["state"])
+            _, rollout["state"] = cell.step(x_t, rollout["state"])
 
-    return train, step
+    return sequence_closures(lambda x, state: cell.scan(x, state)[0], make_state, sizes, step)
 
 
 def torch_gru(sizes: Sizes) -> Subject:
     """torch.nn.GRU: fused sequence call for training; step = nn.GRU on a length-1 sequence."""
     gru = nn.GRU(sizes.input, sizes.hidden, batch_first=True)
-    x = torch.randn(sizes.batch, sizes.steps, sizes.input)
-    h0 = torch.randn(1, sizes.batch, sizes.hidden) * 0.5
-    rollout = {"h": h0}
+    x_t = torch.randn(sizes.batch, 1, sizes.input)
+    rollout = {"h": torch.randn(1, sizes.batch, sizes.hidden) * 0.5}
 
     def step():
         with torch.no_grad():
-            _, rollout["h"] = gru(x[:, :1], rollout["h"])
+            _, rollout["h"] = gru(x_t, rollout["h"])
 
-    return (lambda: gru(x, h0)[0]), step
+    return sequence_closures(lambda x, h0: gru(x, h0)[0],
+                             lambda rows: torch.randn(1, rows, sizes.hidden) * 0.5, sizes, step)
 
 
 def popgym_lmu(sizes: Sizes) -> Subject:
     """popgym's LMU layer (its Python loop of LMUCell); step = one LMUCell call."""
     from popgym.baselines.models.lmu import LMU
     lmu = LMU(sizes.input, sizes.hidden, sizes.memory, theta=64.0)
-    x = torch.randn(sizes.batch, sizes.steps, sizes.input)
-    start = (torch.randn(sizes.batch, sizes.hidden) * 0.5,
-             torch.randn(sizes.batch, sizes.memory) * 0.5)
-    rollout = {"state": start}
+
+    def make_state(rows: int):
+        return (torch.randn(rows, sizes.hidden) * 0.5, torch.randn(rows, sizes.memory) * 0.5)
+
+    x_t = torch.randn(sizes.batch, sizes.input)
+    rollout = {"state": make_state(sizes.batch)}
 
     def step():
         with torch.no_grad():
-            rollout["state"] = lmu.cell(x[:, 0], rollout["state"])
+            rollout["state"] = lmu.cell(x_t, rollout["state"])
 
-    return (lambda: lmu(x, start)[0]), step
+    return sequence_closures(lambda x, state: lmu(x, state)[0], make_state, sizes, step)
 
 
 def popgym_lmu_fft(sizes: Sizes) -> Subject:
-    """popgym's LMUFFT (seq_len = T); it has no initial state and no step."""
+    """popgym's LMUFFT (seq_len = T of each shape); it has no initial state and no step."""
     from popgym.baselines.models.lmu import LMUFFT
-    lmu_fft = LMUFFT(sizes.input, sizes.hidden, sizes.memory, seq_len=sizes.steps, theta=64.0)
-    x = torch.randn(sizes.batch, sizes.steps, sizes.input)
-    return (lambda: lmu_fft(x)[0]), None
+    closures: Subject = {}
+    for kind, (rows, steps) in sizes.shapes().items():
+        lmu_fft = LMUFFT(sizes.input, sizes.hidden, sizes.memory, seq_len=steps, theta=64.0)
+        closures[kind] = sequence_closure(lambda x, _, f=lmu_fft: f(x)[0], lambda rows: None,
+                                          kind, rows, steps, sizes.input)
+    return closures
 
 
 def popgym_s4d(sizes: Sizes) -> Subject:
@@ -132,14 +180,14 @@ def popgym_s4d(sizes: Sizes) -> Subject:
               transposed=False)
     core.eval()                                  # S4.step asserts eval mode; no dropout anyway
     core.setup_step()
-    x = torch.randn(sizes.batch, sizes.steps, sizes.input)
+    x_t = torch.randn(sizes.batch, sizes.input)
     rollout = {"state": core.default_state(sizes.batch)}
 
     def step():
         with torch.no_grad():
-            _, rollout["state"] = core.step(project(x[:, 0]), rollout["state"])
+            _, rollout["state"] = core.step(project(x_t), rollout["state"])
 
-    return (lambda: core(project(x))[0]), step
+    return sequence_closures(lambda x, _: core(project(x))[0], lambda rows: None, sizes, step)
 
 
 def event_ssm_sequential(sizes: Sizes) -> Subject:
@@ -155,7 +203,7 @@ def scan_op(scan: Callable[..., Tensor]) -> Callable[[Sizes], Subject]:
         a = torch.exp(A * torch.rand(sizes.batch, sizes.steps, 1)).requires_grad_()
         b = torch.randn(sizes.batch, sizes.steps, modes, dtype=torch.cfloat, requires_grad=True)
         start = torch.randn(sizes.batch, modes, dtype=torch.cfloat)
-        return (lambda: torch.view_as_real(scan(a, b, start))), None
+        return {"train": lambda: torch.view_as_real(scan(a, b, start)).mean().backward()}
     return build
 
 
@@ -174,7 +222,7 @@ PEERS: dict[str, tuple[Callable[[Sizes], Subject], tuple[str, ...]]] = {
 
 @dataclass(frozen=True)
 class Target:
-    """`subject`'s time (train or step) * factor must be <= `peer`'s time."""
+    """`subject`'s time at `kind` (of KINDS) * factor must be <= `peer`'s time."""
     subject: str
     kind: str
     peer: str
@@ -188,6 +236,10 @@ TARGETS = [
     Target("lmu", "train", "popgym.LMU", 1.0, "lmu fwd+bwd no slower than popgym LMU"),
     Target("s4d", "train", REFERENCE, 2.0, "s4d fwd+bwd >= 2x faster than GRU"),
     Target("s4d", "train", "popgym.S4D", 2.0, "s4d fwd+bwd >= 2x faster than popgym S4D"),
+    Target("s4d(state_size=64)", "train", REFERENCE, 3.0,
+           "s4d at its default state size (64) fwd+bwd >= 3x faster than GRU"),
+    Target("s4d(state_size=64)", "learner", "lmu_fft", 0.5,
+           "s4d (state 64) at the learner minibatch no slower than lmu_fft x 2"),
     Target("event_ssm", "train", REFERENCE, 1.0, "event_ssm fwd+bwd no slower than GRU"),
     Target("ops.linear_scan", "train", "ops.linear_scan_sequential", 5.0,
            "event_ssm's parallel scan op fwd+bwd >= 5x its sequential loop"),
@@ -198,6 +250,16 @@ STEP_FACTOR = 2.0      # every registered cell's step latency <= 2x GRU's step
 
 # What a reader of the table needs to weigh a verdict, written under it when the cell is run.
 NOTES = {
+    "s4d": (
+        "s4d at B=16, T=1024 and its default state size (FAIL, 3x GRU) is bounded by the "
+        "projections (the mlp row: the same two matmuls), the FFT convolution of 4096 "
+        "sequences of 1024 steps and the carried state's free response (B·H·T·N real "
+        "multiply-adds, forward and backward); the same cell from a zero state skips the "
+        "last. At the learner minibatch (157 x 53) the FFT convolution over 256 channels x "
+        "157 rows of 53 steps is most of s4d's time beyond the projections; a direct "
+        "(Toeplitz) convolution, which ops.causal_conv_many uses for one signal but "
+        "ops.causal_fft_conv does not offer per channel, measured 157 -> 138 ms there "
+        "(separately, 1 thread, CPU time)."),
     "event_ssm": (
         "The scan targets (parallel scan >= 5x its sequential loop) are bounded by the harness: "
         "the same closure with the scan replaced by one elementwise product "
@@ -209,62 +271,57 @@ NOTES = {
 }
 
 
-def time_train(train: Callable[[], Tensor]) -> float:
-    """Seconds of one forward + backward of y.mean()."""
-    start = time.perf_counter()
-    train().mean().backward()
-    return time.perf_counter() - start
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
 
 
-def time_steps(step: Callable[[], None], steps: int) -> list[float]:
-    """Seconds of each of `steps` rollout steps."""
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
+def time_run(run: Callable[[], None]) -> float:
+    """Seconds of one call on `clock`: wall time, or the process's CPU time (all threads;
+    with one thread, the time a loaded machine lets the call run)."""
+    start = clock()
+    run()
+    return clock() - start
 
 
 def measure(subjects: dict[str, Callable[[], Subject]], repeats: int, steps: int):
-    """Median train and step seconds per subject. Subjects take turns (round robin) so that a
-    change of machine load hits them all alike; each is warmed up first."""
+    """Median seconds per subject and kind ({name: {kind: seconds}}). Subjects take turns
+    (round robin) so that a change of machine load hits them all alike; each kind is warmed
+    up first (steps: a tenth of them)."""
     built = {}
     for name, build in subjects.items():
         torch.manual_seed(0)
-        train, step = built[name] = build()
-        time_train(train)
-        if step is not None:
-            time_steps(step, max(steps // 10, 1))
-    train_times = {name: [] for name in built}
-    step_times = {name: [] for name, (_, step) in built.items() if step is not None}
+        built[name] = build()
+        for kind, run in built[name].items():
+            for _ in range(max(steps // 10, 1) if kind == "step" else 1):
+                run()
+    times = {name: {kind: [] for kind in closures} for name, closures in built.items()}
     for _ in range(repeats):
-        for name, (train, step) in built.items():
-            train_times[name].append(time_train(train))
-            if step is not None:
-                step_times[name] += time_steps(step, steps // repeats)
+        for name, closures in built.items():
+            for kind, run in closures.items():
+                times[name][kind] += [time_run(run) for _ in
+                                      range(steps // repeats if kind == "step" else 1)]
     results = {}
     for name in built:
-        train_s = statistics.median(train_times[name])
-        step_s = statistics.median(step_times[name]) if name in step_times else None
-        results[name] = (train_s, step_s)
-        step_text = f"{step_s * 1e6:9.1f} us" if step_s is not None else "      n/a"
-        print(f"  measured {name:16s} train {train_s * 1e3:9.1f} ms   step {step_text}",
-              flush=True)
+        results[name] = {kind: statistics.median(t) for kind, t in times[name].items()}
+        print(f"  measured {name:22s} " + "  ".join(
+            f"{kind} {_format(kind, results[name].get(kind))}" for kind in KINDS), flush=True)
     return results
+
+
+def _format(kind: str, seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds * 1e6:.1f} us" if kind == "step" else f"{seconds * 1e3:.1f} ms"
 
 
 def verdicts(results, cells: list[str]) -> list[tuple[str, str, str]]:
     """(check, measured, PASS/FAIL) for every target whose subject and peer were measured."""
     rows = []
-    index = {"train": 0, "step": 1}
     checks = list(TARGETS) + [Target(c, "step", REFERENCE, 1 / STEP_FACTOR,
                                      f"{c} step <= {STEP_FACTOR:g}x GRU step") for c in cells]
     for target in checks:
-        if target.subject not in results or target.peer not in results:
-            continue
-        mine = results[target.subject][index[target.kind]]
-        theirs = results[target.peer][index[target.kind]]
+        mine = results.get(target.subject, {}).get(target.kind)
+        theirs = results.get(target.peer, {}).get(target.kind)
         if mine is None or theirs is None:
             continue
         speedup = theirs / mine
@@ -274,15 +331,22 @@ def verdicts(results, cells: list[str]) -> list[tuple[str, str, str]]:
 
 
 def table(results, cells: list[str]) -> list[str]:
-    gru_train, gru_step = results[REFERENCE]
-    lines = ["| model | kind | train fwd+bwd (ms) | / GRU | step (us) | / GRU step |",
-             "|---|---|---:|---:|---:|---:|"]
-    for name, (train_s, step_s) in results.items():
-        kind = "cell" if name in cells else "peer"
-        step = (f"{step_s * 1e6:.1f} | {step_s / gru_step:.2f}" if step_s is not None
-                else "n/a | n/a")
-        lines.append(f"| {name} | {kind} | {train_s * 1e3:.1f} | {train_s / gru_train:.2f} | "
-                     f"{step} |")
+    """One row per subject: each kind's time and its ratio to torch's GRU at that kind."""
+    gru = results[REFERENCE]
+    units = {"train": "ms", "learner": "ms", "value": "ms", "step": "us"}
+    lines = ["| model | kind | " + " | ".join(f"{kind} ({units[kind]}) | / GRU" for kind in KINDS)
+             + " |", "|---|---|" + "---:|---:|" * len(KINDS)]
+    for name, times in results.items():
+        cols = []
+        for kind in KINDS:
+            t = times.get(kind)
+            if t is None:
+                cols += ["n/a", "n/a"]
+                continue
+            scale = 1e6 if kind == "step" else 1e3
+            cols += [f"{t * scale:.1f}", f"{t / gru[kind]:.2f}" if kind in gru else "n/a"]
+        lines.append(f"| {name} | {'cell' if name in cells else 'peer'} | "
+                     + " | ".join(cols) + " |")
     return lines
 
 
@@ -303,12 +367,18 @@ def main(argv=None) -> int:
                                          f"available: {','.join(memory_models.available())}")
     parser.add_argument("--repeats", type=int, default=None, help="timed fwd+bwd runs (5)")
     parser.add_argument("--steps", type=int, default=None, help="timed rollout steps (300)")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated subset of {','.join(KINDS)}")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall time, or CPU time (use with --threads 1 on a shared machine)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown results file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: leave as is)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS[args.clock]
 
     sizes = Sizes(steps=256) if args.quick else Sizes()
     repeats = args.repeats or (3 if args.quick else 5)
@@ -320,16 +390,26 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"unknown model(s) {unknown}; available: {memory_models.available()}")
 
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if set(kinds) - set(KINDS):
+        parser.error(f"unknown kinds {sorted(set(kinds) - set(KINDS))}; available: {KINDS}")
+
+    def only(build: Callable[[], Subject]) -> Callable[[], Subject]:
+        return lambda: {k: run for k, run in build().items() if k in kinds}
+
     subjects: dict[str, Callable[[], Subject]] = {}
     for peer, (build, related) in PEERS.items():
         if not related or set(related) & set(cells):
-            subjects[peer] = lambda build=build: build(sizes)
+            subjects[peer] = only(lambda build=build: build(sizes))
     for cell in cells:
-        subjects[cell] = lambda cell=cell: cell_subject(cell, sizes)
+        subjects[cell] = only(lambda cell=cell: cell_subject(cell, sizes))
 
     print(f"B={sizes.batch} T={sizes.steps} input={sizes.input} hidden={sizes.hidden} "
-          f"memory={sizes.memory} state={sizes.state} float32 CPU threads={torch.get_num_threads()}")
+          f"memory={sizes.memory} state={sizes.state} float32 CPU "
+          f"threads={torch.get_num_threads()}")
+    load_before = os.getloadavg()
     results = measure(subjects, repeats, n_steps)
+    load_after = os.getloadavg()
     lines = table(results, cells)
     checks = verdicts(results, cells)
 
@@ -338,16 +418,23 @@ def main(argv=None) -> int:
         "# Cell speed benchmark", "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- command: `{command.strip()}`",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_name()}",
+        f"- torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_name()}; "
+        f"clock: {args.clock} time",
         f"- sizes: B={sizes.batch}, T={sizes.steps}, input={sizes.input}, hidden={sizes.hidden}, "
         f"memory_size={sizes.memory}, state_size={sizes.state}, float32",
         *(f"- {name} runs at its peer's size: "
           + ", ".join(f"{k}={v}" for k, v in size(sizes).items())
-          + " (popgym S4D's own rule); s4d(state_size=64) is for information"
+          + " (popgym S4D's own rule); s4d(state_size=64) is s4d at its default size"
           for name, size in SIZE_OF_PEER.items() if name in cells),
-        f"- train: scan from a non-zero initial state, loss = y.mean(), backward; median of "
-        f"{repeats} after a warm-up. step: no grad, batch {sizes.batch}, median of {n_steps}. "
-        "Subjects take turns (round robin) within each repeat.",
+        f"- train: B={sizes.batch} x T={sizes.steps}; learner: the PPO minibatch "
+        f"{sizes.learner[0]} rows x {sizes.learner[1]} steps (RepeatPreviousEasy at POPGym's "
+        f"protocol); both scan from a non-zero initial state, loss = y.mean(), backward. "
+        f"value: the GAE value pass, {sizes.value[0]} rows x {sizes.value[1]} steps, forward "
+        f"without gradients. Median of {repeats} after a warm-up. step: no grad, batch "
+        f"{sizes.batch}, median of {n_steps}. Subjects take turns (round robin) within each "
+        "repeat.",
+        f"- load average (1 min) {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the "
+        "end; CPU only (no GPU was available to this run)",
         "- GRU step = one `nn.GRU` call on a length-1 sequence; popgym.LMU step = one "
         "`LMUCell` call; popgym.LMUFFT has no initial state and no step.", "",
         *lines, "",
