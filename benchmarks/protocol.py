@@ -1,0 +1,616 @@
+"""One PPO iteration at POPGym's protocol, sampling and learning timed apart, for every memory.
+
+    .venv/bin/python benchmarks/protocol.py [--epochs 30] [--tasks RepeatPreviousEasy,...]
+                                            [--subjects gru,popgym:GRU,...] [--warmup 1]
+                                            [--iterations 1] [--envs 16,64] [--out FILE]
+
+Every subject trains PPO with `experiments.training.POPGYM_PPO` (batch 65536, minibatch 8192,
+30 epochs, BPTT 1024, complete episodes, POPGym's widths) except that the env runner is local:
+num_env_runners = 0 with 16 envs (a 2-core machine has no cores for 4 runners), and the epochs
+can be lowered (--epochs) for a quick run. After --warmup iterations (none by default: a
+30-epoch iteration dwarfs the first iteration's allocations and first calls; use --warmup 1
+with few epochs), --iterations are timed; sampling = the local env runner's
+`sample()` calls, learning = the rest of `algo.train()` (GAE value pass, connectors, the
+minibatch updates, weight sync).
+
+Subjects:
+  <memory>      ours: MemoryRLModule on the new API stack, built by experiments.training.ppo_config
+                (its env runner and old-stack minibatches) as users run it
+  popgym:GRU / popgym:LMU / popgym:S4D
+                POPGym's own models on RLlib's old API stack, the class itself as
+                model["custom_model"] with popgym/baselines/ppo.py's custom_model_config
+  rllib-lstm    RLlib's built-in LSTM (new stack, DefaultPPOTorchRLModule, use_lstm=True,
+                cell 256, encoder 128, heads 128 x 128, shared encoder)
+
+Beside each, its floors, measured in this process with the same network:
+  env        the env alone: the sampled steps at the rate of 16 envs stepped with random
+             actions (gymnasium SyncVectorEnv, autoreset)
+  forward    the network's rollout forward for the sampled steps (batch 16, T = 1, no grad;
+             the old stack also computes the value there)
+  learn      forward + backward of memory and heads on every minibatch the learner trained
+             on (shapes recorded during the timed iteration, each distinct one replayed once and
+             counted as often as it ran), plus the GAE value pass (forward, no grad)
+and the hours a 15M-step trial would take at the measured iteration time (15M / batch
+iterations), on this machine with local sampling.
+
+--envs 16,64 adds a sampling-only comparison (one `sample()` after a warm-up) of 16 and 64
+envs per env runner for a few subjects (ENV_SUBJECTS).
+
+Every measurement runs in a fresh process (its own Ray) capped at MEMORY_LIMIT of address
+space, so a subject that runs out of memory fails alone and is listed with its error. Writes
+markdown to benchmarks/results/protocol.md (--out to change) and the raw numbers beside it
+(.json) after every subject; --resume keeps those and runs only the missing or failed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results" / "protocol.md"
+TASKS = ("RepeatPreviousEasy", "RepeatFirstMedium")       # fixed 52-step and 415-step episodes
+POPGYM_PEERS = ("popgym:GRU", "popgym:LMU", "popgym:S4D")
+RLLIB_LSTM = "rllib-lstm"
+REFERENCE = "popgym:GRU"
+ENV_SUBJECTS = ("gru", "s4d", "lmu_fft")                   # for the --envs comparison
+TRIAL_STEPS = 15_000_000
+clock = time.process_time          # CPU time of this process, all its threads (see the docstring)
+ENVS = 16
+MEMORY_LIMIT = 20 << 30            # address space of one subject's process (the machine: 24 GiB)
+
+# targets on RepeatPreviousEasy (issue 8): iteration speed-up over POPGym's GRU, and our
+# memory -> its POPGym peer (faster than it)
+SPEEDUP_TARGETS = {"gru": 1.1, "lmu_fft": 2.0, "event_ssm": 2.0, "s4d": 2.0}
+PEER_TARGETS = {"lmu": "popgym:LMU"}
+FLOOR_TARGET = 1.5                      # learning time <= 1.5 x the learn floor
+
+
+# What a reader of the tables needs to weigh them (from the code of RLlib 2.60 and popgym).
+NOTES = [
+    "Peak memory and s4d's sampling: RLlib's new-stack env runner keeps every step's STATE_OUT "
+    "in its episode. s4d's state is hidden x state_size/2 x (re, im) = 256 x 32 x 2 floats "
+    "(64 KiB) per env and step, 4 GiB per 65536-step batch before the runner's copies, against "
+    "1 KiB for gru: its sampling time above the others' is that bookkeeping (its forward floor "
+    "is theirs), and it grows with state_size.",
+    "rllib-lstm pads every learner row to max_seq_len (1024) and runs its LSTM over the "
+    "padding; on 52-step episodes its value pass over the whole batch asks for one tensor "
+    "larger than MEMORY_LIMIT (failed: out of memory).",
+    "The new stack hands the learner rows padded to max_seq_len and RLlib's PPO loss runs over "
+    "all (rows, 1024) steps (our module cuts the padding before the memory and the heads, and "
+    "restores it for the loss): learning minus the learn floor is largest where episodes are "
+    "short (RepeatPreviousEasy: 53 of 1024 steps valid).",
+    "popgym:S4D runs every training row from a zero state (its forward ignores the stored "
+    "state), so its learn floor is that of a cell that carries none.",
+]
+
+
+# --------------------------------------------------------------------------- configs
+def task_id(task: str) -> str:
+    return task if task.startswith("popgym-") else f"popgym-{task}-v0"
+
+
+def protocol(epochs: int, envs: int) -> dict:
+    """POPGYM_PPO with a local env runner of `envs` envs and `epochs` epochs."""
+    from experiments.training import POPGYM_PPO
+    return {**POPGYM_PPO, "num_env_runners": 0, "num_envs_per_env_runner": envs,
+            "num_epochs": epochs}
+
+
+def build_config(subject: str, task: str, epochs: int, envs: int = ENVS):
+    settings = protocol(epochs, envs)
+    if subject == RLLIB_LSTM:
+        return rllib_lstm_config(task, settings)
+    if subject.startswith("popgym:"):
+        from experiments.old_stack import old_stack_ppo_config
+        from experiments.popgym_models import custom_model_config, popgym_class
+        return old_stack_ppo_config(env=task_id(task), custom_model=popgym_class(subject),
+                                    custom_model_config=custom_model_config({}, {}),
+                                    **settings)
+    from experiments.training import ppo_config
+    return ppo_config(env=task_id(task), memory=subject, **settings)
+
+
+def rllib_lstm_config(task: str, settings: dict):
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    from experiments.defaults import POPGYM_SIZES
+    from experiments.training import register_rllib_envs
+    register_rllib_envs()
+    settings = dict(settings)
+    runners = {k: settings.pop(k) for k in ("num_env_runners", "num_envs_per_env_runner",
+                                            "batch_mode")}
+    model = DefaultModelConfig(fcnet_hiddens=[POPGYM_SIZES["pre_size"]],
+                               fcnet_activation="relu", use_lstm=True,
+                               lstm_cell_size=POPGYM_SIZES["hidden_size"],
+                               max_seq_len=settings.pop("max_seq_len"),
+                               head_fcnet_hiddens=[POPGYM_SIZES["head_size"]] * 2,
+                               vf_share_layers=True)
+    return (PPOConfig().framework("torch").environment(task_id(task))
+            .env_runners(**runners).rl_module(model_config=model).training(**settings))
+
+
+# --------------------------------------------------------------------------- recording
+@dataclass
+class Recorder:
+    """Shapes of the learner's network calls during the timed iterations."""
+    train: collections.Counter = field(default_factory=collections.Counter)
+    value: collections.Counter = field(default_factory=collections.Counter)
+    sampling_s: float = 0.0
+    sample_calls: int = 0
+
+
+def instrument(algo, recorder: Recorder) -> None:
+    """Time the local env runner's sample() and record the shapes the learner trains on."""
+    runner = algo.env_runner_group.local_env_runner
+    sample = runner.sample
+
+    def timed_sample(*args, **kwargs):
+        start = clock()
+        try:
+            return sample(*args, **kwargs)
+        finally:
+            recorder.sampling_s += clock() - start
+            recorder.sample_calls += 1
+
+    runner.sample = timed_sample
+    if algo.config.enable_rl_module_and_learner:
+        _record_new_stack(algo, recorder)
+    else:
+        _record_old_stack(algo, recorder)
+
+
+def _key(obs_shape, seq_lens) -> tuple:
+    lengths = () if seq_lens is None else tuple(int(n) for n in seq_lens)
+    return tuple(obs_shape), lengths
+
+
+def _record_new_stack(algo, recorder: Recorder) -> None:
+    from ray.rllib.core.columns import Columns
+    module = algo.learner_group._learner.module["default_policy"]
+    forward_train, compute_values = module.forward_train, module.compute_values
+
+    def recorded_forward_train(batch, **kwargs):
+        recorder.train[_key(batch[Columns.OBS].shape, batch.get(Columns.SEQ_LENS))] += 1
+        return forward_train(batch, **kwargs)
+
+    def recorded_compute_values(batch, embeddings=None):
+        if embeddings is None:                              # the GAE pass over the batch
+            recorder.value[_key(batch[Columns.OBS].shape, batch.get(Columns.SEQ_LENS))] += 1
+        return compute_values(batch, embeddings)
+
+    module.forward_train, module.compute_values = recorded_forward_train, recorded_compute_values
+
+
+def _record_old_stack(algo, recorder: Recorder) -> None:
+    import torch
+    model = algo.get_policy().model
+    forward = model.forward
+
+    def recorded_forward(input_dict, state, seq_lens):
+        if torch.is_grad_enabled():                         # learning, not sampling
+            recorder.train[_key(input_dict["obs"].shape, seq_lens)] += 1
+        return forward(input_dict, state, seq_lens)
+
+    model.forward = recorded_forward
+
+
+# --------------------------------------------------------------------------- floors
+def env_rate(task: str, envs: int, steps: int = 4096) -> float:
+    """Env steps per second of `envs` envs stepped together with random actions."""
+    import gymnasium as gym
+
+    import envs as memrl_envs
+    vector = gym.vector.SyncVectorEnv([lambda: memrl_envs.make_env(task_id(task))] * envs)
+    vector.reset(seed=0)
+    vector.action_space.seed(0)
+    for _ in range(16):
+        vector.step(vector.action_space.sample())
+    start = clock()
+    for _ in range(steps // envs):
+        vector.step(vector.action_space.sample())
+    rate = (steps // envs) * envs / (clock() - start)
+    vector.close()
+    return rate
+
+
+class Network:
+    """The subject's network from a built algorithm, callable outside RLlib's loops."""
+
+    def __init__(self, algo):
+        import numpy as np
+        import torch
+        import tree
+        self.torch, self.np, self.tree = torch, np, tree
+        self.new_stack = algo.config.enable_rl_module_and_learner
+        if self.new_stack:
+            self.module = algo.learner_group._learner.module["default_policy"]
+            self.state = self.module.get_initial_state() if self.module.is_stateful() else None
+            self.obs_size = self.module.observation_space.shape[0]
+        else:
+            self.model = algo.get_policy().model
+            self.state = [s.float() for s in self.model.get_initial_state()]
+            self.obs_size = self.model.obs_space.shape[0]
+
+    def _expand(self, state, rows):
+        torch, np = self.torch, self.np
+        return self.tree.map_structure(
+            lambda v: torch.as_tensor(v)[None].expand(rows, *np.shape(v)).clone(), state)
+
+    def _new_batch(self, obs_shape, lengths):
+        from ray.rllib.core.columns import Columns
+        obs = self.torch.rand(*obs_shape)
+        if self.state is None:
+            return {Columns.OBS: obs}
+        batch = {Columns.OBS: obs, Columns.STATE_IN: self._expand(self.state, obs_shape[0])}
+        if lengths:
+            batch[Columns.SEQ_LENS] = self.torch.tensor(lengths)
+        return batch
+
+    def _old_call(self, obs_shape, lengths):
+        torch = self.torch
+        rows = len(lengths) if lengths else obs_shape[0]
+        seq_lens = torch.tensor(lengths or [1] * rows, dtype=torch.int32)
+        logits, _ = self.model({"obs": torch.rand(*obs_shape)},
+                               [self._expand(s, rows) for s in self.state], seq_lens)
+        return logits, self.model.value_function()
+
+    def rollout_step_s(self, envs: int, calls: int = 100) -> float:
+        """Seconds of one rollout forward for `envs` envs (T = 1, no grad)."""
+        torch = self.torch
+        if self.new_stack:
+            batch = self._new_batch((envs, 1, self.obs_size) if self.state is not None
+                                    else (envs, self.obs_size), [])
+            batch.pop("seq_lens", None)
+
+            def call():
+                self.module.forward_exploration(batch)
+        else:
+            def call():
+                self._old_call((envs, self.obs_size), [1] * envs)
+        with torch.no_grad():
+            for _ in range(10):
+                call()
+            start = clock()
+            for _ in range(calls):
+                call()
+        return (clock() - start) / calls
+
+    def learn_s(self, recorder: Recorder, repeats: int = 2) -> float:
+        """Forward + backward (loss = sum of logits and values) of every recorded minibatch,
+        each distinct shape timed (best of `repeats`) and counted as often as it ran; plus the
+        value passes, forward only."""
+        torch = self.torch
+
+        def train(obs_shape, lengths):
+            if self.new_stack:
+                batch = self._new_batch(obs_shape, lengths)
+                out = self.module.forward_train(batch)
+                values = self.module.compute_values(batch, out.get("embeddings"))
+                logits = out["action_dist_inputs"]
+            else:
+                logits, values = self._old_call(obs_shape, lengths)
+            (logits.sum() + values.sum()).backward()
+
+        def value(obs_shape, lengths):
+            with torch.no_grad():
+                self.module.compute_values(self._new_batch(obs_shape, lengths))
+
+        total = 0.0
+        for calls, run in ((recorder.train, train), (recorder.value, value)):
+            for (obs_shape, lengths), count in calls.items():
+                times = []
+                for _ in range(repeats):
+                    start = clock()
+                    run(obs_shape, list(lengths))
+                    times.append(clock() - start)
+                total += min(times) * count
+        if self.new_stack:
+            self.module.zero_grad(set_to_none=True)
+        else:
+            self.model.zero_grad(set_to_none=True)
+        return total
+
+
+# --------------------------------------------------------------------------- measuring
+def measure(subject: str, task: str, epochs: int, warmup: int, iterations: int) -> dict:
+    config = build_config(subject, task, epochs)
+    batch = config.train_batch_size_per_learner if config.enable_rl_module_and_learner \
+        else config.train_batch_size
+    algo = config.build_algo()
+    try:
+        for _ in range(warmup):
+            algo.train()
+        recorder = Recorder()
+        instrument(algo, recorder)
+        steps_before = _steps_sampled(algo)
+        load_before, wall, start = os.getloadavg()[0], time.perf_counter(), clock()
+        for _ in range(iterations):
+            algo.train()
+        iteration_s = (clock() - start) / iterations
+        wall_s = (time.perf_counter() - wall) / iterations
+        load = (load_before + os.getloadavg()[0]) / 2
+        steps = (_steps_sampled(algo) - steps_before) / iterations
+        sampling_s = recorder.sampling_s / iterations
+        network = Network(algo)
+        for counter in (recorder.train, recorder.value):         # per iteration
+            for key in counter:
+                counter[key] /= iterations
+        learn_floor = network.learn_s(recorder)
+        forward_s = network.rollout_step_s(ENVS) * steps / ENVS
+        minibatches = sum(recorder.train.values()) / max(epochs, 1)
+        rows = [shape[0] if not lengths else len(lengths)
+                for (shape, lengths) in recorder.train]
+    finally:
+        algo.stop()
+    return {"iteration_s": iteration_s, "wall_s": wall_s, "load": load,
+            "sampling_s": sampling_s,
+            "learning_s": iteration_s - sampling_s, "steps": steps, "batch": batch,
+            "forward_floor_s": forward_s, "learn_floor_s": learn_floor,
+            "minibatches_per_epoch": minibatches,
+            "rows_per_minibatch": statistics.mean(rows) if rows else float("nan")}
+
+
+def _steps_sampled(algo) -> int:
+    from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+    if algo.config.enable_env_runner_and_connector_v2:
+        return int(algo.metrics.peek(("env_runners", NUM_ENV_STEPS_SAMPLED_LIFETIME),
+                                     default=0))
+    return int(algo._counters[NUM_ENV_STEPS_SAMPLED_LIFETIME]) \
+        if NUM_ENV_STEPS_SAMPLED_LIFETIME in algo._counters \
+        else int(algo._counters["num_env_steps_sampled"])
+
+
+def sampling_only(subject: str, task: str, envs: int) -> float:
+    """CPU seconds of one sample() of the local env runner (a train batch). Built (envs made)
+    first; one call only, since a state as large as s4d's makes two batches of episodes
+    outgrow MEMORY_LIMIT."""
+    algo = build_config(subject, task, epochs=1, envs=envs).build_algo()
+    try:
+        start = clock()
+        algo.env_runner_group.local_env_runner.sample()
+        return clock() - start
+    finally:
+        algo.stop()
+
+
+def in_child(job: dict, threads: int | None, timeout_s: float) -> dict | float:
+    """Run one measurement (`job`: {"fn": "measure" or "sampling_only", "args": [...]}) in a
+    fresh Python process with its own Ray, capped at MEMORY_LIMIT bytes of address space, so
+    that a subject that runs out of memory fails alone. -> its result or {"error": ...}."""
+    with tempfile.TemporaryDirectory(prefix="protocol_job_") as folder:
+        out = Path(folder) / "result.json"
+        command = [sys.executable, __file__, "--child", json.dumps(job), "--child-out", str(out)]
+        if threads is not None:
+            command += ["--threads", str(threads)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout_s:.0f} s", "traceback": ""}
+        if out.exists():
+            return json.loads(out.read_text())
+        why = (f"killed by signal {-done.returncode}" if done.returncode < 0
+               else f"exit status {done.returncode}")
+        return {"error": f"{why}; last output: {done.stderr.strip().splitlines()[-1:]}"[:300],
+                "traceback": done.stderr[-3000:]}
+
+
+def child(job: dict, out: Path) -> None:
+    """The child side of `in_child`: the measurement, its result (or error) as JSON."""
+    import resource
+
+    import ray
+    import ray.tune.trainable.trainable as trainable
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    trainable.DEFAULT_STORAGE_PATH = tempfile.mkdtemp(prefix="protocol_")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        result = {"measure": measure, "sampling_only": sampling_only}[job["fn"]](*job["args"])
+        if isinstance(result, dict):          # peak resident memory of the process, GiB
+            result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    except BaseException as error:  # noqa: BLE001 - a subject that fails is a finding
+        result = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300],
+                  "traceback": traceback.format_exc()}
+    finally:
+        ray.shutdown()
+    out.write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- report
+def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) -> str:
+    """The markdown report; `runs`: [{command, date, loads (start, end)}] of every invocation
+    that measured part of it (several with --resume)."""
+    import ray
+    import torch
+    lines = [
+        "# One PPO iteration at POPGym's protocol, sampling and learning apart", "",
+        *(f"- command: `.venv/bin/python benchmarks/protocol.py {run['command']}`".rstrip()
+          + f" ({run['date']}; load average (1, 5, 15 min) at the start "
+          f"{', '.join(f'{v:.2f}' for v in run['loads'][0])}, at the end "
+          f"{', '.join(f'{v:.2f}' for v in run['loads'][-1])})" for run in runs),
+        f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with "
+        f"other work, no GPU available; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), ray {ray.__version__}",
+        f"- settings: `POPGYM_PPO` (batch 65536, minibatch 8192, {args.epochs} epochs, BPTT "
+        "1024, complete episodes, pre 128 / memory 256 / heads 128) with **num_env_runners=0**: "
+        f"the env runner is local, {ENVS} envs, sampling and learning share the process; "
+        f"{args.warmup} warm-up iteration(s), then {args.iterations} timed; each subject in "
+        "its own process, one after the other",
+        "- times are **CPU seconds** of that process (torch threads as above): the machine was "
+        "shared, so wall time measured the other work too (its iteration wall time and the "
+        "mean 1-min load average during it are listed); with 1 thread on an idle machine the "
+        "two agree",
+        "- sampling: the env runner's `sample()` calls; learning: the rest of `algo.train()` "
+        "(GAE value pass, connectors, minibatch updates). Floors: env = the sampled steps at "
+        "the rate of 16 envs stepped with random actions; forward = the network's rollout "
+        "forward (batch 16, no grad) for those steps; learn = forward + backward of memory and "
+        "heads on the recorded minibatch shapes, plus the value pass",
+        f"- 15M-step trial: {TRIAL_STEPS:,} / batch iterations at the measured iteration time "
+        "(this machine, local sampling; POPGym's 4 env runners would sample in parallel)", ""]
+    for task, rows in results.items():
+        lines += [f"## {task}", "",
+                  f"env alone: {env_rates[task]:.0f} steps/s with {ENVS} envs", "",
+                  "| subject | iteration s | sampling s | learning s | env floor s | "
+                  "forward floor s | learn floor s | learning / learn floor | "
+                  "minibatches x rows | iteration vs popgym:GRU | 15M-step trial h | "
+                  "wall s (load) | peak memory GiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        reference = rows.get(REFERENCE, {}).get("iteration_s")
+        for subject, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {subject} | failed: {r['error']} |" + " |" * 12)
+                continue
+            env_floor = r["steps"] / env_rates[task]
+            speedup = f"{reference / r['iteration_s']:.2f}x" if reference else "-"
+            hours = r["iteration_s"] * math.ceil(TRIAL_STEPS / r["batch"]) / 3600
+            lines.append(
+                f"| {subject} | {r['iteration_s']:.1f} | {r['sampling_s']:.1f} | "
+                f"{r['learning_s']:.1f} | {env_floor:.1f} | {r['forward_floor_s']:.1f} | "
+                f"{r['learn_floor_s']:.1f} | {r['learning_s'] / r['learn_floor_s']:.2f} | "
+                f"{r['minibatches_per_epoch']:.0f} x {r['rows_per_minibatch']:.0f} | "
+                f"{speedup} | {hours:.1f} | {r['wall_s']:.0f} ({r['load']:.1f}) | "
+                f"{r['peak_rss_gib']:.1f} |")
+        lines.append("")
+        lines += targets(task, rows) + [""]
+    if env_compare:
+        lines += ["## Sampling with 16 vs 64 envs per env runner", "",
+                  "CPU seconds of one `sample()` of a train batch (65536 steps), local env runner, "
+                  "first task.", "",
+                  "| subject | 16 envs s | 64 envs s | 64 / 16 |", "|---|---:|---:|---:|"]
+        for subject, times in env_compare.items():
+            a, b = times.get("16"), times.get("64")
+            ratio = f"{b / a:.2f}" if isinstance(a, float) and isinstance(b, float) else "-"
+            lines.append(f"| {subject} | {_num(a)} | {_num(b)} | {ratio} |")
+        lines.append("")
+    lines += ["## Notes", "", *(f"- {note}" for note in NOTES), ""]
+    errors = [f"### {task} {s}\n\n```\n{r['traceback']}```" for task, rows in results.items()
+              for s, r in rows.items() if "error" in r]
+    return "\n".join(lines + (["## Errors", "", *errors] if errors else []))
+
+
+def _num(value) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def targets(task: str, rows: dict) -> list[str]:
+    """Issue 8's targets that this run measured, PASS/FAIL."""
+    out = ["Targets:"]
+    ok = {s: r for s, r in rows.items() if "error" not in r}
+    reference = ok.get(REFERENCE, {}).get("iteration_s")
+    if task == TASKS[0] and reference:
+        for subject, factor in SPEEDUP_TARGETS.items():
+            if subject in ok:
+                speedup = reference / ok[subject]["iteration_s"]
+                out.append(f"- {subject} iteration >= {factor}x popgym:GRU: {speedup:.2f}x "
+                           f"{'PASS' if speedup >= factor else 'FAIL'}")
+        for subject, peer in PEER_TARGETS.items():
+            if subject in ok and peer in ok:
+                speedup = ok[peer]["iteration_s"] / ok[subject]["iteration_s"]
+                out.append(f"- {subject} iteration faster than {peer}: {speedup:.2f}x "
+                           f"{'PASS' if speedup > 1 else 'FAIL'}")
+    for subject, r in ok.items():
+        if subject.startswith("popgym:") or subject == RLLIB_LSTM:
+            continue
+        ratio = r["learning_s"] / r["learn_floor_s"]
+        out.append(f"- {subject} learning within {FLOOR_TARGET}x its learn floor: {ratio:.2f}x "
+                   f"{'PASS' if ratio <= FLOOR_TARGET else 'FAIL'}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=None, help="num_epochs (POPGym: 30)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated POPGym ids")
+    parser.add_argument("--subjects", help="comma-separated (default: every registered "
+                                           "memory, the POPGym peers and rllib-lstm)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed iterations first (use 1 with few --epochs)")
+    parser.add_argument("--iterations", type=int, default=1, help="timed iterations")
+    parser.add_argument("--envs", default="", help="e.g. 16,64: sampling-only comparison")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="seconds one subject may take")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the measurements of --out's .json, run the missing/failed")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)          # in_child's job (JSON)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = argv
+
+    import torch
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(json.loads(args.child), Path(args.child_out))
+        return 0
+
+    import memory_models
+    from experiments.training import POPGYM_PPO
+    args.epochs = args.epochs or POPGYM_PPO["num_epochs"]
+    subjects = (args.subjects.split(",") if args.subjects else
+                [*memory_models.available(), *POPGYM_PEERS, RLLIB_LSTM])
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    saved = args.out.with_suffix(".json")
+    earlier = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
+    results: dict[str, dict] = earlier.get("results", {})
+    env_rates = {task: env_rate(task, ENVS) for task in tasks} | earlier.get("env_rates", {})
+    env_compare: dict[str, dict] = earlier.get("env_compare", {})
+    runs = earlier.get("runs", []) + [{
+        "command": " ".join(argv), "loads": [os.getloadavg()],
+        "date": datetime.datetime.now().isoformat(timespec="seconds")}]
+
+    def write():
+        runs[-1]["loads"][1:] = [os.getloadavg()]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(render(results, env_rates, env_compare, args, runs) + "\n")
+        saved.write_text(json.dumps({"results": results, "env_rates": env_rates,
+                                     "env_compare": env_compare, "runs": runs}, indent=1))
+
+    for task in tasks:
+        results.setdefault(task, {})
+        for subject in subjects:
+            if "error" not in results[task].get(subject, {"error": "not run"}):
+                continue                                    # --resume: measured already
+            job = {"fn": "measure",
+                   "args": [subject, task, args.epochs, args.warmup, args.iterations]}
+            r = results[task][subject] = in_child(job, args.threads, args.timeout)
+            print(f"{task} {subject}: " + (r["error"] if "error" in r else
+                  f"iteration {r['iteration_s']:.1f}s = sampling {r['sampling_s']:.1f} + "
+                  f"learning {r['learning_s']:.1f} (learn floor {r['learn_floor_s']:.1f})"),
+                  flush=True)
+            write()
+    for envs in [int(e) for e in args.envs.split(",") if e]:
+        for subject in ENV_SUBJECTS:
+            if isinstance(env_compare.get(subject, {}).get(str(envs)), float):
+                continue
+            r = in_child({"fn": "sampling_only", "args": [subject, tasks[0], envs]},
+                         args.threads, args.timeout)
+            env_compare.setdefault(subject, {})[str(envs)] = r if isinstance(r, float) \
+                else "failed"
+            print(f"sampling {subject} {envs} envs: {r}", flush=True)
+            write()
+    write()
+    print(args.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
