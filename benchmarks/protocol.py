@@ -440,18 +440,18 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) 
     lines = [
         "# One PPO iteration at POPGym's protocol, sampling and learning apart", "",
         *(f"- command: `.venv/bin/python benchmarks/protocol.py {run['command']}`".rstrip()
-          + f" ({run['date']}; load average (1, 5, 15 min) at the start "
+          + f" ({run['date']}, {run['threads']} torch thread(s); load average (1, 5, 15 min) "
+          "at the start "
           f"{', '.join(f'{v:.2f}' for v in run['loads'][0])}, at the end "
           f"{', '.join(f'{v:.2f}' for v in run['loads'][-1])})" for run in runs),
         f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with "
-        f"other work, no GPU available; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), ray {ray.__version__}",
+        f"other work, no GPU available; torch {torch.__version__}, ray {ray.__version__}",
         f"- settings: `POPGYM_PPO` (batch 65536, minibatch 8192, {args.epochs} epochs, BPTT "
         "1024, complete episodes, pre 128 / memory 256 / heads 128) with **num_env_runners=0**: "
         f"the env runner is local, {ENVS} envs, sampling and learning share the process; "
         f"{args.warmup} warm-up iteration(s), then {args.iterations} timed; each subject in "
         "its own process, one after the other",
-        "- times are **CPU seconds** of that process (torch threads as above): the machine was "
+        "- times are **CPU seconds** of that process (all its threads): the machine was "
         "shared, so wall time measured the other work too (its iteration wall time and the "
         "mean 1-min load average during it are listed); with 1 thread on an idle machine the "
         "two agree",
@@ -549,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds one subject may take")
     parser.add_argument("--resume", action="store_true",
                         help="keep the measurements of --out's .json, run the missing/failed")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite --out from its .json, measuring nothing")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", help=argparse.SUPPRESS)          # in_child's job (JSON)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -569,12 +571,18 @@ def main(argv: list[str] | None = None) -> int:
                 [*memory_models.available(), *POPGYM_PEERS, RLLIB_LSTM])
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     saved = args.out.with_suffix(".json")
+    if args.report_only:
+        stored = json.loads(saved.read_text())
+        args.out.write_text(render(stored["results"], stored["env_rates"],
+                                   stored["env_compare"], args, stored["runs"]) + "\n")
+        return 0
     earlier = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
     results: dict[str, dict] = earlier.get("results", {})
-    env_rates = {task: env_rate(task, ENVS) for task in tasks} | earlier.get("env_rates", {})
+    env_rates = earlier.get("env_rates", {})
+    env_rates.update({task: env_rate(task, ENVS) for task in tasks if task not in env_rates})
     env_compare: dict[str, dict] = earlier.get("env_compare", {})
     runs = earlier.get("runs", []) + [{
-        "command": " ".join(argv), "loads": [os.getloadavg()],
+        "command": " ".join(argv), "loads": [os.getloadavg()], "threads": torch.get_num_threads(),
         "date": datetime.datetime.now().isoformat(timespec="seconds")}]
 
     def write():
