@@ -181,7 +181,7 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments.cli", "train", str(ROOT / "configs" / "smoke.yaml"),
          "--set", f"output={tmp_path}", "--set", "models=[gru]", "--set",
-         "checkpoint.frequency=1", "--set", "checkpoint.keep=0", "--set", "stop.env_steps=3000"],
+         "checkpoint.frequency=1", "--set", "checkpoint.keep=0", "--set", "stop.env_steps=8000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     def registered():        # two results processed: the first checkpoint is surely registered
@@ -189,9 +189,10 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
         return bool(list(trial.glob("checkpoint_*"))) and progress.exists() \
             and len(progress.read_text().splitlines()) >= 3
 
-    def kill():
+    def kill():             # mid-run: a kill after the trial's last result restarts nothing
         victims = _trial_processes(process.pid)
         assert victims, "no StudyTrial process found"
+        assert len((trial / "progress.csv").read_text().splitlines()) < 10, "killed too late"
         for victim in victims:
             os.kill(victim.pid, signal.SIGKILL)
 
