@@ -26,6 +26,11 @@ GRU learned markedly worse there (NoisyPositionOnlyCartPoleEasy: 0.60 vs 0.78 ov
    mask (the new stack's extra bootstrap step per episode is masked out, as the old stack
    never had it). `PPOLearner` is RLlib's torch PPO learner using it.
 
+3. The padding of a minibatch. The new stack pads every row to max_seq_len (1024 at POPGym's
+   protocol) and its PPO loss runs over all of it; the old stack padded to the batch's
+   longest row. `without_padding` cuts a minibatch's time axis to its longest row before the
+   loss (on RepeatPreviousEasy: 53 of 1024 steps); the masked loss is the same.
+
 `old_stack_minibatch_rows` is the rule itself; tests hold it equal to the old stack's own
 code (`pad_batch_to_sequences_of_same_size` + `SampleBatch` slicing).
 """
@@ -40,12 +45,13 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
-from ray.rllib.policy.sample_batch import MultiAgentBatch
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
 from .workers import use_assigned_cpus
 
 __all__ = ["CompleteEpisodesEnvRunner", "OldStackMinibatches", "PPOLearner",
-           "old_stack_minibatch_rows"]
+           "old_stack_minibatch_rows",
+           "without_padding"]
 
 
 class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
@@ -146,8 +152,23 @@ class OldStackMinibatches:
             order = np.arange(len(self.minibatches))
             for k in np.random.permutation(order) if self.shuffle else order:
                 rows = self.minibatches[k]
-                yield MultiAgentBatch({self.module_id: self.module_batch[rows.start:rows.stop]},
-                                      self.env_steps)
+                minibatch = without_padding(self.module_batch[rows.start:rows.stop])
+                yield MultiAgentBatch({self.module_id: minibatch}, self.env_steps)
+
+
+def without_padding(rows: SampleBatch) -> SampleBatch:
+    """Rows padded to (B, T, ...) (T = the LOSS_MASK's width) cut to (B, L, ...), L = their
+    longest SEQ_LENS; STATE_IN (B, ...) and batches of single steps (no SEQ_LENS) as they
+    are. Views, no copies."""
+    seq_lens, mask = rows.get(Columns.SEQ_LENS), rows.get(Columns.LOSS_MASK)
+    if seq_lens is None or mask is None or len(seq_lens) == 0:
+        return rows
+    steps, longest = mask.shape[1], int(max(seq_lens))
+    for column, values in list(rows.items()):
+        if column != Columns.STATE_IN and getattr(values, "ndim", 0) >= 2 \
+                and values.shape[1] == steps:
+            rows[column] = values[:, :longest]
+    return rows
 
 
 class PPOLearner(PPOTorchLearner):

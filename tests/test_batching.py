@@ -158,3 +158,42 @@ def test_ppo_trains_on_old_stack_minibatches(ray_session, monkeypatch):
     assert iterator.minibatches == old_stack_minibatch_rows(mask.sum(axis=1), 128)
     assert len(forward) == 2 * len(iterator.minibatches)
     assert sorted(forward) == sorted(2 * [len(r) for r in iterator.minibatches])
+
+
+def test_minibatches_without_padding_keep_ppo_losses(ray_session, monkeypatch):
+    """Minibatches cut to their longest row (not RLlib's max_seq_len) give the PPO loss of the
+    padded rows, and the batch the iterator cuts keeps its width for the next epoch."""
+    seen = []
+    original = OldStackMinibatches.__init__
+    monkeypatch.setattr(OldStackMinibatches, "__init__",
+                        lambda self, batch, **kw: original(self, batch, **kw) or seen.append(self))
+    config = ppo_config(env=VARIABLE, memory="gru", model_config=dict(
+        pre_size=8, hidden_size=8, head_size=8), max_seq_len=64, num_envs_per_env_runner=4,
+        train_batch_size_per_learner=512, minibatch_size=128, num_epochs=1)
+    algo = config.build_algo()
+    try:
+        algo.train()
+        iterator, = seen
+        learner = algo.learner_group._learner
+        module_id = iterator.module_id
+
+        def loss(rows):
+            module = learner.module[module_id]
+            with torch.no_grad():
+                return float(learner.compute_loss_for_module(
+                    module_id=module_id, config=learner.config.get_config_for_module(module_id),
+                    batch=rows, fwd_out=module.forward_train(rows)))
+
+        assert iterator.module_batch[Columns.LOSS_MASK].shape[1] == 64
+        cut = 0
+        for rows in iterator.minibatches:
+            padded = iterator.module_batch[rows.start:rows.stop]
+            trimmed = batching.without_padding(iterator.module_batch[rows.start:rows.stop])
+            longest = int(max(padded[Columns.SEQ_LENS]))
+            assert padded[Columns.OBS].shape[1] == 64
+            assert trimmed[Columns.OBS].shape[1] == trimmed[Columns.LOSS_MASK].shape[1] == longest
+            assert loss(trimmed) == pytest.approx(loss(padded), rel=1e-5, abs=1e-6)
+            cut += longest < 64
+        assert cut, "no minibatch was shorter than max_seq_len: the test shows nothing"
+    finally:
+        algo.stop()
