@@ -86,7 +86,8 @@ def read_progress(progress_csv: Path) -> pd.DataFrame:
     `return_mean` (mean episodic return) and `eval_return` (NaN where absent)."""
     names = {"training_iteration": "iteration", ENV_STEPS: "env_steps",
              RETURN_MEAN: "return_mean", EVAL_RETURN: "eval_return"}
-    frame = pd.read_csv(progress_csv, usecols=lambda c: c in names, on_bad_lines="warn")
+    frame = pd.read_csv(progress_csv, usecols=lambda c: c in names, index_col=False,
+                        on_bad_lines="warn")
     frame = frame.rename(columns=names).reindex(columns=list(names.values()))
     frame = frame.apply(pd.to_numeric, errors="coerce").dropna(subset=["iteration"])
     return frame.drop_duplicates("iteration", keep="last").sort_values("iteration")

@@ -11,6 +11,7 @@ leaves them on the console. TensorBoard event files are written into each trial'
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.air.constants import EXPR_PROGRESS_FILE
+from ray.tune.logger import CSVLoggerCallback
 
 from experiments.config import Study, expand
 from experiments.launcher import ENV_STEPS, STUDY_FILE, manifest
@@ -139,7 +142,8 @@ def train(study: Study, *, address: str | None = None, resume: bool = False,
                     checkpoint_at_end=True,
                     num_to_keep=study.checkpoint.keep or None),
                 failure_config=tune.FailureConfig(max_failures=study.max_failures),
-                callbacks=[Progress(len(trials), study.stop.env_steps), *_loggers(study)],
+                callbacks=[Progress(len(trials), study.stop.env_steps), ProgressCSV(),
+                           *_loggers(study)],
                 verbose=0))
     try:
         with _tune_output(logs / "driver.log", verbose):
@@ -259,6 +263,23 @@ def check_resources(study: Study) -> None:
         raise StudyError(f"trial {trial.name} needs {need_cpus:g} CPU(s) and {need_gpus:g} "
                          f"GPU(s) but the Ray cluster has {cpus:g} CPU(s) and {gpus:g} GPU(s); "
                          f"it would wait forever. To fit: {' '.join(fixes)}")
+
+
+class ProgressCSV(CSVLoggerCallback):
+    """Tune's progress.csv logger, except that a restored trial appends under the file's own
+    header. Tune's takes the first new result's keys as the columns of the rows it appends,
+    without writing them: where they differ from the header (RLlib adds timers from the
+    second iteration on), every row after a restore is read under the wrong names."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        if trial not in self._trial_files:
+            self._setup_trial(trial)
+            if self._trial_continue[trial]:
+                with open(Path(trial.local_path, EXPR_PROGRESS_FILE), newline="") as file:
+                    header = next(csv.reader(file), None)
+                if header:
+                    self._trial_csv[trial] = csv.DictWriter(self._trial_files[trial], header)
+        super().log_trial_result(iteration, trial, result)
 
 
 def _loggers(study: Study) -> list:

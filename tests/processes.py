@@ -1,10 +1,16 @@
-"""Driving a `memrl` subprocess: act on it once something has happened, then let it finish."""
+"""Driving a `memrl` subprocess: act on it once something has happened, then let it finish;
+checking what its trials wrote."""
 
+import csv
+import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Callable
+
+import pandas as pd
 
 
 def act_when(process: subprocess.Popen, ready: Callable[[], bool], act: Callable[[], None],
@@ -24,3 +30,18 @@ def act_when(process: subprocess.Popen, ready: Callable[[], bool], act: Callable
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     return output
+
+
+def assert_progress_is_results(trial: Path) -> None:
+    """Every row of the trial's progress.csv holds, under each column of its header, the value
+    of that key in the same line of result.json (Tune's JSON log), also after a restore."""
+    with open(trial / "progress.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    assert len(rows) == len(results), (len(rows), len(results))
+    for row, result in zip(rows, results):
+        flat = pd.json_normalize(result, sep="/").iloc[0].to_dict()
+        assert None not in row and None not in row.values(), f"ragged row {row}"
+        wrong = {key: (text, flat.get(key)) for key, text in row.items()
+                 if text != ("" if key not in flat else str(flat[key]))}
+        assert not wrong, f"iteration {result['training_iteration']}: (csv, result) {wrong}"

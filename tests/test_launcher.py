@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from experiments import cli
-from processes import act_when
+from processes import act_when, assert_progress_is_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -114,6 +114,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, r
         done = iterations(trial / "progress.csv")
         assert done == list(range(1, len(done) + 1)), f"{trial.name}: iterations {done}"
         assert last_steps(trial / "progress.csv") >= 1500
+        assert_progress_is_results(trial)      # the resumed trial's rows under the right names
 
 
 def free_port() -> int:
