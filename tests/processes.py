@@ -3,6 +3,7 @@ checking what its trials wrote."""
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -43,5 +44,15 @@ def assert_progress_is_results(trial: Path) -> None:
         flat = pd.json_normalize(result, sep="/").iloc[0].to_dict()
         assert None not in row and None not in row.values(), f"ragged row {row}"
         wrong = {key: (text, flat.get(key)) for key, text in row.items()
-                 if text != ("" if key not in flat else str(flat[key]))}
+                 if not _same(text, flat[key] if key in flat else "")}
         assert not wrong, f"iteration {result['training_iteration']}: (csv, result) {wrong}"
+
+
+def _same(text: str, value) -> bool:
+    """A CSV cell shows `value` (a float32 may be written shorter than its JSON float64)."""
+    if text == str(value):
+        return True
+    try:
+        return math.isclose(float(text), float(value), rel_tol=1e-6)
+    except (TypeError, ValueError):
+        return False
