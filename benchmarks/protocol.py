@@ -90,10 +90,14 @@ NOTES = [
     "rllib-lstm pads every learner row to max_seq_len (1024) and runs its LSTM over the "
     "padding; on 52-step episodes its value pass over the whole batch asks for one tensor "
     "larger than MEMORY_LIMIT (failed: out of memory).",
-    "The new stack hands the learner rows padded to max_seq_len and RLlib's PPO loss runs over "
-    "all (rows, 1024) steps (our module cuts the padding before the memory and the heads, and "
-    "restores it for the loss): learning minus the learn floor is largest where episodes are "
-    "short (RepeatPreviousEasy: 53 of 1024 steps valid).",
+    "The new stack pads the learner's rows to max_seq_len; our memories' minibatches are cut "
+    "to their longest row before the PPO loss (experiments.batching.without_padding: "
+    "(157, 53), not (157, 1024), on RepeatPreviousEasy) and the module cuts the padding of the "
+    "value pass before the memory and the heads. The old-stack subjects pad to the batch's "
+    "longest row.",
+    "event_ssm's learning is at the MLP's (its memory costs little beside the heads at these "
+    "sizes); what separates its iteration from 2x popgym:GRU is sampling, RLlib's per-step "
+    "cost at 16 envs (see the 16 vs 64 envs table).",
     "popgym:S4D runs every training row from a zero state (its forward ignores the stored "
     "state), so its learn floor is that of a cell that carries none.",
 ]
@@ -471,7 +475,9 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) 
                   "wall s (load) | peak memory GiB |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         reference = rows.get(REFERENCE, {}).get("iteration_s")
-        for subject, r in rows.items():
+        peers = [*POPGYM_PEERS, RLLIB_LSTM]           # ours first, in name order, then peers
+        for subject, r in sorted(rows.items(), key=lambda item: (
+                peers.index(item[0]) + 1 if item[0] in peers else 0, item[0])):
             if "error" in r:
                 lines.append(f"| {subject} | failed: {r['error']} |" + " |" * 12)
                 continue
@@ -536,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help="num_epochs (POPGym: 30)")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated POPGym ids")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help="comma-separated POPGym task names, e.g. RepeatPreviousEasy")
     parser.add_argument("--subjects", help="comma-separated (default: every registered "
                                            "memory, the POPGym peers and rllib-lstm)")
     parser.add_argument("--warmup", type=int, default=0,
