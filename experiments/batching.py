@@ -50,8 +50,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from .workers import use_assigned_cpus
 
 __all__ = ["CompleteEpisodesEnvRunner", "OldStackMinibatches", "PPOLearner",
-           "old_stack_minibatch_rows",
-           "without_padding"]
+           "old_stack_minibatch_rows", "without_padding"]
 
 
 class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
