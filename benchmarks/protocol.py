@@ -105,7 +105,9 @@ NOTES = [
 
 # --------------------------------------------------------------------------- configs
 def task_id(task: str) -> str:
-    return task if task.startswith("popgym-") else f"popgym-{task}-v0"
+    """A task as given (RepeatPreviousEasy or popgym-RepeatPreviousEasy-v0) -> its POPGym id."""
+    import envs
+    return envs.resolve(task)[0]
 
 
 def protocol(epochs: int, envs: int) -> dict:
@@ -543,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help="num_epochs (POPGym: 30)")
     parser.add_argument("--tasks", default=",".join(TASKS),
-                        help="comma-separated POPGym task names, e.g. RepeatPreviousEasy")
+                        help="comma-separated POPGym tasks, e.g. RepeatPreviousEasy (or its id)")
     parser.add_argument("--subjects", help="comma-separated (default: every registered "
                                            "memory, the POPGym peers and rllib-lstm)")
     parser.add_argument("--warmup", type=int, default=0,
@@ -576,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     args.epochs = args.epochs or POPGYM_PPO["num_epochs"]
     subjects = (args.subjects.split(",") if args.subjects else
                 [*memory_models.available(), *POPGYM_PEERS, RLLIB_LSTM])
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    from experiments.config import short_task
+    # results are keyed by the short name, however the task was given
+    tasks = [short_task(task_id(t.strip())) for t in args.tasks.split(",") if t.strip()]
     saved = args.out.with_suffix(".json")
     if args.report_only:
         stored = json.loads(saved.read_text())
