@@ -21,7 +21,7 @@ from ray.rllib.algorithms.ppo import PPO
 
 from experiments import workers
 from experiments.config import Study, Trial
-from experiments.launcher import EVAL_KEYS, EVALUATION
+from experiments.launcher import ENV_STEPS, EVAL_KEYS, EVALUATION
 
 TRIAL_KEY = "trial"
 
@@ -104,7 +104,7 @@ class StudyTrial(PPO):
         settings = getattr(self, "spec", {}).get("eval")
         if settings:
             iteration = self.iteration + 1               # the one this step completes
-            final = result.get("num_env_steps_sampled_lifetime", 0) >= self.spec["env_steps"]
+            final = result.get(ENV_STEPS, 0) >= self.spec["env_steps"]
             due = final or (settings["every"] and iteration % settings["every"] == 0)
             result[EVALUATION] = self.evaluate_rollout(settings) if due else \
                 dict.fromkeys(EVAL_KEYS, float("nan"))

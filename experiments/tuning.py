@@ -35,10 +35,10 @@ class StudyError(RuntimeError):
     the cluster, ...)."""
 
 
-def param_space(study: Study) -> dict:
-    """One complete spec per trial (experiments.trials): Tune grid-searches the list."""
-    from experiments.trials import TRIAL_KEY, trial_spec
-    return {TRIAL_KEY: tune.grid_search([trial_spec(study, t) for t in expand(study)])}
+def param_space(specs: list[dict]) -> dict:
+    """One complete spec per trial (experiments.trials.trial_spec): Tune grid-searches them."""
+    from experiments.trials import TRIAL_KEY
+    return {TRIAL_KEY: tune.grid_search(specs)}
 
 
 def trial_name(tune_trial) -> str:
@@ -99,15 +99,16 @@ def train(study: Study, *, address: str | None = None, resume: bool = False,
           verbose: bool = False) -> int:
     """Run (or resume) the study with Ray Tune; 0 when every trial finished."""
     from experiments.training import register_rllib_envs
-    from experiments.trials import StudyTrial
+    from experiments.trials import StudyTrial, trial_spec
 
     trials = expand(study)
+    specs = [trial_spec(study, trial) for trial in trials]
     directory = study.directory
     new_folder = _check_folder(study, trials, resume)
     logs = directory / "logs"
     try:
         _start_ray(study, address, logs, verbose)
-        check_resources(study)
+        check_resources(specs)
     except StudyError:
         if new_folder:                  # nothing half-written is left behind
             shutil.rmtree(directory, ignore_errors=True)
@@ -129,7 +130,7 @@ def train(study: Study, *, address: str | None = None, resume: bool = False,
             print(f"memrl train: nothing to resume in {directory}; starting", flush=True)
         tuner = tune.Tuner(
             StudyTrial,
-            param_space=param_space(study),
+            param_space=param_space(specs),
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=study.resources.max_concurrent_trials or None,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name),
@@ -243,15 +244,14 @@ def _start_ray(study: Study, address: str | None, logs: Path, verbose: bool) -> 
               f"CPUs, {have.get('GPU', 0):g} GPUs)", flush=True)
 
 
-def check_resources(study: Study) -> None:
-    """Every trial must fit the cluster as it is (CPUs, GPUs); else StudyError saying what a
-    trial needs, what the cluster has, and the --set overrides that would fit."""
-    from experiments.trials import StudyTrial, TRIAL_KEY, trial_spec
+def check_resources(specs: list[dict]) -> None:
+    """Every trial (its spec) must fit the cluster as it is (CPUs, GPUs); else StudyError
+    saying what a trial needs, what the cluster has, and the --set overrides that would fit."""
+    from experiments.trials import StudyTrial, TRIAL_KEY
     have = ray.cluster_resources()
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    for trial in expand(study):
-        request = StudyTrial.default_resource_request(
-            {TRIAL_KEY: trial_spec(study, trial)}).required_resources
+    for spec in specs:
+        request = StudyTrial.default_resource_request({TRIAL_KEY: spec}).required_resources
         need_cpus, need_gpus = request.get("CPU", 0.0), request.get("GPU", 0.0)
         if need_cpus <= cpus and need_gpus <= gpus:
             continue
@@ -260,7 +260,7 @@ def check_resources(study: Study) -> None:
             fixes.append(f"--set resources.num_env_runners={max(int(cpus) - 1, 0)}")
         if need_gpus > gpus:
             fixes.append(f"--set resources.num_gpus={gpus:g}")
-        raise StudyError(f"trial {trial.name} needs {need_cpus:g} CPU(s) and {need_gpus:g} "
+        raise StudyError(f"trial {spec['name']} needs {need_cpus:g} CPU(s) and {need_gpus:g} "
                          f"GPU(s) but the Ray cluster has {cpus:g} CPU(s) and {gpus:g} GPU(s); "
                          f"it would wait forever. To fit: {' '.join(fixes)}")
 
