@@ -7,11 +7,22 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_memrl(*args, env=None) -> subprocess.Popen:
+    """`memrl ARGS` in a subprocess of its own session (its own Ray), stdout+stderr to a pipe."""
+    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
 
 
 def act_when(process: subprocess.Popen, ready: Callable[[], bool], act: Callable[[], None],

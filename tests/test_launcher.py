@@ -17,18 +17,12 @@ from pathlib import Path
 import pytest
 
 from experiments import cli
-from processes import act_when, assert_progress_is_results
+from experiments.launcher import ENV_STEPS
+from processes import act_when, assert_progress_is_results, start_memrl
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TRIALS = ["RepeatPreviousEasy-gru-s0", "RepeatPreviousEasy-MLP-s0"]
-
-
-def memrl(*args, env=None):
-    """`memrl ARGS` in a subprocess (its own Ray), stdout+stderr to a pipe."""
-    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=env)
 
 
 # `ray start --head` (Ray 2.60) turns on token authentication (token in ~/.ray/auth_token);
@@ -43,7 +37,7 @@ def iterations(progress_csv: Path) -> list[int]:
 
 def last_steps(progress_csv: Path) -> float:
     with open(progress_csv, newline="") as file:
-        return float(list(csv.DictReader(file))[-1]["num_env_steps_sampled_lifetime"])
+        return float(list(csv.DictReader(file))[-1][ENV_STEPS])
 
 
 def test_dry_run_lists_trials_and_starts_nothing(tmp_path, capsys):
@@ -99,7 +93,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, r
     settings = ["--set", f"output={tmp_path}", "--set", "resources.max_concurrent_trials=1",
                 "--set", "checkpoint.frequency=1", "--set", "stop.env_steps=1500"]
     first, second = (study / name for name in TRIALS)
-    process = memrl("train", SMOKE, *settings)
+    process = start_memrl("train", SMOKE, *settings)
     # one trial at a time: Ctrl-C once the second has started
     output = act_when(process, (second / "progress.csv").exists,
                       lambda: os.killpg(process.pid, signal.SIGINT), wait_s=240,
@@ -156,8 +150,8 @@ def ray_head(tmp_path_factory):
 
 
 def test_address_runs_the_study_on_an_existing_cluster(tmp_path, ray_head):
-    process = memrl("train", SMOKE, "--address", ray_head, "--set", f"output={tmp_path}",
-                    "--set", "models=[mlp]", env=TOKEN_AUTH)
+    process = start_memrl("train", SMOKE, "--address", ray_head, "--set", f"output={tmp_path}",
+                          "--set", "models=[mlp]", env=TOKEN_AUTH)
     try:
         output, _ = process.communicate(timeout=300)
     finally:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from experiments import cli, config
-from experiments.launcher import ENV_STEPS, RETURN_MEAN
-from processes import act_when, assert_progress_is_results
+from experiments.launcher import ENV_STEPS
+from processes import act_when, assert_progress_is_results, start_memrl
 from experiments.trials import algorithm_config, trial_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_mixed_study_trains_evaluates_and_reports(tmp_path, ray_session):
     for name in names:
         with open(folder / name / "progress.csv", newline="") as file:
             rows = list(csv.DictReader(file))
-        assert float(rows[-1]["num_env_steps_sampled_lifetime"]) >= SMOKE["stop"]["env_steps"]
+        assert float(rows[-1][ENV_STEPS]) >= SMOKE["stop"]["env_steps"]
         assert float(rows[-1]["evaluation/episodes"]) == 3             # evaluated at the end
         assert math.isfinite(float(rows[-1]["evaluation/return_mean"]))
         assert all(math.isnan(float(r["evaluation/return_mean"])) for r in rows[:-1])
@@ -179,13 +179,10 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL a running trial's process after its first checkpoint: Tune restarts it from
     that checkpoint (FailureConfig), no trial starts over, the study finishes (exit 0)."""
     trial = tmp_path / "smoke" / "RepeatPreviousEasy-gru-s0"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "experiments.cli", "train", str(ROOT / "configs" / "smoke.yaml"),
-         "--set", f"output={tmp_path}", "--set", "models=[gru]", "--set",
-         "checkpoint.frequency=1", "--set", "checkpoint.keep=0", "--set", "stop.env_steps=16000",
-         "--set", "ppo.train_batch_size_per_learner=512"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+    process = start_memrl(
+        "train", str(ROOT / "configs" / "smoke.yaml"), "--set", f"output={tmp_path}",
+        "--set", "models=[gru]", "--set", "checkpoint.frequency=1", "--set", "checkpoint.keep=0",
+        "--set", "stop.env_steps=16000", "--set", "ppo.train_batch_size_per_learner=512")
     # The trial writes its checkpoints, the driver its progress.csv, seconds behind (results
     # come in bursts): the trial is long enough (about 32 iterations) to be killed mid-run.
     def registered():        # two results processed: the first checkpoint is surely registered
