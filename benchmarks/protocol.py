@@ -50,7 +50,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -443,6 +442,7 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) 
     that measured part of it (several with --resume)."""
     import ray
     import torch
+    from cells import cpu_name            # benchmarks/cells.py, beside this script
     lines = [
         "# One PPO iteration at POPGym's protocol, sampling and learning apart", "",
         *(f"- command: `.venv/bin/python benchmarks/protocol.py {run['command']}`".rstrip()
@@ -450,7 +450,7 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) 
           "at the start "
           f"{', '.join(f'{v:.2f}' for v in run['loads'][0])}, at the end "
           f"{', '.join(f'{v:.2f}' for v in run['loads'][-1])})" for run in runs),
-        f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with "
+        f"- {cpu_name()}, {os.cpu_count()} CPUs shared with "
         f"other work, no GPU available; torch {torch.__version__}, ray {ray.__version__}",
         f"- settings: `POPGYM_PPO` (batch 65536, minibatch 8192, {args.epochs} epochs, BPTT "
         "1024, complete episodes, pre 128 / memory 256 / heads 128) with **num_env_runners=0**: "
