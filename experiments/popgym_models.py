@@ -22,8 +22,8 @@ import logging
 
 from experiments.defaults import POPGYM_SIZES
 
-__all__ = ["POPGYM_MODELS", "POPGYM_ORIGINAL", "canonical_name", "check_popgym_model", "popgym_class",
-           "custom_model_config"]
+__all__ = ["POPGYM_MODELS", "POPGYM_ORIGINAL", "canonical_name", "check_popgym_model",
+           "popgym_class", "custom_model_config"]
 
 PREFIX = "popgym:"
 
