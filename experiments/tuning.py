@@ -5,13 +5,13 @@ every trial of `expand(study)` through `experiments.trials.StudyTrial`, each fro
 By default the console shows only memrl's lines: Ray's driver logs and warnings go to
 `<study>/logs/driver.log`, and what Ray's worker processes print (trial actors, env runners,
 their warnings and teardown messages) to `<study>/logs/worker-<pid>.log`; `verbose=True`
-leaves them on the console. TensorBoard event files are written into each trial's folder.
+leaves them on the console. Each trial's folder holds its progress.csv and result.json (one
+record per iteration, also after a restart: `experiments.trial_logs`) and TensorBoard events.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import shutil
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from ray.air.constants import EXPR_PROGRESS_FILE
-from ray.tune.logger import CSVLoggerCallback
 
 from experiments.config import Study, expand
 from experiments.launcher import ENV_STEPS, STUDY_FILE, manifest
+from experiments.trial_logs import ProgressCSV, ResultJSON
 
 __all__ = ["train", "StudyError", "check_resources"]
 
@@ -144,7 +143,7 @@ def train(study: Study, *, address: str | None = None, resume: bool = False,
                     num_to_keep=study.checkpoint.keep or None),
                 failure_config=tune.FailureConfig(max_failures=study.max_failures),
                 callbacks=[Progress(len(trials), study.stop.env_steps), ProgressCSV(),
-                           *_loggers(study)],
+                           ResultJSON(), *_loggers(study)],
                 verbose=0))
     try:
         with _tune_output(logs / "driver.log", verbose):
@@ -263,23 +262,6 @@ def check_resources(specs: list[dict]) -> None:
         raise StudyError(f"trial {spec['name']} needs {need_cpus:g} CPU(s) and {need_gpus:g} "
                          f"GPU(s) but the Ray cluster has {cpus:g} CPU(s) and {gpus:g} GPU(s); "
                          f"it would wait forever. To fit: {' '.join(fixes)}")
-
-
-class ProgressCSV(CSVLoggerCallback):
-    """Tune's progress.csv logger, except that a restored trial appends under the file's own
-    header. Tune's takes the first new result's keys as the columns of the rows it appends,
-    without writing them: where they differ from the header (RLlib adds timers from the
-    second iteration on), every row after a restore is read under the wrong names."""
-
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        if trial not in self._trial_files:
-            self._setup_trial(trial)
-            if self._trial_continue[trial]:
-                with open(Path(trial.local_path, EXPR_PROGRESS_FILE), newline="") as file:
-                    header = next(csv.reader(file), None)
-                if header:
-                    self._trial_csv[trial] = csv.DictWriter(self._trial_files[trial], header)
-        super().log_trial_result(iteration, trial, result)
 
 
 def _loggers(study: Study) -> list:

@@ -45,12 +45,15 @@ def act_when(process: subprocess.Popen, ready: Callable[[], bool], act: Callable
 
 
 def assert_progress_is_results(trial: Path) -> None:
-    """Every row of the trial's progress.csv holds, under each column of its header, the value
-    of that key in the same line of result.json (Tune's JSON log), also after a restore."""
+    """progress.csv holds iterations 1, 2, ... once each, also after a restart, and each row
+    holds, under each column of its header, the value of that key in the same line of
+    result.json."""
     with open(trial / "progress.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
-    assert len(rows) == len(results), (len(rows), len(results))
+    iterations = [int(row["training_iteration"]) for row in rows]
+    assert iterations == list(range(1, len(rows) + 1)), iterations
+    assert [r["training_iteration"] for r in results] == iterations, (len(rows), len(results))
     for row, result in zip(rows, results):
         flat = pd.json_normalize(result, sep="/").iloc[0].to_dict()
         assert None not in row and None not in row.values(), f"ragged row {row}"
