@@ -132,26 +132,12 @@ def ours_old_stack(memory: str, setup: Setup):
 
 
 def popgym_model(label: str, setup: Setup):
-    """POPGym's model with the custom_model_config of popgym/baselines/ppo.py (h, h_memory)."""
-    from torch import nn
-    from popgym.baselines.ray_models.ray_gru import GRU
-    from popgym.baselines.ray_models.ray_lmu import LMU
-    from popgym.baselines.ray_models.ray_s4d import S4D
-
-    h, h_memory = setup.head_size, setup.hidden_size
-    assert setup.pre_size == h, "POPGym's layout has one width for pre-processing and heads"
-
-    def head():
-        return nn.Sequential(nn.Linear(h_memory, h), nn.LeakyReLU(inplace=True),
-                             nn.Linear(h, h), nn.LeakyReLU(inplace=True))
-
-    config = {"preprocessor_input_size": h,
-              "preprocessor": nn.Sequential(nn.Linear(h, h), nn.LeakyReLU(inplace=True)),
-              "preprocessor_output_size": h, "hidden_size": h_memory,
-              "postprocessor": nn.Identity(), "actor": head(), "critic": head(),
-              "postprocessor_output_size": h}
-    cls = {"popgym-GRU": GRU, "popgym-LMU": LMU, "popgym-S4D": S4D}[label]
-    return old_stack(cls, config, setup)
+    """POPGym's model with the custom_model_config of popgym/baselines/ppo.py at our sizes."""
+    from experiments.popgym_models import custom_model_config, popgym_class
+    sizes = {"pre_size": setup.pre_size, "hidden_size": setup.hidden_size,
+             "head_size": setup.head_size}
+    return old_stack(popgym_class(label.replace("popgym-", "popgym:")),
+                     custom_model_config(sizes, {}), setup)
 
 
 def build_config(subject: str, setup: Setup):
