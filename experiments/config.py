@@ -40,10 +40,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import importlib
 import itertools
 import re
-import sys
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,6 +52,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationInfo, create_model, field_validator)
 from pydantic.dataclasses import dataclass
 
+from experiments import workers
 from experiments.defaults import POPGYM_PPO, POPGYM_SIZES
 
 POPGYM_PREFIX = "popgym:"
@@ -412,12 +411,11 @@ def _validate_schema(raw: Any, where: str) -> Study:
 
 
 def import_modules(study: Study, where: str = "config") -> None:
-    """Import the study's `imports` (found beside the study file or on the Python path)."""
-    if study.base_dir not in sys.path:
-        sys.path.insert(0, study.base_dir)
+    """Import the study's `imports` (found beside the study file or on the Python path), as
+    every worker process does (experiments.workers)."""
     for i, module in enumerate(study.imports):
         try:
-            importlib.import_module(module)
+            workers.import_modules([module], study.base_dir)
         except Exception as error:  # noqa: BLE001 - any import failure is a config error
             raise ConfigError(f"{where}: imports[{i}]: cannot import {module!r} (looked beside the "
                               f"study file, {study.base_dir}, and on the Python path): "

@@ -13,7 +13,6 @@ stack, the task (event-time or plain), the model and its PPO settings.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
@@ -25,7 +24,7 @@ from experiments.launcher import ENV_STEPS, EVAL_KEYS, EVALUATION
 
 TRIAL_KEY = "trial"
 
-__all__ = ["TRIAL_KEY", "trial_spec", "algorithm_config", "StudyTrial", "worker_runtime_env"]
+__all__ = ["TRIAL_KEY", "trial_spec", "algorithm_config", "StudyTrial"]
 
 
 def trial_spec(study: Study, trial: Trial) -> dict[str, Any]:
@@ -37,12 +36,6 @@ def trial_spec(study: Study, trial: Trial) -> dict[str, Any]:
             "env_steps": study.stop.env_steps,
             "eval": None if study.eval is None else dataclasses.asdict(study.eval),
             "imports": list(study.imports), "base_dir": study.base_dir}
-
-
-def worker_runtime_env(study: Study, log_dir: Path | None) -> dict:
-    """The study's Ray runtime environment (experiments.workers): every worker imports the
-    study's `imports` and, with a `log_dir`, writes its output there."""
-    return workers.runtime_env(study.imports, study.base_dir, log_dir)
 
 
 def algorithm_config(spec: dict) -> AlgorithmConfig:

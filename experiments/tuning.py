@@ -22,6 +22,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from experiments import workers
 from experiments.config import Study, expand
 from experiments.launcher import ENV_STEPS, STUDY_FILE, manifest
 from experiments.trial_logs import ProgressCSV, ResultJSON
@@ -220,14 +221,13 @@ def _tune_output(log_file: Path, verbose: bool):
 
 def _start_ray(study: Study, address: str | None, logs: Path, verbose: bool) -> None:
     """ray.init (local, or attached at `address`) with every worker set up by
-    trials.worker_setup: the study's `imports`, and its output to logs/ unless verbose (the
+    workers.worker_setup: the study's `imports`, and its output to logs/ unless verbose (the
     driver's own logs too). A session the caller started is used as it is."""
     if ray.is_initialized():            # e.g. the caller's own session: used as it is
         return
     if not verbose:
         _quiet_driver(logs / "driver.log")
-    from experiments.trials import worker_runtime_env
-    runtime_env = worker_runtime_env(study, None if verbose else logs)
+    runtime_env = workers.runtime_env(study.imports, study.base_dir, None if verbose else logs)
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose)
