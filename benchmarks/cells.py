@@ -272,18 +272,18 @@ NOTES = {
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCKS["wall"]
 
 
-def time_run(run: Callable[[], None]) -> float:
-    """Seconds of one call on `clock`: wall time, or the process's CPU time (all threads;
-    with one thread, the time a loaded machine lets the call run)."""
+def time_run(run: Callable[[], None], clock: Callable[[], float]) -> float:
+    """Seconds of one call on `clock` (of CLOCKS): wall time, or the process's CPU time (all
+    threads; with one thread, the time a loaded machine lets the call run)."""
     start = clock()
     run()
     return clock() - start
 
 
-def measure(subjects: dict[str, Callable[[], Subject]], repeats: int, steps: int):
+def measure(subjects: dict[str, Callable[[], Subject]], repeats: int, steps: int,
+            clock: Callable[[], float] = CLOCKS["wall"]):
     """Median seconds per subject and kind ({name: {kind: seconds}}). Subjects take turns
     (round robin) so that a change of machine load hits them all alike; each kind is warmed
     up first (steps: a tenth of them)."""
@@ -298,7 +298,7 @@ def measure(subjects: dict[str, Callable[[], Subject]], repeats: int, steps: int
     for _ in range(repeats):
         for name, closures in built.items():
             for kind, run in closures.items():
-                times[name][kind] += [time_run(run) for _ in
+                times[name][kind] += [time_run(run, clock) for _ in
                                       range(steps // repeats if kind == "step" else 1)]
     results = {}
     for name in built:
@@ -377,8 +377,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    global clock
-    clock = CLOCKS[args.clock]
 
     sizes = Sizes(steps=256) if args.quick else Sizes()
     repeats = args.repeats or (3 if args.quick else 5)
@@ -408,7 +406,7 @@ def main(argv=None) -> int:
           f"memory={sizes.memory} state={sizes.state} float32 CPU "
           f"threads={torch.get_num_threads()}")
     load_before = os.getloadavg()
-    results = measure(subjects, repeats, n_steps)
+    results = measure(subjects, repeats, n_steps, CLOCKS[args.clock])
     load_after = os.getloadavg()
     lines = table(results, cells)
     checks = verdicts(results, cells)
