@@ -131,23 +131,14 @@ def build_config(subject: str, task: str, epochs: int, envs: int = ENVS):
 
 
 def rllib_lstm_config(task: str, settings: dict):
-    from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    """RLlib's LSTM (benchmarks/rl_throughput.py) at POPGym's sizes and `settings`."""
+    from rl_throughput import rllib_lstm_config as config   # beside this script
 
     from experiments.defaults import POPGYM_SIZES
-    from experiments.training import register_rllib_envs
-    register_rllib_envs()
     settings = dict(settings)
     runners = {k: settings.pop(k) for k in ("num_env_runners", "num_envs_per_env_runner",
                                             "batch_mode")}
-    model = DefaultModelConfig(fcnet_hiddens=[POPGYM_SIZES["pre_size"]],
-                               fcnet_activation="relu", use_lstm=True,
-                               lstm_cell_size=POPGYM_SIZES["hidden_size"],
-                               max_seq_len=settings.pop("max_seq_len"),
-                               head_fcnet_hiddens=[POPGYM_SIZES["head_size"]] * 2,
-                               vf_share_layers=True)
-    return (PPOConfig().framework("torch").environment(task_id(task))
-            .env_runners(**runners).rl_module(model_config=model).training(**settings))
+    return config(task_id(task), POPGYM_SIZES, settings.pop("max_seq_len"), runners, settings)
 
 
 # --------------------------------------------------------------------------- recording

@@ -66,6 +66,11 @@ class Setup:
     hidden_size: int = 256
     head_size: int = 128
 
+    def sizes(self) -> dict:
+        """The widths, as model configs name them."""
+        return {"pre_size": self.pre_size, "hidden_size": self.hidden_size,
+                "head_size": self.head_size}
+
 
 QUICK = Setup(train_batch=1024, minibatch=512, epochs=1, iterations=2)   # use with --rounds 1
 
@@ -76,28 +81,37 @@ def ours_new_stack(memory: str, setup: Setup):
     return ppo_config(env=setup.env, memory=memory, memory_kwargs=MEMORY_KWARGS.get(memory),
                       num_env_runners=setup.env_runners,
                       num_envs_per_env_runner=setup.envs_per_runner,
-                      model_config={"pre_size": setup.pre_size, "hidden_size": setup.hidden_size,
-                                    "head_size": setup.head_size},
+                      model_config=setup.sizes(),
                       max_seq_len=setup.max_seq_len, **_new_stack_training(setup))
 
 
 def rllib_lstm(setup: Setup):
+    from experiments.training import POPGYM_PPO
+    runners = {"num_env_runners": setup.env_runners,
+               "num_envs_per_env_runner": setup.envs_per_runner,
+               "batch_mode": "complete_episodes"}
+    training = {**_new_stack_training(setup), "lambda_": POPGYM_PPO["lambda_"],
+                "gamma": POPGYM_PPO["gamma"], "vf_loss_coeff": POPGYM_PPO["vf_loss_coeff"]}
+    return rllib_lstm_config(setup.env, setup.sizes(), setup.max_seq_len, runners, training)
+
+
+def rllib_lstm_config(env: str, sizes: dict, max_seq_len: int, env_runners: dict,
+                      training: dict):
+    """RLlib's built-in LSTM on the new stack in our layout: obs -> pre_size -> LSTM
+    (hidden_size) -> actor and critic heads (head_size x 2), the encoder shared by both as
+    ours is; `env_runners` and `training` as PPOConfig's methods take them."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    from experiments.training import POPGYM_PPO
-    model = DefaultModelConfig(fcnet_hiddens=[setup.pre_size], fcnet_activation="relu",
-                               use_lstm=True, lstm_cell_size=setup.hidden_size,
-                               max_seq_len=setup.max_seq_len,
-                               head_fcnet_hiddens=[setup.head_size, setup.head_size],
+    from experiments.training import register_rllib_envs
+    register_rllib_envs()
+    model = DefaultModelConfig(fcnet_hiddens=[sizes["pre_size"]], fcnet_activation="relu",
+                               use_lstm=True, lstm_cell_size=sizes["hidden_size"],
+                               max_seq_len=max_seq_len,
+                               head_fcnet_hiddens=[sizes["head_size"]] * 2,
                                vf_share_layers=True)
-    return (PPOConfig().framework("torch").environment(setup.env)
-            .env_runners(num_env_runners=setup.env_runners,
-                         num_envs_per_env_runner=setup.envs_per_runner,
-                         batch_mode="complete_episodes")
-            .rl_module(model_config=model)
-            .training(**_new_stack_training(setup), lambda_=POPGYM_PPO["lambda_"],
-                      gamma=POPGYM_PPO["gamma"], vf_loss_coeff=POPGYM_PPO["vf_loss_coeff"]))
+    return (PPOConfig().framework("torch").environment(env).env_runners(**env_runners)
+            .rl_module(model_config=model).training(**training))
 
 
 def _new_stack_training(setup: Setup) -> dict:
@@ -126,18 +140,15 @@ def old_stack(custom_model, custom_model_config: dict, setup: Setup):
 def ours_old_stack(memory: str, setup: Setup):
     from experiments.old_stack import register_old_stack_models
     name = register_old_stack_models()[memory]
-    return old_stack(name, {"pre_size": setup.pre_size, "hidden_size": setup.hidden_size,
-                            "head_size": setup.head_size,
-                            "memory_kwargs": MEMORY_KWARGS.get(memory, {})}, setup)
+    return old_stack(name, {**setup.sizes(), "memory_kwargs": MEMORY_KWARGS.get(memory, {})},
+                     setup)
 
 
 def popgym_model(label: str, setup: Setup):
     """POPGym's model with the custom_model_config of popgym/baselines/ppo.py at our sizes."""
     from experiments.popgym_models import custom_model_config, popgym_class
-    sizes = {"pre_size": setup.pre_size, "hidden_size": setup.hidden_size,
-             "head_size": setup.head_size}
     return old_stack(popgym_class(label.replace("popgym-", "popgym:")),
-                     custom_model_config(sizes, {}), setup)
+                     custom_model_config(setup.sizes(), {}), setup)
 
 
 def build_config(subject: str, setup: Setup):
