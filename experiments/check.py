@@ -10,9 +10,10 @@ the numbers it measured. Exit status 0 when every law holds, 1 otherwise, 2 on b
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
+
+from experiments import workers
 
 
 def add_parser(subparsers) -> None:
@@ -27,10 +28,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    sys.path.insert(0, str(Path.cwd()))
     for module in args.imports:
         try:
-            importlib.import_module(module)
+            workers.import_modules([module], str(Path.cwd()))
         except Exception as error:  # noqa: BLE001 - reported as bad input
             print(f"memrl check: cannot import {module!r}: {type(error).__name__}: {error}",
                   file=sys.stderr)
