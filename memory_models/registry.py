@@ -3,6 +3,9 @@
     keywords(name)            the model choices `name` takes beyond the sizes, with defaults
     check_kwargs(name, kw)    the one check of those keywords (make, and every config, call it)
 
+Every name also takes `layers` (default 1: the plain cell): `make(name, layers=N)` with N > 1
+builds N residual blocks of the cell (memory_models.deep.DeepMemory), whatever the cell.
+
 A cell's constructor may also take implementation options (how it computes, not what it is,
 e.g. event_ssm's `scan_impl` for tests and benchmarks), listed in its class attribute
 `implementation_options`: `keywords` leaves them out, so `make` and configs reject them;
@@ -14,9 +17,12 @@ from __future__ import annotations
 import difflib
 import inspect
 
+from .checks import check_int
+from .deep import DeepMemory
 from .interface import RecurrentMemory
 
 _MODELS: dict[str, type[RecurrentMemory]] = {}
+SHARED_KEYWORDS = {"layers": 1}     # taken by every name; make handles them, not the cells
 
 
 class UnknownKeywordError(TypeError, ValueError):
@@ -34,6 +40,10 @@ def register(name: str):
     def decorate(cls):
         if not (isinstance(cls, type) and issubclass(cls, RecurrentMemory)):
             raise TypeError(f"register({name!r}) expects a RecurrentMemory subclass, got {cls!r}")
+        taken = set(SHARED_KEYWORDS) & set(inspect.signature(cls.__init__).parameters)
+        if taken:
+            raise TypeError(f"register({name!r}): {cls.__qualname__} must not take the keyword(s) "
+                            f"{sorted(taken)}: make gives them to every memory")
         if name in _MODELS and _MODELS[name] is not cls:
             raise ValueError(f"memory name {name!r} is already registered to "
                              f"{_MODELS[name].__qualname__}")
@@ -61,12 +71,14 @@ def get(name: str) -> type[RecurrentMemory]:
 
 def keywords(name: str) -> dict[str, object]:
     """The model choices `name` takes besides input_size and hidden_size, with their defaults
-    (inspect.Parameter.empty for none); implementation options are not among them."""
+    (inspect.Parameter.empty for none), then `layers`; implementation options are not among
+    them."""
     cls = get(name)
     skip = {"self", "input_size", "hidden_size", *cls.implementation_options}
     signature = inspect.signature(cls.__init__)
-    return {k: p.default for k, p in signature.parameters.items()
-            if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    own = {k: p.default for k, p in signature.parameters.items()
+           if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {**own, **SHARED_KEYWORDS}
 
 
 def check_kwargs(name: str, kwargs) -> None:
@@ -76,10 +88,15 @@ def check_kwargs(name: str, kwargs) -> None:
     unknown = sorted(set(kwargs) - set(valid), key=str)
     if unknown:
         raise UnknownKeywordError(f"memory model {name!r} got unknown keyword(s) {unknown}; "
-                                  f"valid keywords: {valid or 'none'}", unknown, valid)
+                                  f"valid keywords: {valid}", unknown, valid)
 
 
-def make(name: str, *, input_size: int, hidden_size: int, **kwargs) -> RecurrentMemory:
-    """Build the memory registered as `name`; unknown keywords list the valid ones."""
+def make(name: str, *, input_size: int, hidden_size: int, layers: int = 1,
+         **kwargs) -> RecurrentMemory:
+    """Build the memory registered as `name`, or `layers` > 1 residual blocks of it (a
+    DeepMemory); unknown keywords list the valid ones."""
     check_kwargs(name, kwargs)
-    return get(name)(input_size=input_size, hidden_size=hidden_size, **kwargs)
+    check_int("layers", layers, why=" (residual blocks of the memory; 1: the plain cell)")
+    if layers == 1:
+        return get(name)(input_size=input_size, hidden_size=hidden_size, **kwargs)
+    return DeepMemory.stack(get(name), layers, input_size, hidden_size, **kwargs)
