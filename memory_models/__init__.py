@@ -16,6 +16,9 @@ from .discretization import DISCRETIZATIONS
 from .lrnn import LRNN, LTI_LRNN, LTV_LRNN
 from .s4d import S4D
 from .event_ssm import EventSSM
+from .ffm import FFM
+from .lru import LRU
+from .min_gru import MinGRU
 
 __all__ = [
     "RecurrentMemory", "State", "scan_episodes_as_rows",
@@ -23,4 +26,5 @@ __all__ = [
     "GRU", "LSTM", "MLP",
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",
     "DISCRETIZATIONS", "LRNN", "LTI_LRNN", "LTV_LRNN", "S4D", "EventSSM",
+    "FFM", "LRU", "MinGRU",
 ]

@@ -1,0 +1,131 @@
+"""LRU: the Linear Recurrent Unit, after Orvieto et al. 2023, "Resurrecting Recurrent Neural
+Networks for Long Sequences" (ICML 2023).
+
+A complex diagonal linear recurrence with a normalised input and a real readout:
+
+    x_t = λ^{Δt_t} ⊙ x_{t-1} + γ ⊙ (B u_t)                 (B, N) complex
+    y_t = Re(C x_t) + D u_t                                 (B, hidden_size)
+    λ = exp(−exp(ν) + i exp(θ))   (N,)   (|λ| = exp(−exp(ν)) < 1 for every ν)
+    γ = sqrt(1 − |λ|²)            (N,)   the normalisation, computed from λ
+
+N = state_size; B (N × input_size) and C (hidden_size × N) complex, D (hidden_size ×
+input_size) real. u_t is the input x_t of the interface; x_t here is the paper's state.
+
+Initialisation as the paper (its appendix code; "ring init"): with u₁, u₂ uniform on (0, 1],
+|λ|² uniform on [r_min², r_max²] and arg λ uniform on [0, max_phase]:
+
+    ν = log(−½ log(u₁ (r_max² − r_min²) + r_min²)),   θ = log(max_phase · u₂)
+    B ~ N(0, 1/(2·input_size)) (real and imaginary parts), C ~ N(0, 1/N) (each part)
+
+Differences from the paper's code: γ is computed from λ (the issue's γ = sqrt(1 − |λ|²)), where
+the paper initialises a separate trained γ_log to that value; D is a full real matrix
+~ N(0, 1/input_size), because input and output widths differ here, where the paper's D is a
+diagonal (a vector ~ N(0, 1)) for equal widths.
+
+Defaults: r_min = 0 and max_phase = 2π as the paper's code; r_max = 0.99 (the code's default
+r_max = 1 is excluded, at |λ| = 1 the mode neither forgets nor takes input, γ = 0; 0.99 keeps
+an input for ~100 steps at the slowest, the scale of POPGym's episodes; the paper's long-range
+tasks raise it to 0.999 and above); N = 256, memax's choice of N = hidden size at POPGym's
+hidden size 256.
+
+Elapsed time: λ is the decay per unit of time, so the time Δt_t elapsed before observation t
+decays the state by λ^{Δt_t} = exp(Δt_t · log λ) = exp(Δt_t (−exp(ν) + i exp(θ))); the input
+term γ ⊙ (B u_t) is the synchronous one (not scaled by Δt). Δt ≡ 1 is the synchronous LRU.
+
+Parallel form: x_t = a_t x_{t-1} + b_t (a_t = λ^{Δt_t}, b_t = γ ⊙ B u_t) by the resettable
+associative scan of memory_models.ops.scan (`linear_scan`): exact and stable at any length,
+with resets and any Δt. `scan_impl="sequential"` runs the reference loop over t instead (an
+implementation option for tests and benchmarks). Computes in float32 and float64 (complex
+arithmetic). The state is real: {"x": (B, N, 2)}, (Re, Im) on the last axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .checks import check_int, check_positive
+from .event_ssm import SCAN_IMPLS
+from .interface import RecurrentMemory, State
+from .lrnn import as_complex
+from .registry import register
+
+
+@register("lru")
+class LRU(RecurrentMemory):
+    """Linear Recurrent Unit with N complex modes (N = state_size)."""
+
+    dtypes = (torch.float32, torch.float64)
+    implementation_options = ("scan_impl",)
+
+    def __init__(self, input_size: int, hidden_size: int, state_size: int = 256,
+                 r_min: float = 0.0, r_max: float = 0.99, max_phase: float = 2 * math.pi,
+                 scan_impl: str = "parallel"):
+        super().__init__(input_size, hidden_size)
+        check_int("state_size", state_size, why=" (complex modes N)")
+        check_ring(r_min, r_max, max_phase)
+        if scan_impl not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl must be one of {tuple(SCAN_IMPLS)}, got {scan_impl!r}")
+        self.state_size, self.scan_impl = state_size, scan_impl
+        self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
+
+        u1, u2 = 1 - torch.rand(state_size), 1 - torch.rand(state_size)        # (0, 1]
+        self.nu_log = nn.Parameter(
+            torch.log(-0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2)))
+        self.theta_log = nn.Parameter(torch.log(max_phase * u2))
+        self.B_re = nn.Parameter(torch.randn(state_size, input_size) / math.sqrt(2 * input_size))
+        self.B_im = nn.Parameter(torch.randn(state_size, input_size) / math.sqrt(2 * input_size))
+        self.C_re = nn.Parameter(torch.randn(hidden_size, state_size) / math.sqrt(state_size))
+        self.C_im = nn.Parameter(torch.randn(hidden_size, state_size) / math.sqrt(state_size))
+        self.D = nn.Parameter(torch.randn(hidden_size, input_size) / math.sqrt(input_size))
+
+    # ------------------------------------------------------------------ the equations
+    def log_lambda(self) -> Tensor:
+        """log λ = −exp(ν) + i exp(θ) (N,) complex."""
+        return torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log))
+
+    def normalisation(self) -> Tensor:
+        """γ = sqrt(1 − |λ|²) = sqrt(−expm1(−2 exp(ν))) (N,) real."""
+        return torch.sqrt(-torch.expm1(-2 * torch.exp(self.nu_log)))
+
+    def elements(self, u: Tensor, integration_timesteps: Tensor) -> tuple[Tensor, Tensor]:
+        """(a, b) of x_t = a_t x_{t-1} + b_t: λ^{Δt}, γ ⊙ B u, (..., N) complex each."""
+        a = torch.exp(self.log_lambda() * integration_timesteps[..., None])
+        gamma = self.normalisation()
+        b = torch.complex(u @ (self.B_re * gamma[:, None]).T, u @ (self.B_im * gamma[:, None]).T)
+        return a, b
+
+    def readout(self, x: Tensor, u: Tensor) -> Tensor:
+        """y = Re(C x) + D u = C_re Re x − C_im Im x + D u, x (..., N) complex."""
+        return x.real @ self.C_re.T - x.imag @ self.C_im.T + u @ self.D.T
+
+    # ------------------------------------------------------------------ interface
+    def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device, dtype = self._defaults(device, dtype)
+        return {"x": torch.zeros(batch_size, self.state_size, 2, device=device, dtype=dtype)}
+
+    def _scan(self, u, state, resets, integration_timesteps, lengths):
+        a, b = self.elements(u, integration_timesteps)                          # (B, T, N)
+        x0 = as_complex(state["x"])
+        states = SCAN_IMPLS[self.scan_impl](a, b, x0, resets, lengths)
+        final = states[:, -1] if u.shape[1] else x0
+        return self.readout(states, u), {"x": torch.view_as_real(final)}
+
+    def _step(self, u_t, state, reset, integration_timestep):
+        a, b = self.elements(u_t, integration_timestep)                         # (B, N)
+        x = torch.addcmul(b, a, as_complex(self.reset_state(state, reset)["x"]))
+        return self.readout(x, u_t), {"x": torch.view_as_real(x)}
+
+
+def check_ring(r_min, r_max, max_phase) -> None:
+    """0 ≤ r_min < r_max < 1 (the ring of initial |λ|) and max_phase > 0."""
+    for name, value in (("r_min", r_min), ("r_max", r_max)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value < 1):
+            raise ValueError(f"{name} must be a number in [0, 1) (initial |λ|), got {value!r}")
+    if not r_min < r_max:
+        raise ValueError(f"r_min must be < r_max (the ring of initial |λ|), got r_min={r_min}, "
+                         f"r_max={r_max}")
+    check_positive("max_phase", max_phase, why=" (largest initial arg λ)")
