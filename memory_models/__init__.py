@@ -9,6 +9,7 @@ memory_models.laws checks the interface laws on any cell (tests/test_laws.py run
 """
 
 from .interface import RecurrentMemory, State, scan_episodes_as_rows
+from .deep import DeepMemory
 from .registry import UnknownKeywordError, available, check_kwargs, get, keywords, make, register
 from .reference import GRU, LSTM, MLP
 from .lmu import LMU, LMUFFT, LMUCell, leCunUniform
@@ -21,7 +22,7 @@ from .lru import LRU
 from .min_gru import MinGRU
 
 __all__ = [
-    "RecurrentMemory", "State", "scan_episodes_as_rows",
+    "RecurrentMemory", "State", "scan_episodes_as_rows", "DeepMemory",
     "available", "check_kwargs", "get", "keywords", "make", "register", "UnknownKeywordError",
     "GRU", "LSTM", "MLP",
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",

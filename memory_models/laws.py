@@ -40,8 +40,9 @@ Model = str | RecurrentMemory
 
 
 def accepted_dtypes(model: Model) -> tuple[torch.dtype, ...]:
-    """The dtypes `model` (a name or a cell) computes in: its class's `dtypes`."""
-    return get(model).dtypes if isinstance(model, str) else type(model).dtypes
+    """The dtypes `model` (a name or a cell) computes in: its class's `dtypes` (a built cell's
+    own, which a DeepMemory narrows to its cells')."""
+    return get(model).dtypes if isinstance(model, str) else model.dtypes
 
 
 def build(model: Model, dtype: torch.dtype, seed: int = 0, **kwargs) -> RecurrentMemory:

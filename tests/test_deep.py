@@ -126,3 +126,9 @@ def test_stack_checks_sizes_and_is_not_a_registered_name():
                                          "hidden_size 6"):
         DeepMemory([gru(4, 6), gru(4, 6)])
     assert DeepMemory not in {memory_models.get(n) for n in MODELS}
+
+
+def test_a_built_stack_lists_its_cells_dtypes_to_the_laws():
+    deep = memory_models.make("s4d", input_size=2, hidden_size=4, layers=2, state_size=4)
+    assert laws.accepted_dtypes(deep) == memory_models.get("s4d").dtypes
+    laws.check(deep, dtypes=(torch.float64,))
