@@ -47,6 +47,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
+from .seeding import env_seeds
 from .workers import use_assigned_cpus
 
 __all__ = ["CompleteEpisodesEnvRunner", "OldStackMinibatches", "PPOLearner",
@@ -57,7 +58,8 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
     """SingleAgentEnvRunner whose "complete_episodes" sampling loses no episode (see 1. above).
 
     Any other request (truncate_episodes, or an explicit num_timesteps / num_episodes) is
-    RLlib's own.
+    RLlib's own. Its sub-envs are seeded by `seeding.env_seeds` (RLlib's new stack would give
+    runner w's sub-env i the seed + w + i, which the next runner's sub-env i - 1 shares).
     """
 
     def __init__(self, *args, **kwargs):
@@ -90,6 +92,12 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
                     finished.append(episode)
                     finished_steps += len(episode)
         return finished
+
+    def _try_env_reset(self, *, seed=None, options=None):
+        """The vector env's first reset (the one RLlib seeds) with `seeding.env_seeds`."""
+        if seed is not None:
+            seed = env_seeds(self.config.seed, self.worker_index, self.num_envs)
+        return super()._try_env_reset(seed=seed, options=options)
 
     def _join(self, chunk: SingleAgentEpisode) -> SingleAgentEpisode:
         """The episode `chunk` continues (a copy of chunk if it starts one), extended by it;

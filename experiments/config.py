@@ -54,6 +54,7 @@ from pydantic.dataclasses import dataclass
 
 from experiments import workers
 from experiments.defaults import POPGYM_PPO, POPGYM_SIZES
+from experiments.seeding import MAX_ENV_RUNNERS, MAX_ENVS_PER_ENV_RUNNER, MAX_SEED
 
 POPGYM_PREFIX = "popgym:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -160,8 +161,9 @@ class ModelEntry:
 
 @dataclass(config=_STRICT)
 class Resources:
-    num_env_runners: StrictInt = Field(POPGYM_PPO["num_env_runners"], ge=0)
-    num_envs_per_env_runner: StrictInt = Field(POPGYM_PPO["num_envs_per_env_runner"], ge=1)
+    num_env_runners: StrictInt = Field(POPGYM_PPO["num_env_runners"], ge=0, le=MAX_ENV_RUNNERS)
+    num_envs_per_env_runner: StrictInt = Field(POPGYM_PPO["num_envs_per_env_runner"], ge=1,
+                                               le=MAX_ENVS_PER_ENV_RUNNER)
     num_gpus: StrictFloat = Field(0.0, ge=0)    # GPUs for each trial's learner
     max_concurrent_trials: StrictInt = Field(0, ge=0)   # 0: as many as the cluster fits
 
@@ -225,7 +227,7 @@ class Study:
                      AfterValidator(_flatten_unique)]             # resolved POPGym ids
     models: Annotated[list[Annotated[ModelEntry, BeforeValidator(_model_mapping)]],
                       Field(min_length=1), BeforeValidator(_one_or_more)]
-    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1),
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]], Field(min_length=1),
                      BeforeValidator(_one_or_more), AfterValidator(_unique_seeds)]
     stop: Stop
     output: StrictStr = "results"

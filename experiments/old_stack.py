@@ -41,6 +41,7 @@ from torch import Tensor, nn
 import memory_models
 
 from .rl_module import MODEL_CONFIG_DEFAULTS, build_layers, check_model_config
+from .seeding import check_layout, rllib_seed
 
 PREFIX = "memrl_"
 
@@ -169,11 +170,13 @@ def old_stack_ppo_config(*, env: str, custom_model, custom_model_config: dict, s
     protocol as defaults), mapped to the old stack's: train_batch_size_per_learner ->
     train_batch_size, max_seq_len -> model["max_seq_len"]. `shuffle_batch_per_epoch` has no
     old-stack counterpart (the old stack always permutes its minibatches' order) and is
-    dropped.
+    dropped. `seed` is the trial's seed: RLlib gets `seeding.rllib_seed(seed)`, whose env
+    seeds no other trial seed shares.
     """
     from .training import register_rllib_envs, split_ppo_settings
 
     register_rllib_envs()
+    check_layout(num_env_runners, num_envs_per_env_runner)
     max_seq_len, env_runner_args, training = split_ppo_settings(ppo)
     training["train_batch_size"] = training.pop("train_batch_size_per_learner")
     training.pop("shuffle_batch_per_epoch", None)
@@ -187,4 +190,4 @@ def old_stack_ppo_config(*, env: str, custom_model, custom_model_config: dict, s
             .training(model={"custom_model": custom_model, "max_seq_len": max_seq_len,
                              "custom_model_config": custom_model_config}, **training)
             .resources(num_gpus=num_gpus)
-            .debugging(seed=seed))
+            .debugging(seed=rllib_seed(seed)))

@@ -28,6 +28,7 @@ import envs
 from .defaults import POPGYM_PPO
 from .batching import CompleteEpisodesEnvRunner, PPOLearner
 from .rl_module import memory_module_spec
+from .seeding import check_layout, rllib_seed
 
 __all__ = ["POPGYM_PPO", "ppo_config", "register_rllib_envs"]
 
@@ -65,11 +66,13 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
     also takes `max_seq_len` (into model_config), `batch_mode` and `rollout_fragment_length`,
     so `ppo_config(env=..., memory=..., **POPGYM_PPO)` is the paper's protocol. On an
     event-time task model_config's `timesteps_from_obs` defaults to True: the memory integrates
-    over the Δt the env appends to each observation. Sampling and minibatches follow RLlib's
+    over the Δt the env appends to each observation. `seed` is the trial's seed: RLlib gets
+    `seeding.rllib_seed(seed)`, so that trials of different seeds share no env stream. Sampling and minibatches follow RLlib's
     old stack (`batching.CompleteEpisodesEnvRunner`, `batching.PPOLearner`).
     """
     register_rllib_envs()
     env_id, = _one_env(env)
+    check_layout(num_env_runners, num_envs_per_env_runner)
     model_config = dict(model_config or {})
     for key in ("memory", "memory_kwargs"):
         if key in model_config:
@@ -89,7 +92,7 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
         .rl_module(rl_module_spec=spec)
         .training(**training)
         .learners(learner_class=PPOLearner)
-        .debugging(seed=seed)
+        .debugging(seed=rllib_seed(seed))
     )
 
 

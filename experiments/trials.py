@@ -21,6 +21,7 @@ from ray.rllib.algorithms.ppo import PPO
 from experiments import workers
 from experiments.config import Study, Trial
 from experiments.launcher import ENV_STEPS, EVAL_KEYS, EVALUATION
+from experiments.seeding import EVAL_SEED
 
 TRIAL_KEY = "trial"
 
@@ -63,9 +64,6 @@ def algorithm_config(spec: dict) -> AlgorithmConfig:
                             if k in CUSTOM_MODEL_CONFIG_KEYS}}
     return old_stack_ppo_config(custom_model=custom_model, custom_model_config=custom_config,
                                 num_gpus=res["num_gpus"], **common)
-
-
-EVAL_SEED = 1_000_000          # evaluation episode i is reset with seed EVAL_SEED + i
 
 
 class StudyTrial(PPO):

@@ -7,6 +7,7 @@ from ray.rllib.core.columns import Columns
 
 import memory_models
 import small_sizes
+from experiments import seeding
 from experiments.training import POPGYM_PPO, ppo_config, register_rllib_envs
 
 ENV = "popgym-RepeatPreviousEasy-v0"                # 51 steps per episode
@@ -142,7 +143,7 @@ def test_ppo_config_follows_the_popgym_protocol_unless_overridden():
     assert POPGYM_PPO["train_batch_size_per_learner"] == 1024 * 4 * 16
 
     custom = ppo_config(env=ENV, memory="gru", seed=3, lr=1e-3, max_seq_len=64, gamma=0.9)
-    assert (custom.lr, custom.gamma, custom.seed) == (1e-3, 0.9, 3)
+    assert (custom.lr, custom.gamma, custom.seed) == (1e-3, 0.9, 3 * seeding.SEED_STRIDE)
     assert custom.rl_module_spec.model_config["max_seq_len"] == 64
 
 
