@@ -1,8 +1,9 @@
 """Deep memories: `make(name, layers=N)` for every registered name (memory_models.deep).
 
-The interface laws hold for every name with layers=2 in float32 and float64 (the laws'
-own code, parametrised over memory_models.available(), so a cell registered later is covered);
-layers=1 is the plain cell; the stack's output is the literal composition of its blocks.
+The interface laws hold for every name with layers=2 in float32 and float64, and layers=3 in
+float64 (the laws' own code, parametrised over memory_models.available(), so a cell
+registered later is covered); layers=1 is the plain cell; the stack's output is the literal
+composition of its blocks.
 """
 
 import pytest
@@ -15,7 +16,6 @@ from memory_models.deep import DeepMemory
 from small_sizes import small_memory_kwargs
 
 MODELS = memory_models.available()
-DTYPES = (torch.float32, torch.float64)
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +27,12 @@ def one_thread():
 
 
 @pytest.mark.parametrize("law", list(laws.LAWS))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("layers, dtype", [(2, torch.float32), (2, torch.float64),
+                                           (3, torch.float64)],
+                         ids=lambda v: str(v).replace("torch.", ""))
 @pytest.mark.parametrize("name", MODELS)
-def test_two_layers_pass_every_law(name, dtype, law):
-    laws.LAWS[law](name, dtype, layers=2, **small_memory_kwargs(name))
+def test_deep_stacks_pass_every_law(name, layers, dtype, law):
+    laws.LAWS[law](name, dtype, layers=layers, **small_memory_kwargs(name))
 
 
 @pytest.mark.parametrize("name", MODELS)
