@@ -20,6 +20,8 @@ from .event_ssm import EventSSM
 from .ffm import FFM
 from .lru import LRU
 from .min_gru import MinGRU
+from .rnns import Elman, IndRNN
+from .windows import FrameConv, FrameStack, PosMLP
 
 __all__ = [
     "RecurrentMemory", "State", "scan_episodes_as_rows", "DeepMemory",
@@ -28,4 +30,5 @@ __all__ = [
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",
     "DISCRETIZATIONS", "LRNN", "LTI_LRNN", "LTV_LRNN", "S4D", "EventSSM",
     "FFM", "LRU", "MinGRU",
+    "Elman", "IndRNN", "PosMLP", "FrameStack", "FrameConv",
 ]
