@@ -14,16 +14,9 @@ import memory_models
 from memory_models import laws
 from memory_models.deep import DeepMemory
 from small_sizes import small_memory_kwargs
+from test_laws import one_thread  # noqa: F401  (its autouse fixture: torch on one thread)
 
 MODELS = memory_models.available()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                   # small tensors: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("law", list(laws.LAWS))
