@@ -31,6 +31,8 @@ hidden size 256.
 Elapsed time: λ is the decay per unit of time, so the time Δt_t elapsed before observation t
 decays the state by λ^{Δt_t} = exp(Δt_t · log λ) = exp(Δt_t (−exp(ν) + i exp(θ))); the input
 term γ ⊙ (B u_t) is the synchronous one (not scaled by Δt). Δt ≡ 1 is the synchronous LRU.
+log λ is the parameters' −exp(ν) + i exp(θ) (rotation exp(θ) per unit of time), not the
+principal logarithm: the two differ for non-integer Δt where exp(θ) > π.
 
 Parallel form: x_t = a_t x_{t-1} + b_t (a_t = λ^{Δt_t}, b_t = γ ⊙ B u_t) by the resettable
 associative scan of memory_models.ops.scan (`linear_scan`): exact and stable at any length,

@@ -1,0 +1,125 @@
+"""LRU: the paper's equations written out, ring initialisation, parallel == sequential, elapsed
+time, long runs, defaults, bad arguments."""
+
+import math
+
+import pytest
+import torch
+
+import memory_models
+from memory_models import LRU
+from scan_cell_checks import (TOL, assert_elapsed_time_is_decay_power,
+                              assert_parallel_equals_sequential, random_state)
+
+SMALL = dict(input_size=3, hidden_size=5, state_size=6)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                   # small tensors: threads only add overhead
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    return LRU(**{**SMALL, **kw}).to(dtype)
+
+
+def written_out(cell, u, dt, resets, x):
+    """x_t = λ^{Δt} x_{t-1} + γ (B u_t), y_t = Re(C x_t) + D u_t as a loop, from x (B, N).
+
+    λ^{Δt} = exp(Δt log λ) with log λ = −exp(ν) + i exp(θ), the parameters' logarithm (the
+    rotation per unit time is exp(θ)): not torch's principal power lam ** Δt, which differs
+    for non-integer Δt where exp(θ) > π."""
+    log_lam = -torch.exp(cell.nu_log) + 1j * torch.exp(cell.theta_log)
+    lam = torch.exp(log_lam)
+    gamma = torch.sqrt(1 - lam.abs() ** 2)
+    B = cell.B_re + 1j * cell.B_im
+    C = cell.C_re + 1j * cell.C_im
+    outputs = []
+    for t in range(u.shape[1]):
+        x = torch.where(resets[:, t, None], torch.zeros_like(x), x)
+        x = torch.exp(log_lam * dt[:, t, None]) * x + gamma * (u[:, t].to(B.dtype) @ B.T)
+        outputs.append((x @ C.T).real + u[:, t] @ cell.D.T)
+    return torch.stack(outputs, 1), x
+
+
+def test_scan_equals_the_papers_equations_written_out():
+    cell = build()
+    u = torch.randn(2, 11, 3, dtype=torch.float64)
+    dt = torch.rand(2, 11, dtype=torch.float64) * 2
+    resets = torch.zeros(2, 11, dtype=torch.bool)
+    resets[0, 5] = True
+    state = random_state(cell, 2, torch.float64)
+    y, final = cell.scan(u, state, resets=resets, integration_timesteps=dt)
+    y_ref, x_ref = written_out(cell, u, dt, resets, torch.view_as_complex(state["x"]))
+    torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
+    torch.testing.assert_close(final["x"], torch.view_as_real(x_ref), **TOL[torch.float64])
+
+
+def test_ring_initialisation():
+    """|λ| uniform-in-square on [r_min, r_max], arg λ on (0, max_phase], γ = sqrt(1 − |λ|²)."""
+    cell = build(state_size=4000, r_min=0.4, r_max=0.9, max_phase=math.pi / 10)
+    lam = torch.exp(cell.log_lambda()).detach()
+    assert lam.abs().min() >= 0.4 - 1e-12 and lam.abs().max() <= 0.9 + 1e-12
+    assert lam.angle().min() > 0 and lam.angle().max() <= math.pi / 10 + 1e-12
+    squared = lam.abs() ** 2                                   # uniform on [0.16, 0.81]
+    assert abs(squared.mean().item() - (0.16 + 0.81) / 2) < 0.02
+    torch.testing.assert_close(cell.normalisation().detach(), torch.sqrt(1 - squared))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_parallel_scan_equals_sequential_loop(dtype):
+    assert_parallel_equals_sequential(LRU, dtype, r_min=0.5, **SMALL)
+
+
+def test_elapsed_time_is_a_power_of_lambda():
+    """Δt = 1 is the synchronous LRU; Δt = 2 is two unit steps whose first has input u = 0
+    (B u = 0 exactly: B has no bias), λ^2 = λ·λ; the input term γ B u is not scaled by Δt."""
+    cell = build(r_min=0.5)
+    u = torch.randn(2, 6, 3, dtype=torch.float64)
+    assert_elapsed_time_is_decay_power(cell, u, torch.zeros(2, 3, dtype=torch.float64))
+    dt = torch.tensor([0.0, 0.5, 1.0, 2.0, 7.5], dtype=torch.float64)
+    a1, b1 = cell.elements(torch.ones(5, 3, dtype=torch.float64), dt)
+    a2, b2 = cell.elements(torch.ones(5, 3, dtype=torch.float64), 2 * dt)
+    torch.testing.assert_close(a2, a1.square())
+    torch.testing.assert_close(b2, b1)
+
+
+def test_long_sequence_float32_is_finite_and_matches_float64():
+    cell = build(state_size=16, r_min=0.9, r_max=0.999)
+    u = torch.randn(2, 8192, 3, dtype=torch.float64)
+    dt = torch.rand(2, 8192, dtype=torch.float64) * 5
+    state = random_state(cell, 2, torch.float64)
+    y64, final64 = cell.scan(u, state, integration_timesteps=dt)
+    y32, final32 = cell.float().scan(u.float(), {"x": state["x"].float()},
+                                     integration_timesteps=dt.float())
+    assert torch.isfinite(y32).all() and torch.isfinite(final32["x"]).all()
+    assert (y32.double() - y64).abs().max() < 1e-3 * y64.abs().max()
+    assert (final32["x"].double() - final64["x"]).abs().max() < 1e-3 * final64["x"].abs().max()
+
+
+def test_defaults():
+    """r_min 0, max_phase 2π (the paper's code), r_max 0.99 (< 1, see the module), N = 256."""
+    assert dict(state_size=256, r_min=0.0, r_max=0.99,
+                max_phase=2 * math.pi).items() <= memory_models.keywords("lru").items()
+    cell = memory_models.make("lru", input_size=8, hidden_size=256)
+    assert cell.initial_state(2)["x"].shape == (2, 256, 2)
+    assert cell.B_re.shape == (256, 8) and cell.C_im.shape == (256, 256)
+    assert cell.D.shape == (256, 8)
+
+
+def test_bad_arguments_name_the_keyword_and_the_allowed_values():
+    for kw, match in [(dict(state_size=0), "state_size must be a positive int"),
+                      (dict(r_min=0.9, r_max=0.5), "r_min must be < r_max"),
+                      (dict(r_min=0.5, r_max=0.5), "r_min must be < r_max"),
+                      (dict(r_max=1.0), r"r_max must be a number in \[0, 1\)"),
+                      (dict(r_min=-0.1), r"r_min must be a number in \[0, 1\)"),
+                      (dict(max_phase=0), "max_phase must be a finite number > 0"),
+                      (dict(scan_impl="fast"), "scan_impl must be one of")]:
+        with pytest.raises(ValueError, match=match):
+            LRU(3, 5, **kw)
+    with pytest.raises(ValueError, match="unknown keyword.*'memory_size'.*state_size"):
+        memory_models.make("lru", input_size=3, hidden_size=5, memory_size=4)
