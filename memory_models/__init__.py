@@ -22,6 +22,7 @@ from .lru import LRU
 from .min_gru import MinGRU
 from .rnns import Elman, IndRNN
 from .windows import FrameConv, FrameStack, PosMLP
+from .fast_weights import FastWeightProgrammer, LinearAttention
 
 __all__ = [
     "RecurrentMemory", "State", "scan_episodes_as_rows", "DeepMemory",
@@ -31,4 +32,5 @@ __all__ = [
     "DISCRETIZATIONS", "LRNN", "LTI_LRNN", "LTV_LRNN", "S4D", "EventSSM",
     "FFM", "LRU", "MinGRU",
     "Elman", "IndRNN", "PosMLP", "FrameStack", "FrameConv",
+    "FastWeightProgrammer", "LinearAttention",
 ]
