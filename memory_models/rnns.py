@@ -8,8 +8,8 @@ It runs as torch's fused nn.RNN (reference.py's `_FusedRNN`: resets by episode r
 step by torch's `rnn_tanh_cell`), the module POPGym's `Elman` uses.
 
 IndRNN (Li et al. 2018, "Independently Recurrent Neural Network"; POPGym's `IndRNN`, i.e.
-popgym.baselines.models.indrnn.IndRNN, two layers), L = num_layers stacked layers, state
-{"h": (B, L, H)} (POPGym's (B, 2, H)):
+popgym.baselines.models.indrnn.IndRNN): L = 2 stacked layers as POPGym's, state
+{"h": (B, 2, H)} as POPGym's (deeper stacks: the registry's `layers` residual blocks):
 
     h^0_t = x_t
     h^l_t = ReLU(W_l h^{l-1}_t + c_l + u_l ⊙ h^l_{t-1} + b_l)         l = 1..L
@@ -53,22 +53,22 @@ class Elman(_FusedRNN):
 
 @register("indrnn")
 class IndRNN(RecurrentMemory):
-    """num_layers stacked IndRNN layers with ReLU and projected recurrent weights (POPGym's)."""
+    """Two stacked IndRNN layers with ReLU and projected recurrent weights (POPGym's)."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2,
-                 max_len: int = 1024):
+    num_layers = 2
+
+    def __init__(self, input_size: int, hidden_size: int, max_len: int = 1024):
         super().__init__(input_size, hidden_size)
-        check_int("num_layers", num_layers)
         check_int("max_len", max_len, why=" (the recurrent weights are bounded by "
                                           "2^(1/max_len))")
-        self.num_layers, self.max_len = num_layers, max_len
+        self.max_len = max_len
         self.weight_bound = 2.0 ** (1.0 / max_len)
-        sizes = [input_size] + [hidden_size] * (num_layers - 1)
+        sizes = [input_size] + [hidden_size] * (self.num_layers - 1)
         self.inputs = nn.ModuleList(nn.Linear(size, hidden_size) for size in sizes)
         self.recurrent_weights = nn.ParameterList(
-            nn.Parameter(torch.rand(hidden_size)) for _ in range(num_layers))
+            nn.Parameter(torch.rand(hidden_size)) for _ in range(self.num_layers))
         self.biases = nn.ParameterList(
-            nn.Parameter(torch.rand(hidden_size)) for _ in range(num_layers))
+            nn.Parameter(torch.rand(hidden_size)) for _ in range(self.num_layers))
 
     def project_recurrent_weights(self) -> None:
         """u_l := clamp(u_l, -r, r) in place, as POPGym's clamp_weights (on .data: no autograd
