@@ -1,9 +1,20 @@
 """Checks shared by the tests of the cells whose parallel form is ops.scan.linear_scan
 (FFM, LRU, minGRU): parallel == sequential reference, and elapsed time as a decay power."""
 
+import pytest
 import torch
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (small tensors: threads only add overhead); a test
+    module uses it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def random_state(cell, batch: int, dtype) -> dict:
@@ -71,3 +82,34 @@ def assert_elapsed_time_is_decay_power(cell, x: torch.Tensor, no_input: torch.Te
     for key in s_gap:
         torch.testing.assert_close(s_gap[key], s_pad[key], **TOL[torch.float64])
     assert (y_gap[:, k] - y_sync[:, k]).abs().max() > 1e-6       # the gap did change y
+
+
+def assert_scan_equals_loop(cell, written_out, steps: int, reset_at: tuple[int, int],
+                            timesteps: bool = True) -> None:
+    """cell.scan (float64, B = 2, from a random state, a reset at reset_at = (row, t), random
+    Δt if `timesteps`) equals written_out(x, dt, resets, state) -> (y, final state dict), the
+    test's literal loop over the paper's equations; within TOL[float64]."""
+    x = torch.randn(2, steps, cell.input_size, dtype=torch.float64) * 2
+    dt = torch.rand(2, steps, dtype=torch.float64) * 2 if timesteps else None
+    resets = torch.zeros(2, steps, dtype=torch.bool)
+    resets[reset_at] = True
+    state = random_state(cell, 2, torch.float64)
+    y, final = cell.scan(x, state, resets=resets, integration_timesteps=dt)
+    y_ref, final_ref = written_out(x, dt, resets, state)
+    torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
+    for k in final:
+        torch.testing.assert_close(final[k], final_ref[k], **TOL[torch.float64])
+
+
+def assert_long_float32_run_matches_float64(cell, steps: int = 8192) -> None:
+    """At T = steps with gaps Δt up to 5: float32 outputs and state finite and within 1e-3
+    (relative to the largest value) of float64's; `cell` is float64 and becomes float32."""
+    x = torch.randn(2, steps, cell.input_size, dtype=torch.float64)
+    dt = torch.rand(2, steps, dtype=torch.float64) * 5
+    state = random_state(cell, 2, torch.float64)
+    y64, final64 = cell.scan(x, state, integration_timesteps=dt)
+    y32, final32 = cell.float().scan(x.float(), {k: v.float() for k, v in state.items()},
+                                     integration_timesteps=dt.float())
+    for out32, out64 in [(y32, y64), *((final32[k], final64[k]) for k in final64)]:
+        assert torch.isfinite(out32).all()
+        assert (out32.double() - out64).abs().max() < 1e-3 * out64.abs().max()

@@ -10,19 +10,14 @@ import torch
 import memory_models
 from memory_models import FFM
 from memory_models.ffm import DECAY_LIMIT
-from scan_cell_checks import (TOL, assert_elapsed_time_is_decay_power,
-                              assert_parallel_equals_sequential, random_state)
+from scan_cell_checks import (assert_elapsed_time_is_decay_power,
+                              assert_long_float32_run_matches_float64,
+                              assert_parallel_equals_sequential, assert_scan_equals_loop,
+                              one_thread, random_state)  # noqa: F401 (one_thread: fixture)
 
 SMALL = dict(input_size=3, hidden_size=5, memory_size=4, context_size=3)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                   # small tensors: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def build(dtype=torch.float64, seed=0, **kw):
     torch.manual_seed(seed)
@@ -47,8 +42,9 @@ def output(cell, S, thru, g_out):
     return z * g_out + thru * (1 - g_out)
 
 
-def written_out(cell, x, dt, resets, S):
-    """The module docstring's equations as a loop over t, from S (B, m, c) complex."""
+def written_out(cell, x, dt, resets, state):
+    """The module docstring's equations as a loop over t, from state["S"] (B, m, c, 2)."""
+    S = torch.view_as_complex(state["S"])
     alpha = cell.alpha.clamp(-DECAY_LIMIT, -1e-8)
     outputs = []
     for t in range(x.shape[1]):
@@ -57,7 +53,7 @@ def written_out(cell, x, dt, resets, S):
         S = torch.where(resets[:, t, None, None], torch.zeros_like(S), S)
         S = gamma * S + (y_hat * g_in)[:, :, None] * torch.ones(cell.context_size)
         outputs.append(output(cell, S, thru, g_out))
-    return torch.stack(outputs, 1), S
+    return torch.stack(outputs, 1), {"S": torch.view_as_real(S)}
 
 
 def original_chunk(cell, x, S0):
@@ -66,8 +62,8 @@ def original_chunk(cell, x, S0):
         z_t = Σ_{i≤t} γ^{T-1-i} x_i (a cumulative sum),  S_t = γ^{-(T-1-t)} z_t + γ^{t+1} S_{-1},
     then the output as its forward does. No resets (the original has none), Δt ≡ 1."""
     steps = x.shape[1]
-    log_gamma = torch.complex(cell.alpha.clamp(-DECAY_LIMIT, -1e-8)[:, None].expand(-1, cell.context_size),
-                              cell.omega[None, :].expand(cell.memory_size, -1))
+    alpha = cell.alpha.clamp(-DECAY_LIMIT, -1e-8)
+    log_gamma = alpha[:, None] + 1j * cell.omega[None, :]                # (m, c)
 
     def gamma_to(powers):                                        # (T,) -> (T, m, c)
         return torch.exp(log_gamma * powers.to(log_gamma.dtype)[:, None, None])
@@ -82,15 +78,8 @@ def original_chunk(cell, x, S0):
 
 def test_scan_equals_the_papers_equations_written_out():
     cell = build()
-    x = torch.randn(2, 9, 3, dtype=torch.float64)
-    dt = torch.rand(2, 9, dtype=torch.float64) * 2
-    resets = torch.zeros(2, 9, dtype=torch.bool)
-    resets[1, 4] = True
-    state = random_state(cell, 2, torch.float64)
-    y, final = cell.scan(x, state, resets=resets, integration_timesteps=dt)
-    y_ref, S_ref = written_out(cell, x, dt, resets, torch.view_as_complex(state["S"]))
-    torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
-    torch.testing.assert_close(final["S"], torch.view_as_real(S_ref), **TOL[torch.float64])
+    assert_scan_equals_loop(cell, lambda *args: written_out(cell, *args), steps=9,
+                            reset_at=(1, 4))
 
 
 def test_scan_equals_the_originals_chunked_cumulative_sum():
@@ -129,16 +118,7 @@ def test_elapsed_time_is_a_power_of_gamma():
 
 def test_long_sequence_float32_is_finite_and_matches_float64():
     """At T = 8192 (8× the original's chunk) with long gaps: no overflow, float32 ≈ float64."""
-    cell = build(memory_size=8, context_size=4)
-    x = torch.randn(2, 8192, 3, dtype=torch.float64)
-    dt = torch.rand(2, 8192, dtype=torch.float64) * 5
-    state = random_state(cell, 2, torch.float64)
-    y64, final64 = cell.scan(x, state, integration_timesteps=dt)
-    y32, final32 = cell.float().scan(x.float(), {"S": state["S"].float()},
-                                     integration_timesteps=dt.float())
-    assert torch.isfinite(y32).all() and torch.isfinite(final32["S"]).all()
-    assert (y32.double() - y64).abs().max() < 1e-3 * y64.abs().max()
-    assert (final32["S"].double() - final64["S"]).abs().max() < 1e-3 * final64["S"].abs().max()
+    assert_long_float32_run_matches_float64(build(memory_size=8, context_size=4))
 
 
 def test_defaults_are_the_papers_rllib_model():

@@ -8,31 +8,27 @@ import torch
 
 import memory_models
 from memory_models import LRU
-from scan_cell_checks import (TOL, assert_elapsed_time_is_decay_power,
-                              assert_parallel_equals_sequential, random_state)
+from scan_cell_checks import (assert_elapsed_time_is_decay_power,
+                              assert_long_float32_run_matches_float64,
+                              assert_parallel_equals_sequential, assert_scan_equals_loop,
+                              one_thread)  # noqa: F401 (one_thread: fixture)
 
 SMALL = dict(input_size=3, hidden_size=5, state_size=6)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                   # small tensors: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def build(dtype=torch.float64, seed=0, **kw):
     torch.manual_seed(seed)
     return LRU(**{**SMALL, **kw}).to(dtype)
 
 
-def written_out(cell, u, dt, resets, x):
-    """x_t = λ^{Δt} x_{t-1} + γ (B u_t), y_t = Re(C x_t) + D u_t as a loop, from x (B, N).
+def written_out(cell, u, dt, resets, state):
+    """x_t = λ^{Δt} x_{t-1} + γ (B u_t), y_t = Re(C x_t) + D u_t as a loop from state["x"].
 
     λ^{Δt} = exp(Δt log λ) with log λ = −exp(ν) + i exp(θ), the parameters' logarithm (the
     rotation per unit time is exp(θ)): not torch's principal power lam ** Δt, which differs
     for non-integer Δt where exp(θ) > π."""
+    x = torch.view_as_complex(state["x"])
     log_lam = -torch.exp(cell.nu_log) + 1j * torch.exp(cell.theta_log)
     lam = torch.exp(log_lam)
     gamma = torch.sqrt(1 - lam.abs() ** 2)
@@ -43,20 +39,13 @@ def written_out(cell, u, dt, resets, x):
         x = torch.where(resets[:, t, None], torch.zeros_like(x), x)
         x = torch.exp(log_lam * dt[:, t, None]) * x + gamma * (u[:, t].to(B.dtype) @ B.T)
         outputs.append((x @ C.T).real + u[:, t] @ cell.D.T)
-    return torch.stack(outputs, 1), x
+    return torch.stack(outputs, 1), {"x": torch.view_as_real(x)}
 
 
 def test_scan_equals_the_papers_equations_written_out():
     cell = build()
-    u = torch.randn(2, 11, 3, dtype=torch.float64)
-    dt = torch.rand(2, 11, dtype=torch.float64) * 2
-    resets = torch.zeros(2, 11, dtype=torch.bool)
-    resets[0, 5] = True
-    state = random_state(cell, 2, torch.float64)
-    y, final = cell.scan(u, state, resets=resets, integration_timesteps=dt)
-    y_ref, x_ref = written_out(cell, u, dt, resets, torch.view_as_complex(state["x"]))
-    torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
-    torch.testing.assert_close(final["x"], torch.view_as_real(x_ref), **TOL[torch.float64])
+    assert_scan_equals_loop(cell, lambda *args: written_out(cell, *args), steps=11,
+                            reset_at=(0, 5))
 
 
 def test_ring_initialisation():
@@ -89,16 +78,7 @@ def test_elapsed_time_is_a_power_of_lambda():
 
 
 def test_long_sequence_float32_is_finite_and_matches_float64():
-    cell = build(state_size=16, r_min=0.9, r_max=0.999)
-    u = torch.randn(2, 8192, 3, dtype=torch.float64)
-    dt = torch.rand(2, 8192, dtype=torch.float64) * 5
-    state = random_state(cell, 2, torch.float64)
-    y64, final64 = cell.scan(u, state, integration_timesteps=dt)
-    y32, final32 = cell.float().scan(u.float(), {"x": state["x"].float()},
-                                     integration_timesteps=dt.float())
-    assert torch.isfinite(y32).all() and torch.isfinite(final32["x"]).all()
-    assert (y32.double() - y64).abs().max() < 1e-3 * y64.abs().max()
-    assert (final32["x"].double() - final64["x"]).abs().max() < 1e-3 * final64["x"].abs().max()
+    assert_long_float32_run_matches_float64(build(state_size=16, r_min=0.9, r_max=0.999))
 
 
 def test_defaults():

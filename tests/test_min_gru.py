@@ -7,26 +7,21 @@ import torch
 import memory_models
 from memory_models import MinGRU
 from memory_models.min_gru import positive_activation
-from scan_cell_checks import TOL, assert_parallel_equals_sequential, random_state
+from scan_cell_checks import (assert_parallel_equals_sequential, assert_scan_equals_loop,
+                              one_thread, random_state)  # noqa: F401 (one_thread: fixture)
 
 SMALL = dict(input_size=3, hidden_size=5)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                   # small tensors: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def build(dtype=torch.float64, seed=0, **kw):
     torch.manual_seed(seed)
     return MinGRU(**{**SMALL, **kw}).to(dtype)
 
 
-def written_out(cell, x, resets, h):
-    """z = σ(W_z x + b_z), h̃ = g(W_h x + b_h), h = (1 − z) h + z h̃, as a loop from h (B, H)."""
+def written_out(cell, x, resets, state):
+    """z = σ(W_z x + b_z), h̃ = g(W_h x + b_h), h = (1 − z) h + z h̃, as a loop from state["h"]."""
+    h = state["h"]
     H = cell.hidden_size
     W, b = cell.gate_and_candidate.weight, cell.gate_and_candidate.bias
     outputs = []
@@ -37,19 +32,13 @@ def written_out(cell, x, resets, h):
         h = torch.where(resets[:, t, None], torch.zeros_like(h), h)
         h = (1 - z) * h + z * h_tilde
         outputs.append(h)
-    return torch.stack(outputs, 1), h
+    return torch.stack(outputs, 1), {"h": h}
 
 
 def test_scan_equals_the_papers_equations_written_out():
     cell = build()
-    x = torch.randn(2, 10, 3, dtype=torch.float64) * 2
-    resets = torch.zeros(2, 10, dtype=torch.bool)
-    resets[1, 3] = True
-    state = random_state(cell, 2, torch.float64)
-    y, final = cell.scan(x, state, resets=resets)
-    y_ref, h_ref = written_out(cell, x, resets, state["h"])
-    torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
-    torch.testing.assert_close(final["h"], h_ref, **TOL[torch.float64])
+    assert_scan_equals_loop(cell, lambda x, dt, resets, state: written_out(cell, x, resets, state),
+                            steps=10, reset_at=(1, 3), timesteps=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
