@@ -16,6 +16,7 @@ from popgym.baselines.ray_models.ray_mlp import MLP as PopgymMLP
 import memory_models
 from memory_models import Elman, FrameConv, FrameStack, IndRNN, PosMLP
 from memory_models.windows import SinePositionEmbedding
+from test_laws import one_thread  # noqa: F401  (autouse: one thread for small tensors)
 
 TIGHT = dict(atol=1e-10, rtol=1e-10)       # float64, the same maths in another order
 NAMES = ["elman", "indrnn", "pos_mlp", "frame_stack", "frame_conv"]
@@ -24,14 +25,6 @@ VARIANTS = [("elman", {}), ("indrnn", {}), ("indrnn", {"max_len": 4}), ("pos_mlp
             ("frame_stack", {"stack_size": 2, "position_embedding": False}),
             ("frame_conv", {}), ("frame_conv", {"stack_size": 5}),
             ("frame_conv", {"position_embedding": False})]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                   # small tensors: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(name, input_size=6, hidden_size=8, seed=0, **kwargs):
