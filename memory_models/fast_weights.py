@@ -59,9 +59,14 @@ Where these differ from POPGym's models, deliberately:
   padded T steps) and resets inside a sequence are exact;
 - POPGym clamps each chunk's cumulative sum to ±1e20 before adding the carried state; that
   clamp depends on where sequences are cut, so it is left out (it never acts below 1e20).
+- key_size is a keyword (POPGym's ray models derive it from hidden_size; None, the default,
+  does the same). The embedding strength is projected onto [0, 1] in place before use, as
+  POPGym does (windows.SinePositionEmbedding).
 
 Computes in float32 and float64 only, as windows.py's cells: the state carries the episode's
-step counter as a float, and float16 / bfloat16 count exactly only up to 2048 / 256.
+step counter as a float, and float16 / bfloat16 count exactly only up to 2048 / 256 (then
+n + 1 rounds to n and the position stops). The normalizers themselves (1e-5 + Σk, q·z + 1e-5
+with φ > 0) are not what rules half precision out.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import memory_models
 from memory_models import FastWeightProgrammer, LinearAttention
 from memory_models.fast_weights import (cumulative_max, cumulative_max_sequential,
                                         cumulative_sum, cumulative_sum_sequential)
+from test_laws import one_thread  # noqa: F401  (its autouse fixture: torch on one thread)
 
 F64 = torch.float64
 EXACT = dict(atol=1e-12, rtol=1e-10)     # float64, same maths in a different order
@@ -31,14 +32,6 @@ CONFIGS = [
     (LinearAttention, {"Z_aggregator": "max", "position_embedding": False}),
 ]
 CONFIG_IDS = [f"{cls.registry_name}-{kw}" for cls, kw in CONFIGS]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_state(cell, batch, generator):
