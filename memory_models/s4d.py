@@ -15,18 +15,18 @@ real ones and the output is 2·Re; the state is stored as real (B, H, N/2, 2) (r
 
 Inits: "lin" (S4D-Lin) A_n = -1/2 + iπn; "inv" (S4D-Inv) A_n = -1/2 + i(N/π)(N/(2n+1) - 1).
 
-Parallel path (`scan`), with A_bar^t = exp(t·log A_bar) (no cumulative products):
+Parallel path (`scan`), from the carried state s_{-1}, for ℓ = lengths[b]:
 
-    z_t = Σ_{j<=t} k_(t-j) u_j + D u_t + 2·Re(Σ_n C A_bar^(t+1) s_{-1}),
-    k_t = 2·Re(Σ_n C B_bar A_bar^t)                              the SSM kernel (H, T)
+    k_t = 2·Re(Σ_n C B_bar A_bar^t)                               the SSM kernel      (H, T)
+    z_t = Σ_{j<=t} k_(t-j) u_j + D u_t + 2·Re(Σ_n C A_bar^(t+1) s_{-1})               (H, B, T)
+    s_ℓ = B_bar Σ_{j<ℓ} A_bar^(ℓ-1-j) u_j + A_bar^ℓ s_{-1}                            (B, H, N/2)
 
-(the sum is a causal FFT convolution), and the state after `lengths[b]` = ℓ steps
-s_ℓ = A_bar^ℓ s_{-1} + B_bar Σ_{j<ℓ} A_bar^(ℓ-1-j) u_j. The kernel and both state terms are
-real einsums over the modes against one small Vandermonde table (`powers`) into which the
-coefficients fold; complex numbers are stored as (Re, Im) pairs and multiplied elementwise
-(`times`), so no complex tensor larger than the state (or its value at each chunk start) is
-built, in the forward or the backward pass. Resets repack episodes into rows. The recurrent
-path (`step`) runs the recurrence above; both agree to rounding.
+The first sum is a causal FFT convolution, the last term the carried state's free response.
+A_bar^t = exp(t·log A_bar) (no cumulative products) is never an (H, N/2, T) tensor: every sum
+over the modes runs against ops.vandermonde.ChunkedPowers (two small tables of powers into
+which C·B_bar, C·A_bar and B_bar fold; slow references and tests beside it). Resets repack
+episodes into rows. The recurrent path (`step`) runs the recurrence above; both agree to
+rounding.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from .interface import RecurrentMemory, State, scan_episodes_as_rows
 from .lrnn import (LTI_LRNN, InferenceCacheStep, as_complex, check_state_size,
                    check_step_range, real_part_weights)
 from .ops.causal_conv import causal_fft_conv
+from .ops.vandermonde import ChunkedPowers, powers, times
 from .registry import register
 
 INITS = ("lin", "inv")
@@ -100,8 +101,9 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
     def compute_kernel(self, length: int) -> tuple[Tensor, Tensor]:
         """(K (H, N/2, L) complex: K[..., l] = A_bar^l, B_norm (H, N/2) = B_bar).
 
-        The seed's (N, L) and (N, H) with the channel axis leading: every channel has its own
-        N/2 modes, so B_norm's (N, H) block-diagonal matrix is stored as its (H, N/2) diagonal.
+        LTI_LRNN's K (N, L) and B_norm (N, H) with the channel axis leading: every channel has
+        its own N/2 modes, so B_norm's (N, H) block-diagonal matrix is stored as its (H, N/2)
+        diagonal.
         """
         dtype = self.C.dtype.to_complex()
         _, B_bar, log_A_bar = self._discretize_float64()
@@ -122,14 +124,8 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
                          lengths: Tensor) -> tuple[Tensor, State]:
         """FFT path without resets: x (B, T, I) from state s_{-1} -> y (B, T, hidden), state.
 
-        Time is split as t = c·m + j (`chunk_width`: one chunk, c = T, for short sequences),
-        so that A_bar^t = A_bar^(c·m)·A_bar^j. The powers within a chunk, A_bar^j (j < c), are
-        one small table that the coefficients fold into, and every term is one real einsum
-        over the modes ((Re, Im) pairs, `times` multiplies them):
-
-            kernel  k_(c·m+j) = 2·Re Σ_n A_bar^(c·m) (C B_bar A_bar^j)                   (H, T)
-            output  z_(c·m+j) = Σ_{i<=t} k_(t-i) u_i + D u_t + 2·Re Σ_n σ_m (C A_bar A_bar^j)
-                    σ_m = A_bar^(c·m) s_{-1}: the carried state's free response at chunk starts
+        The powers A_bar^t (t < T) are a `ChunkedPowers` table (ops.vandermonde: never an
+        (H, n, T) tensor); C·B_bar, C·A_bar and B_bar fold into it.
         """
         batch, steps = x.shape[:2]
         channels, dtype = self.hidden_size, x.dtype
@@ -138,28 +134,23 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
         u = u.view(channels, batch, steps)                                      # (H, B, T)
         A_bar, B_bar, log_A_bar = self._discretize_float64()                    # (H, n) c128
         A_bar, B_bar = torch.view_as_real(A_bar).to(dtype), torch.view_as_real(B_bar).to(dtype)
-        width = chunk_width(batch, steps)                                       # c
-        chunks = -(-steps // width)                                             # M
-        within = powers(log_A_bar.to(dtype.to_complex()),
-                        torch.arange(width, device=x.device))                   # (H, n, c, 2)
-        across = powers(log_A_bar, torch.arange(chunks, device=x.device) * width).to(dtype)
-
-        kernel = torch.einsum("hnmd,hnjd->hmj", across, twice_conj(times(
-            times(self.C, B_bar)[..., None, :], within))).flatten(1)[:, :steps]  # (H, T)
-        # the skip D u_t is the kernel's lag 0: k_0 + D
+        A_bar_powers = ChunkedPowers(log_A_bar, steps, batch, dtype)            # A_bar^t, t < T
+        kernel = A_bar_powers.real_readout(times(self.C, B_bar))   # k_t = 2·Re Σ_n C B_bar A_bar^t
+        # the skip D u_t folded into lag 0 (k_0 + D) for speed: a pass less over (H, B, T)
         kernel = torch.cat([kernel[:, :1] + self.D[:, None], kernel[:, 1:]], dim=-1)
-        z = causal_fft_conv(u, kernel[:, None])                                 # (H, B, T)
+        z = causal_fft_conv(u, kernel[:, None])                    # Σ_{j<=t} k_(t-j) u_j (H, B, T)
         s0 = state["s"]                                                         # (B, H, n, 2)
         carried = s0.requires_grad or bool(s0.any())
-        if carried:
-            sigma = s0[..., None, :] if chunks == 1 else times(s0[..., None, :], across)
-            free = torch.einsum("bhnmd,hnjd->hbmj", sigma, twice_conj(times(
-                times(self.C, A_bar)[..., None, :], within)))                   # (H, B, M, c)
-            z = z + free.flatten(2)[..., :steps]
+        if carried:                                      # + 2·Re Σ_n C A_bar^(t+1) s_{-1}
+            z = z + A_bar_powers.real_readout(times(self.C, A_bar), s0)         # (H, B, T)
         # the read-out in the (B·T, H) layout: its backward is a third faster than through
         # the channel-major one, more than the copy costs
         y = self.out_proj(F.gelu(z).permute(1, 2, 0).reshape(batch * steps, channels))
-        s = _state_after(u, s0 if carried else None, lengths, B_bar, log_A_bar, within, across)
+        # s_ℓ = B_bar Σ_{j<ℓ} A_bar^(ℓ-1-j) u_j + A_bar^ℓ s_{-1},  ℓ = lengths[b]   (B, H, n, 2)
+        s = A_bar_powers.state_after(B_bar, u, lengths)
+        if carried:
+            s = torch.view_as_real(torch.addcmul(as_complex(s), as_complex(
+                A_bar_powers.power_at(lengths)), as_complex(s0)))
         return y.view(batch, steps, -1), {"s": s}
 
     def _recurrence(self, x_t: Tensor, state: State, integration_timestep: Tensor,
@@ -182,88 +173,9 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
         A_bar, B_bar, C = self.discretize()
         return A_bar, B_bar, 2 * real_part_weights(C)
 
-    # ------------------------------------------------------------------ seed API
+    # ------------------------------------------------------------------ LRNN API
     def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,
                 lengths: Tensor | None = None) -> Tensor:
         """x (B, L, input_size) -> y (B, L, hidden_size) from the initial state (Δt ignored)."""
         return self.scan(x, self.initial_state(x.shape[0], device=x.device, dtype=x.dtype),
                          lengths=lengths)[0]
-
-
-def chunk_width(batch: int, steps: int) -> int:
-    """The chunk width c of `S4D._scan_from_state`: T (one chunk) when T <= B, else
-    ceil(sqrt(B·T) / 2). The table within (H, n, c) and the per-chunk terms (B, H, n, M) then
-    stay near H·n·sqrt(B·T) entries, never (H, n, T) or (B, H, n, T); the table's entries
-    cost more (powers, coefficients, their gradients), hence the half (measured on CPU)."""
-    if steps <= batch:
-        return max(steps, 1)
-    return math.isqrt(batch * steps - 1) // 2 + 1
-
-
-def _state_after(u: Tensor, s0: Tensor | None, lengths: Tensor, B_bar: Tensor,
-                 log_A_bar: Tensor, within: Tensor, across: Tensor) -> Tensor:
-    """s_ℓ = A_bar^ℓ s_{-1} + Σ_m A_bar^(c·m) Σ_j (B_bar A_bar^j) u_(ℓ-1-c·m-j) for ℓ =
-    lengths[b]: (B, H, n, 2) pairs, from u (H, B, T), B_bar (H, n, 2), log A_bar (H, n)
-    complex128 and the tables within (H, n, c, 2), across (H, n, M, 2); s0 None stands for
-    a zero s_{-1}. The inputs are read newest first, inputs[h, b, m, j] = u_(ℓ-1-k) for
-    k = c·m + j < ℓ, else 0; when every row ends at T, oldest first against the reversed
-    tables instead (u_i meets A_bar^(T-1-i) after M·c - T zeros in front: no copy of u when
-    c divides T)."""
-    channels, batch, steps = u.shape
-    width, chunks = within.shape[2], across.shape[2]
-    if bool((lengths == steps).all()):
-        inputs = F.pad(u, (chunks * width - steps, 0)) if steps % width else u
-        within, across = within.flip(2), across.flip(2)
-    else:
-        before_end = (lengths - 1)[:, None] - torch.arange(chunks * width, device=u.device)
-        inputs = u.gather(2, before_end.clamp(min=0).expand(channels, -1, -1))
-        inputs = inputs * (before_end >= 0)
-    inputs = inputs.view(channels, batch, chunks, width)
-    per_chunk = torch.einsum("hbmj,hnjd->bhnmd", inputs, times(B_bar[..., None, :], within))
-    s = per_chunk[..., 0, :] if chunks == 1 else times(across, per_chunk).sum(-2)
-    if s0 is None:
-        return s
-    ends, row_end = lengths.unique(return_inverse=True)
-    decay = powers(log_A_bar, ends).to(s.dtype).permute(2, 0, 1, 3)            # A_bar^ℓ
-    decay = decay[row_end] if len(ends) > 1 else decay      # (B or 1, H, n, 2): one per row
-    return torch.view_as_real(torch.addcmul(as_complex(s), as_complex(decay), as_complex(s0)))
-
-
-def times(a: Tensor, b: Tensor) -> Tensor:
-    """The complex product of (Re, Im) pairs a (..., 2) and b (..., 2), broadcast, as pairs:
-    one elementwise complex multiply on views (no copies of either operand)."""
-    return torch.view_as_real(as_complex(a) * as_complex(b))
-
-
-def twice_conj(pairs: Tensor) -> Tensor:
-    """(Re, Im) pairs of w -> those of 2·conj(w), so that for pairs a
-    Σ_d a[..., d]·twice_conj(w)[..., d] = 2·Re(a·w): a real einsum over (n, d) sums 2·Re."""
-    return pairs * pairs.new_tensor([2.0, -2.0])
-
-
-def powers(log_z: Tensor, exponents: Tensor) -> Tensor:
-    """z^k = exp(k·log z) as (Re, Im) pairs: log z (H, n) complex, k (K,) real -> (H, n, K, 2)
-    in log z's precision. No cumulative products; the gradient is Σ_k k·G_k·conj(z^k)
-    (`_Powers`), with no (H, n, K) intermediates kept beyond the result."""
-    return _Powers.apply(log_z, exponents.to(device=log_z.device, dtype=log_z.real.dtype))
-
-
-class _Powers(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, log_z: Tensor, exponents: Tensor) -> Tensor:
-        magnitude = torch.exp(log_z.real[..., None] * exponents)
-        pairs = torch.view_as_real(torch.polar(magnitude, log_z.imag[..., None] * exponents))
-        ctx.save_for_backward(pairs, exponents)
-        return pairs
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        pairs, exponents = ctx.saved_tensors
-        weighted = torch.view_as_complex(grad.contiguous()) * exponents
-        return (weighted * torch.view_as_complex(pairs).conj()).sum(-1), None
-
-
-def powers_reference(log_z: Tensor, exponents: Tensor) -> Tensor:
-    """`powers` by torch.exp and autograd (tests)."""
-    return torch.view_as_real(torch.exp(log_z[..., None] * exponents.to(log_z.real.dtype)))

@@ -7,7 +7,6 @@ import torch
 
 import memory_models
 from memory_models import DISCRETIZATIONS, LRNN, LTI_LRNN, S4D
-from memory_models.s4d import powers, powers_reference
 from ssm_checks import assert_cache_step_validates_like_state_step, assert_rejects_bad_ssm_arguments
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
@@ -67,22 +66,6 @@ def test_fft_path_gradients_equal_the_recurrences(lengths):
     scanned = gradients(lambda c, x, state, n: c.scan(x, state, lengths=n))
     for got, expected in zip(scanned, gradients(step_loop)):
         torch.testing.assert_close(got, expected, **TOL[torch.float64])
-
-
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
-def test_powers_equal_the_reference_in_values_and_gradients(dtype):
-    log_z = torch.complex(-torch.rand(4, 3, dtype=torch.float64) * 0.3,
-                          torch.randn(4, 3, dtype=torch.float64) * 3).to(dtype)
-    exponents = torch.tensor([0.0, 1.0, 2.0, 7.0, 30.0])
-    weights = torch.randn(4, 3, 5, 2, dtype=log_z.real.dtype)
-    results = []
-    for fn in (powers, powers_reference):
-        leaf = log_z.clone().requires_grad_()
-        out = fn(leaf, exponents)
-        results.append((out, *torch.autograd.grad((out * weights).sum(), leaf)))
-    tol = TOL[log_z.real.dtype]
-    for fast, reference in zip(*results):
-        torch.testing.assert_close(fast, reference, **tol)
 
 
 def test_compute_kernel_is_powers_of_A_bar_and_B_norm():
