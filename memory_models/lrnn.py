@@ -1,23 +1,26 @@
-"""Abstract linear recurrent networks (the seed's LRNN / LTI_LRNN / LTV_LRNN API).
+"""Abstract linear recurrent networks: the LRNN / LTI_LRNN / LTV_LRNN class API.
 
-    LRNN(discretization)      a linear recurrence s_k = A_bar s_{k-1} + B_bar u_k, y_k = C s_k + D u_k
-    ├── LTI_LRNN              A_bar, B_bar fixed over time: trainable as a convolution (FFT)
-    └── LTV_LRNN              A_bar, B_bar change with time (Δt_k, input): trainable by a scan
+    LRNN(discretization)   a linear recurrence s_k = A_bar s_{k-1} + B_bar u_k, y_k = C s_k + D u_k
+    └── CachedStepLRNN     + step(x, inference_cache), allocate_inference_cache (abstract)
+        ├── LTI_LRNN       A_bar, B_bar fixed over time: trainable as a convolution (FFT)
+        └── LTV_LRNN       A_bar, B_bar change with time (Δt_k, input): trainable by a scan
 
 `discretization` names a function of `memory_models.discretization.DISCRETIZATIONS`, stored as
 `discretize_fn` (None for None: the model discretizes by itself). Each class lists the names
 it accepts in `discretizations`; `check_discretization` is the one check of the argument.
 
-The concrete cells (S4D, EventSSM) are also `RecurrentMemory`s. Both classes define `step`:
-the seed's `step(x, inference_cache) -> (y, inference_cache)` and the interface's
-`step(x_t, state, *, reset=None, integration_timestep=None) -> (y_t, new_state)`. The cells
-answer both with one method, `InferenceCacheStep.step`, which goes by the type of what it got:
+The concrete cells (S4D, EventSSM) are also `RecurrentMemory`s, and two contracts name their
+`step`: the LRNN API's `step(x, inference_cache) -> (y, inference_cache)` and the interface's
+`step(x_t, state, *, reset=None, integration_timestep=None) -> (y_t, new_state)`. Both are
+one method, `InferenceCacheStep.step`, and differ only in where the step matrices come from
+and where the new state goes:
 
+- a state dict (from `initial_state`): the matrices from the current parameters
+  (`step_matrices`); a new state dict is returned.
 - an `InferenceCache` (from `allocate_inference_cache`): a dict of the state entries plus the
-  model's matrices computed once at allocation (`cache_matrix_keys`). The step uses those
-  matrices, writes the new state into the cache and returns the cache. The matrices are a
-  snapshot: allocate a new cache after the parameters change.
-- anything else (a state dict from `initial_state`): the interface step, returning a new state.
+  matrices computed once at allocation (`cache_matrix_keys`), a snapshot of the parameters
+  (allocate a new cache after they change); the new state is written into the cache, which
+  is returned.
 
 The constructors are cooperative: `LRNN.__init__(discretization, **kwargs)` passes the other
 keywords on along the MRO, so `class Cell(InferenceCacheStep, LTI_LRNN, RecurrentMemory)`
@@ -57,7 +60,20 @@ class LRNN(nn.Module, abc.ABC):
         """x (B, L, H_in) -> y (B, L, H_out), from the initial state."""
 
 
-class LTI_LRNN(LRNN):
+class CachedStepLRNN(LRNN):
+    """An LRNN that also runs one step at a time from an inference cache; abstract."""
+
+    @abc.abstractmethod
+    def step(self, x: Tensor, inference_cache: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """One step from an inference cache; see the module docstring for the two contracts."""
+
+    @abc.abstractmethod
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
+                                 dtype=None) -> dict[str, Any]:
+        """Initial state plus the time-invariant matrices `step` needs, computed once."""
+
+
+class LTI_LRNN(CachedStepLRNN):
     """Linear time-invariant LRNN: one (A_bar, B_bar, C) for every step. No 'async'."""
 
     discretizations = tuple(d for d in ALLOWED if d != "async")
@@ -70,31 +86,13 @@ class LTI_LRNN(LRNN):
     def compute_kernel(self, *args) -> tuple[Tensor, Tensor]:
         """(K, B_norm): K the powers A_bar^0 .. A_bar^(L-1), B_norm the discrete input matrix."""
 
-    @abc.abstractmethod
-    def step(self, x: Tensor, inference_cache: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        """One step from an inference cache; see the module docstring for the dual API."""
 
-    @abc.abstractmethod
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
-                                 dtype=None) -> dict[str, Any]:
-        """Initial state plus the matrices `step` needs, computed once."""
-
-
-class LTV_LRNN(LRNN):
+class LTV_LRNN(CachedStepLRNN):
     """Linear time-varying LRNN: A_bar_k, B_bar_k depend on Δt_k (and maybe on the input)."""
-
-    @abc.abstractmethod
-    def step(self, x: Tensor, inference_cache: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        """One step from an inference cache; see the module docstring for the dual API."""
-
-    @abc.abstractmethod
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
-                                 dtype=None) -> dict[str, Any]:
-        """Initial state plus the time-invariant matrices `step` needs, computed once."""
 
 
 class InferenceCache(dict):
-    """The seed API's inference cache: a dict of the state entries (as `initial_state`) and
+    """The LRNN API's inference cache: a dict of the state entries (as `initial_state`) and
     the step matrices under `matrix_keys`. `step` updates the state entries in place."""
 
     def __init__(self, state: State, matrices: dict[str, Tensor]):
@@ -134,9 +132,13 @@ class InferenceCacheStep:
             self.__dict__["_step_matrices_cache"] = cached
         return cached[1]
 
-    def _step(self, x_t: Tensor, state, reset: Tensor, integration_timestep: Tensor):
+    def _step(self, x_t: Tensor, state: State, reset: Tensor, integration_timestep: Tensor,
+              matrices: tuple[Tensor, ...] | None = None):
+        """One step on checked arguments with `matrices` (None: `step_matrices()`)."""
+        if matrices is None:
+            matrices = self.step_matrices()
         return self._recurrence(x_t, self.reset_state(state, reset), integration_timestep,
-                                self.step_matrices())
+                                matrices)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 1,
                                  dtype=None) -> InferenceCache:
@@ -150,21 +152,21 @@ class InferenceCacheStep:
 
     def step(self, x_t: Tensor, state: State | InferenceCache, *, reset: Tensor | None = None,
              integration_timestep: Tensor | None = None):
-        """One observation x_t (B, input_size), either API:
+        """One observation x_t (B, input_size), by either contract (module docstring):
 
         step(x_t, state, ...)           -> (y_t, new state dict)    state from initial_state
         step(x_t, inference_cache, ...) -> (y_t, the cache updated)  allocate_inference_cache
         """
-        if not isinstance(state, InferenceCache):
-            return RecurrentMemory.step(self, x_t, state, reset=reset,
-                                        integration_timestep=integration_timestep)
-        own_state = state.state()
-        reset, integration_timestep = self._check_step_args(x_t, own_state, reset,
+        cache = state if isinstance(state, InferenceCache) else None
+        current = state if cache is None else cache.state()
+        reset, integration_timestep = self._check_step_args(x_t, current, reset,
                                                             integration_timestep)
-        y, new_state = self._recurrence(x_t, self.reset_state(own_state, reset),
-                                        integration_timestep, state.matrices())
-        state.update(new_state)
-        return y, state
+        y, new_state = self._step(x_t, current, reset, integration_timestep,
+                                  None if cache is None else cache.matrices())
+        if cache is None:
+            return y, new_state
+        cache.update(new_state)
+        return y, cache
 
 
 # ---------------------------------------------------------------------- constructor checks

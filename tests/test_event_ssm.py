@@ -1,5 +1,5 @@
 """EventSSM: Δt = 1 is the synchronous S5 recurrence, async formulas, parallel == sequential,
-non-default options obey the interface laws, causality, long runs, seed API (LTV_LRNN)."""
+non-default options obey the interface laws, causality, long runs, the LRNN API (LTV_LRNN)."""
 
 import inspect
 
@@ -186,7 +186,7 @@ def test_registered_and_bad_arguments():
         EventSSM(3, 5, selective="yes")
 
 
-def test_ltv_seed_api():
+def test_ltv_lrnn_api():
     with pytest.raises(TypeError):
         LTV_LRNN("async")
 
@@ -196,11 +196,26 @@ def test_ltv_seed_api():
 
     with pytest.raises(TypeError):          # step, allocate_inference_cache still abstract
         OnlyForward("async")
-    cell = build()
-    assert isinstance(cell, LTV_LRNN) and isinstance(cell, memory_models.RecurrentMemory)
-    assert cell.discretize_fn is DISCRETIZATIONS["async"]
     assert list(inspect.signature(EventSSM.forward).parameters) == \
         ["self", "x", "integration_timesteps", "lengths"]
+
+
+@pytest.mark.parametrize("discretization", ["async", "zoh", "dirac"])
+def test_time_varying_by_its_named_function(discretization):
+    """EventSSM is an LTV_LRNN: its discretize_fn is DISCRETIZATIONS[name], and the elapsed
+    times change its outputs (an LTI cell's would not), in scan, forward and step alike."""
+    cell = build(discretization=discretization)
+    assert cell.discretize_fn is DISCRETIZATIONS[discretization]
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    elapsed = torch.rand(2, 9, dtype=torch.float64) * 3 + 0.5
+    y = cell.scan(x, cell.initial_state(2))[0]
+    y_elapsed = cell.scan(x, cell.initial_state(2), integration_timesteps=elapsed)[0]
+    assert (y_elapsed[:, 1:] - y[:, 1:]).abs().amin() > 0         # every step after the first
+    torch.testing.assert_close(cell(x, integration_timesteps=elapsed), y_elapsed)
+    state = {"s": torch.randn(2, 4, 2, dtype=torch.float64)}
+    y_one, _ = cell.step(x[:, 0], state)
+    y_longer, _ = cell.step(x[:, 0], state, integration_timestep=elapsed[:, 0] + 1)
+    assert (y_longer - y_one).abs().amin() > 0
 
 
 def test_cache_step_validates_its_arguments():

@@ -1,4 +1,4 @@
-"""S4D: FFT path == recurrence for every discretization, seed API (LRNN, LTI_LRNN), long runs."""
+"""S4D: FFT path == recurrence for every discretization, LRNN API (LRNN, LTI_LRNN), long runs."""
 
 import inspect
 
@@ -152,7 +152,7 @@ def test_bad_arguments_name_the_allowed_values():
         S4D(3, 5, init="legs")
 
 
-# ---------------------------------------------------------------------- seed API: LRNN, LTI_LRNN
+# ---------------------------------------------------------------------- LRNN API: LRNN, LTI_LRNN
 class Minimal(LRNN):
     def forward(self, x, integration_timesteps=None, lengths=None):
         return x
@@ -213,7 +213,7 @@ def test_lti_rejects_async_and_is_abstract():
         Complete("async")
 
 
-def test_seed_signatures():
+def test_lrnn_api_signatures():
     forward = inspect.signature(LRNN.forward).parameters
     assert list(forward) == ["self", "x", "integration_timesteps", "lengths"]
     assert forward["integration_timesteps"].default is None and forward["lengths"].default is None
@@ -226,7 +226,29 @@ def test_seed_signatures():
     # the concrete cell answers both step APIs positionally: step(x, state_or_cache)
     step = list(inspect.signature(S4D.step).parameters)
     assert step[:3] == ["self", "x_t", "state"]
-    assert isinstance(build(), memory_models.RecurrentMemory) and isinstance(build(), LTI_LRNN)
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear", "dirac"])
+def test_discretizes_by_its_named_function_and_ignores_timesteps(discretization):
+    """S4D is an LTI_LRNN: (A_bar, B_bar) = DISCRETIZATIONS[name](A, δ) of its parameters, one
+    pair for every step, so the elapsed times change nothing (an LTV cell's output would)."""
+    cell = build(discretization=discretization, dt_min=0.01, dt_max=0.5)
+    assert cell.discretize_fn is DISCRETIZATIONS[discretization]
+    A = torch.complex(-torch.exp(cell.log_A_real), cell.A_imag)
+    A_bar, B_bar = DISCRETIZATIONS[discretization](A, torch.exp(cell.log_dt)[:, None])
+    got_A_bar, got_B_bar, C = cell.discretize()
+    torch.testing.assert_close(got_A_bar, A_bar)
+    torch.testing.assert_close(got_B_bar, torch.broadcast_to(B_bar, A_bar.shape))
+    torch.testing.assert_close(C, torch.view_as_complex(cell.C))
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    state = {"s": torch.randn(2, 5, 3, 2, dtype=torch.float64)}
+    elapsed = torch.rand(2, 9, dtype=torch.float64) * 5
+    y, final = cell.scan(x, state)
+    y_elapsed, final_elapsed = cell.scan(x, state, integration_timesteps=elapsed)
+    torch.testing.assert_close(y_elapsed, y)
+    torch.testing.assert_close(final_elapsed["s"], final["s"])
+    y_step, _ = cell.step(x[:, 0], state, integration_timestep=elapsed[:, 0])
+    torch.testing.assert_close(y_step, y[:, 0])
 
 
 def test_rollout_step_reuses_matrices_until_parameters_change():

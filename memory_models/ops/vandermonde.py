@@ -5,8 +5,8 @@ Per channel h, mode n: z (H, n) complex (given as log z), t = 0 .. T-1. Complex 
 
     powers(log_z, k)                      z^k = exp(k·log z)                  -> (H, n, K, 2)
     table = ChunkedPowers(log_z, T, B, dtype)                 z^t for t < T, as two small tables
-    table.real_readout(w)                 r_t    = 2·Re Σ_n w_n z_n^t         w (H, n)    -> (H, T)
-    table.real_readout(w, v)              r_bt   = 2·Re Σ_n w_n z_n^t v_bn    v (B, H, n) -> (H, B, T)
+    table.real_readout(w)                 r_t    = 2·Re Σ_n w_n z_n^t       w (H, n)    -> (H, T)
+    table.real_readout(w, v)              r_bt   = 2·Re Σ_n w_n z_n^t v_bn  v (B, H, n) -> (H, B, T)
     table.state_after(w, u, ℓ)            x_b    = Σ_{k<ℓ_b} w_n z_n^k u_b(ℓ_b-1-k)
                                                  (the recurrence x_t = z x_{t-1} + w u_t run from
                                                  zero for ℓ_b steps)   u (H, B, T) -> (B, H, n)
