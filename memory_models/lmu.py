@@ -157,7 +157,7 @@ class LMUCell(nn.Module):
             nn.init.xavier_normal_(kernel)
 
     def stateSpaceMatrices(self, memory_size, theta) -> tuple[np.ndarray, np.ndarray]:
-        """Discrete Ā (N, N), B̄ (N, 1) as float64 numpy arrays."""
+        """popgym's name: Ā (N, N), B̄ (N, 1) = `discrete_legendre_system`, float64 numpy."""
         return discrete_legendre_system(memory_size, theta)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -276,8 +276,11 @@ class LMUFFT(RecurrentMemory):
         return self
 
     def stateSpaceMatrices(self) -> tuple[Tensor, Tensor]:
-        """Discrete Ā (N, N), B̄ (N, 1) as tensors in the module's dtype and device."""
-        return self.A.clone(), self.B.clone()
+        """popgym's name: Ā (N, N), B̄ (N, 1) = `discrete_legendre_system` of this layer's
+        sizes, as tensors in the module's dtype and device (the values of the buffers A, B)."""
+        like = dict(dtype=self.A.dtype, device=self.A.device)
+        return tuple(torch.from_numpy(matrix).to(**like)
+                     for matrix in discrete_legendre_system(self.memory_size, self.theta))
 
     def impulse(self) -> tuple[Tensor, Tensor]:
         """H (N, seq_len) with H[:, j] = Ā^j B̄, and its rfft zero-padded to 2·seq_len

@@ -1,4 +1,4 @@
-"""LMU family: discretisation, impulse, LMUFFT against the plain recurrence, seed API, popgym parity.
+"""LMU family: discretisation, impulse, LMUFFT against the plain recurrence, popgym API, parity.
 
 The interface laws (split/step/resets/lengths/gradients/dtype) run for lmu and lmu_fft in
 tests/test_laws.py; these tests check the maths and the published API.
@@ -15,7 +15,7 @@ from popgym.baselines.models import lmu as popgym_lmu
 
 import memory_models
 from memory_models import LMU, LMUFFT, LMUCell, leCunUniform
-from memory_models.lmu import legendre_delay_system
+from memory_models.lmu import discrete_legendre_system, legendre_delay_system
 
 
 @pytest.mark.parametrize("memory_size, theta", [(1, 1.0), (6, 4.0), (32, 64.0), (128, 1000.0)])
@@ -38,6 +38,21 @@ def test_zoh_matches_ode_integration():
     solution = scipy.integrate.solve_ivp(lambda t, m: A @ m + B[:, 0] * u, (0.0, 1.0), m0,
                                          rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(solution.y[:, -1], A_bar @ m0 + B_bar[:, 0] * u, atol=1e-9)
+
+
+def test_both_state_space_matrices_are_the_discrete_legendre_system():
+    """LMUCell's (numpy, float64) and LMUFFT's (tensors in the layer's dtype, its buffers)."""
+    A_bar, B_bar = discrete_legendre_system(6, 5.0)
+    for got, want in zip(LMUCell(2, 3, 6, 5.0).stateSpaceMatrices(6, 5.0), (A_bar, B_bar)):
+        np.testing.assert_array_equal(got, want)
+    layer = LMUFFT(2, 3, 6, 10, 5.0)
+    for dtype in (torch.float32, torch.float64):
+        layer = layer.to(dtype)
+        A, B = layer.stateSpaceMatrices()
+        assert A.dtype == B.dtype == dtype
+        torch.testing.assert_close(A, torch.from_numpy(A_bar).to(dtype), rtol=0, atol=0)
+        torch.testing.assert_close(B, torch.from_numpy(B_bar).to(dtype), rtol=0, atol=0)
+        torch.testing.assert_close((A, B), (layer.A, layer.B), rtol=0, atol=0)
 
 
 def test_legendre_matrices_follow_the_formula():
@@ -117,7 +132,7 @@ def parameter_names(fn):
     return [p for p in inspect.signature(fn).parameters if p != "self"]
 
 
-def test_seed_signatures():
+def test_popgym_signatures():
     sizes = ["input_size", "hidden_size", "memory_size", "theta"]
     assert parameter_names(LMUCell.__init__) == sizes + ["learn_a", "learn_b"]
     assert parameter_names(LMU.__init__) == sizes + ["learn_a", "learn_b"]
