@@ -1,4 +1,5 @@
-"""The interface laws every memory obeys (DESIGN.md), as functions that raise AssertionError.
+"""The interface laws every memory obeys (README.md, "The memory API"), as functions that
+raise AssertionError.
 
     from memory_models import laws
     laws.check("lmu", memory_size=8)                  # every law, in every dtype lmu accepts

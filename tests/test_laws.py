@@ -1,5 +1,5 @@
-"""The interface laws of DESIGN.md (memory_models.laws) for every registered memory, in every
-dtype it accepts; the dtypes it does not accept are refused with a clear error.
+"""The interface laws (memory_models.laws; README.md, "The memory API") for every registered
+memory, in every dtype it accepts; the dtypes it does not accept are refused with a clear error.
 
 Parametrised over memory_models.available(): a model registered later is covered here with no
 new code. Models are built with the small keywords of tests/small_sizes.py.
