@@ -7,17 +7,10 @@ import torch
 from memory_models.ops.vandermonde import (ChunkedPowers, chunk_width, power_at_reference, powers,
                                            powers_reference, real_readout_reference,
                                            state_after_reference)
+from test_laws import one_thread  # noqa: F401  (its autouse fixture: torch on one thread)
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 CHANNELS, MODES = 3, 2
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                   # small tensors: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
 
 
 def operands(batch, steps, seed=0):
