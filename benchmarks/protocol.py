@@ -4,7 +4,7 @@
                                             [--subjects gru,popgym:GRU,...] [--warmup 1]
                                             [--iterations 1] [--envs 16,64] [--out FILE]
 
-Every subject trains PPO with `experiments.training.POPGYM_PPO` (batch 65536, minibatch 8192,
+Every subject trains PPO with `experiments.rllib.ppo.POPGYM_PPO` (batch 65536, minibatch 8192,
 30 epochs, BPTT 1024, complete episodes, POPGym's widths) except that the env runner is local:
 num_env_runners = 0 with 16 envs (a 2-core machine has no cores for 4 runners), and the epochs
 can be lowered (--epochs) for a quick run. After --warmup iterations (none by default: a
@@ -14,7 +14,7 @@ with few epochs), --iterations are timed; sampling = the local env runner's
 minibatch updates, weight sync).
 
 Subjects:
-  <memory>      ours: MemoryRLModule on the new API stack, built by experiments.training.ppo_config
+  <memory>      ours: MemoryRLModule on the new API stack, built by experiments.rllib.ppo.ppo_config
                 (its env runner and old-stack minibatches) as users run it
   popgym:GRU / popgym:LMU / popgym:S4D
                 POPGym's own models on RLlib's old API stack, the class itself as
@@ -90,7 +90,7 @@ NOTES = [
     "padding; on 52-step episodes its value pass over the whole batch asks for one tensor "
     "larger than MEMORY_LIMIT (failed: out of memory).",
     "The new stack pads the learner's rows to max_seq_len; our memories' minibatches are cut "
-    "to their longest row before the PPO loss (experiments.batching.without_padding: "
+    "to their longest row before the PPO loss (experiments.rllib.batching.without_padding: "
     "(157, 53), not (157, 1024), on RepeatPreviousEasy) and the module cuts the padding of the "
     "value pass before the memory and the heads. The old-stack subjects pad to the batch's "
     "longest row.",
@@ -111,7 +111,7 @@ def task_id(task: str) -> str:
 
 def protocol(epochs: int, envs: int) -> dict:
     """POPGYM_PPO with a local env runner of `envs` envs and `epochs` epochs."""
-    from experiments.training import POPGYM_PPO
+    from experiments.rllib.defaults import POPGYM_PPO
     return {**POPGYM_PPO, "num_env_runners": 0, "num_envs_per_env_runner": envs,
             "num_epochs": epochs}
 
@@ -120,21 +120,18 @@ def build_config(subject: str, task: str, epochs: int, envs: int = ENVS):
     settings = protocol(epochs, envs)
     if subject == RLLIB_LSTM:
         return rllib_lstm_config(task, settings)
-    if subject.startswith("popgym:"):
-        from experiments.old_stack import old_stack_ppo_config
-        from experiments.popgym_models import custom_model_config, popgym_class
-        return old_stack_ppo_config(env=task_id(task), custom_model=popgym_class(subject),
-                                    custom_model_config=custom_model_config({}, {}),
-                                    **settings)
-    from experiments.training import ppo_config
-    return ppo_config(env=task_id(task), memory=subject, **settings)
+    from experiments.rllib.ppo import algorithm_config
+    runners = {k: settings.pop(k) for k in ("num_env_runners", "num_envs_per_env_runner")}
+    stack = "old" if subject.startswith("popgym:") else "new"
+    return algorithm_config({"name": subject, "kwargs": {}, "stack": stack}, task, seed=0,
+                            ppo=settings, sizes={}, **runners)
 
 
 def rllib_lstm_config(task: str, settings: dict):
     """RLlib's LSTM (benchmarks/rl_throughput.py) at POPGym's sizes and `settings`."""
     from rl_throughput import rllib_lstm_config as config   # beside this script
 
-    from experiments.defaults import POPGYM_SIZES
+    from experiments.rllib.defaults import POPGYM_SIZES
     settings = dict(settings)
     runners = {k: settings.pop(k) for k in ("num_env_runners", "num_envs_per_env_runner",
                                             "batch_mode")}
@@ -565,11 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import memory_models
-    from experiments.training import POPGYM_PPO
+    from experiments.rllib.defaults import POPGYM_PPO
     args.epochs = args.epochs or POPGYM_PPO["num_epochs"]
     subjects = (args.subjects.split(",") if args.subjects else
                 [*memory_models.available(), *POPGYM_PEERS, RLLIB_LSTM])
-    from experiments.config import short_task
+    from experiments.study.results import short_task
     # results are keyed by the short name, however the task was given
     tasks = [short_task(task_id(t.strip())) for t in args.tasks.split(",") if t.strip()]
     saved = args.out.with_suffix(".json")

@@ -10,8 +10,9 @@ max_seq_len 64; memory kwargs of MEMORY_KWARGS). Throughput = env steps sampled 
 learning both count).
 
 Subjects:
-  <memory>         ours, new API stack: MemoryRLModule via experiments.training.ppo_config
-  old:<memory>     ours, old API stack: the "memrl_<memory>" custom model (experiments.old_stack)
+  <memory>         ours, new API stack: MemoryRLModule via experiments.rllib.ppo.ppo_config
+  old:<memory>     ours, old API stack: the "memrl_<memory>" custom model
+                   (experiments.rllib.old_stack)
   rllib-lstm       RLlib's built-in LSTM, new stack (DefaultPPOTorchRLModule, use_lstm=True,
                    encoder shared by actor and critic as ours is)
   popgym-GRU / popgym-LMU / popgym-S4D
@@ -76,17 +77,19 @@ QUICK = Setup(train_batch=1024, minibatch=512, epochs=1, iterations=2)   # use w
 
 
 # --------------------------------------------------------------------------- configs
-def ours_new_stack(memory: str, setup: Setup):
-    from experiments.training import ppo_config
-    return ppo_config(env=setup.env, memory=memory, memory_kwargs=MEMORY_KWARGS.get(memory),
-                      num_env_runners=setup.env_runners,
-                      num_envs_per_env_runner=setup.envs_per_runner,
-                      model_config=setup.sizes(),
-                      max_seq_len=setup.max_seq_len, **_new_stack_training(setup))
+def ours(memory: str, setup: Setup, stack: str = "new"):
+    """Our memory (or a POPGym model, "popgym:<Class>") by experiments.rllib.ppo's one
+    dispatch, POPGym's PPO values (RLlib's defaults where POPGym set none) at this setup."""
+    from experiments.rllib.ppo import algorithm_config
+    model = {"name": memory, "kwargs": MEMORY_KWARGS.get(memory, {}), "stack": stack}
+    return algorithm_config(model, setup.env, seed=0, sizes=setup.sizes(),
+                            ppo={**_new_stack_training(setup), "max_seq_len": setup.max_seq_len},
+                            num_env_runners=setup.env_runners,
+                            num_envs_per_env_runner=setup.envs_per_runner)
 
 
 def rllib_lstm(setup: Setup):
-    from experiments.training import POPGYM_PPO
+    from experiments.rllib.defaults import POPGYM_PPO
     runners = {"num_env_runners": setup.env_runners,
                "num_envs_per_env_runner": setup.envs_per_runner,
                "batch_mode": "complete_episodes"}
@@ -103,7 +106,7 @@ def rllib_lstm_config(env: str, sizes: dict, max_seq_len: int, env_runners: dict
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    from experiments.training import register_rllib_envs
+    from experiments.rllib.settings import register_rllib_envs
     register_rllib_envs()
     model = DefaultModelConfig(fcnet_hiddens=[sizes["pre_size"]], fcnet_activation="relu",
                                use_lstm=True, lstm_cell_size=sizes["hidden_size"],
@@ -119,46 +122,14 @@ def _new_stack_training(setup: Setup) -> dict:
             "num_epochs": setup.epochs}
 
 
-def old_stack(custom_model, custom_model_config: dict, setup: Setup):
-    from ray.rllib.algorithms.ppo import PPOConfig
-
-    from experiments.training import POPGYM_PPO
-    return (PPOConfig()
-            .api_stack(enable_rl_module_and_learner=False,
-                       enable_env_runner_and_connector_v2=False)
-            .framework("torch").environment(setup.env)
-            .env_runners(num_env_runners=setup.env_runners,
-                         num_envs_per_env_runner=setup.envs_per_runner,
-                         rollout_fragment_length="auto", batch_mode="complete_episodes")
-            .training(train_batch_size=setup.train_batch, minibatch_size=setup.minibatch,
-                      num_epochs=setup.epochs, lambda_=POPGYM_PPO["lambda_"],
-                      gamma=POPGYM_PPO["gamma"], vf_loss_coeff=POPGYM_PPO["vf_loss_coeff"],
-                      model={"custom_model": custom_model, "max_seq_len": setup.max_seq_len,
-                             "custom_model_config": custom_model_config}))
-
-
-def ours_old_stack(memory: str, setup: Setup):
-    from experiments.old_stack import register_old_stack_models
-    name = register_old_stack_models()[memory]
-    return old_stack(name, {**setup.sizes(), "memory_kwargs": MEMORY_KWARGS.get(memory, {})},
-                     setup)
-
-
-def popgym_model(label: str, setup: Setup):
-    """POPGym's model with the custom_model_config of popgym/baselines/ppo.py at our sizes."""
-    from experiments.popgym_models import custom_model_config, popgym_class
-    return old_stack(popgym_class(label.replace("popgym-", "popgym:")),
-                     custom_model_config(setup.sizes(), {}), setup)
-
-
 def build_config(subject: str, setup: Setup):
     if subject == REFERENCE:
         return rllib_lstm(setup)
     if subject in POPGYM_MODELS:
-        return popgym_model(subject, setup)
+        return ours(subject.replace("popgym-", "popgym:"), setup, stack="old")
     if subject.startswith("old:"):
-        return ours_old_stack(subject[4:], setup)
-    return ours_new_stack(subject, setup)
+        return ours(subject[4:], setup, stack="old")
+    return ours(subject, setup)
 
 
 def subjects_for(memories: list[str], all_peers: bool) -> list[str]:
@@ -442,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import memory_models
-    from experiments.training import register_rllib_envs
+    from experiments.rllib.settings import register_rllib_envs
 
     memories = memory_models.available() if not args.models else args.models.split(",")
     unknown = [m for m in memories if m not in memory_models.available()]

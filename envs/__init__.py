@@ -38,8 +38,8 @@ from popgym.wrappers import Antialias, PreviousAction
 
 from .event_time import EventTime
 
-__all__ = ["GROUPS", "list_envs", "resolve", "make_env", "register_envs", "EventTime",
-           "is_event_time"]
+__all__ = ["GROUPS", "list_envs", "resolve", "resolve_one", "make_env", "register_envs",
+           "EventTime", "is_event_time"]
 
 # group name -> popgym's {env class: {"id": ...}} over all three difficulties
 _GROUP_TABLES = {
@@ -99,6 +99,17 @@ def resolve(names: str | list[str]) -> list[str]:
             raise ValueError(_unknown_env_message(name))
         ids.extend(i for i in found if i not in ids)
     return ids
+
+
+def resolve_one(name: str, what: str = "env") -> str:
+    """The one POPGym id `name` names (see resolve); a group or a non-string raises ValueError
+    / TypeError saying `what` needs one id."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be one POPGym id, got {name!r}")
+    ids = resolve(name)
+    if len(ids) != 1:
+        raise ValueError(f"{what} must be one POPGym id, got group {name!r} ({len(ids)} envs)")
+    return ids[0]
 
 
 def is_event_time(env_id: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments import workers
+from experiments.rllib import workers
 
 
 def add_parser(subparsers) -> None:
@@ -27,14 +27,22 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    for module in args.imports:
+def import_user_modules(command: str, modules: list[str]) -> bool:
+    """Import `--imports` modules (from the current folder or the Python path); False, with
+    the reason on stderr, if one cannot be imported."""
+    for module in modules:
         try:
             workers.import_modules([module], str(Path.cwd()))
         except Exception as error:  # noqa: BLE001 - reported as bad input
-            print(f"memrl check: cannot import {module!r}: {type(error).__name__}: {error}",
+            print(f"memrl {command}: cannot import {module!r}: {type(error).__name__}: {error}",
                   file=sys.stderr)
-            return 2
+            return False
+    return True
+
+
+def run(args) -> int:
+    if not import_user_modules("check", args.imports):
+        return 2
     import memory_models
     from memory_models import laws
 

@@ -1,4 +1,4 @@
-"""The `memrl` command line: train | report | rollout | check.
+"""The `memrl` command line: train | report | rollout | check | models.
 
 Each subcommand lives in its own module, which exposes `add_parser(subparsers)`; the parser it
 adds sets `func(args) -> int` as its default. Only the chosen subcommand's module is imported
@@ -13,11 +13,14 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "train": ("experiments.launcher", "run the study in a YAML file with Ray Tune"),
-    "report": ("experiments.report", "MMER table, aggregate statistics and learning curves "
-                                     "of a study"),
-    "rollout": ("experiments.rollout", "run a trained policy for N episodes and report returns"),
+    "train": ("experiments.study.launcher", "run the study in a YAML file with Ray Tune"),
+    "report": ("experiments.report.write", "MMER table, aggregate statistics and learning "
+                                           "curves of a study"),
+    "rollout": ("experiments.rllib.rollout", "run a trained policy for N episodes and report "
+                                             "returns"),
     "check": ("experiments.check", "run the interface laws on a registered memory model"),
+    "models": ("experiments.models", "list the registered memory models, their keywords and "
+                                     "POPGym originals"),
 }
 
 

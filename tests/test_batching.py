@@ -1,4 +1,5 @@
-"""experiments.batching: complete-episode sampling and minibatches as RLlib's old stack made them.
+"""experiments.rllib.batching: complete-episode sampling and minibatches as RLlib's old stack
+made them.
 
 The minibatch rule is held equal to the old stack's own code (RLlib's zero padding and
 SampleBatch slicing, as `TorchPolicyV2.load_batch_into_buffer` / `learn_on_loaded_batch` use
@@ -14,19 +15,14 @@ from ray.rllib.policy.rnn_sequencing import pad_batch_to_sequences_of_same_size
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.policy.view_requirement import ViewRequirement
 
-from experiments import batching
-from experiments.batching import OldStackMinibatches, old_stack_minibatch_rows
-from experiments.training import ppo_config
+from experiments.rllib import batching
+from experiments.rllib.batching import OldStackMinibatches, old_stack_minibatch_rows
+from experiments.rllib.ppo import ppo_config
 
 VARIABLE = "popgym-NoisyPositionOnlyCartPoleEasy-v0"     # episodes of many lengths
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def old_stack_rows(seq_lens: np.ndarray, max_seq_len: int, minibatch_size: int) -> list[range]:
@@ -139,7 +135,7 @@ def test_ppo_trains_on_old_stack_minibatches(ray_session, monkeypatch):
 
     monkeypatch.setattr(OldStackMinibatches, "__init__", record)
     forward = []
-    from experiments.rl_module import MemoryRLModule
+    from experiments.rllib.rl_module import MemoryRLModule
     train = MemoryRLModule._forward_train
     monkeypatch.setattr(MemoryRLModule, "_forward_train",
                         lambda self, batch, **kw: forward.append(batch[Columns.OBS].shape[0])

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 import memory_models
-from experiments import config
-from experiments.config import ConfigError
+from experiments.study import config
+from experiments.study.config import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -32,7 +32,7 @@ def fails(raw, *fragments):
 
 
 def test_minimal_study_gets_popgym_defaults():
-    from experiments.training import POPGYM_PPO
+    from experiments.rllib.defaults import POPGYM_PPO
     study = config.validate(base())
     assert study.tasks == ["popgym-RepeatPreviousEasy-v0"]
     assert [m.label for m in study.models] == ["gru", "mlp"]
@@ -155,8 +155,8 @@ def test_ppo_schema_is_rllibs_ppo_with_popgyms_defaults():
     POPGym's protocol where it sets a value and RLlib's default elsewhere."""
     from ray.rllib.algorithms.ppo import PPOConfig
 
-    from experiments.defaults import POPGYM_PPO
-    from experiments.training import _training_keys
+    from experiments.rllib.defaults import POPGYM_PPO
+    from experiments.rllib.settings import _training_keys
     fields = config.PPOSettings.model_fields
     extra = {"max_seq_len", "batch_mode", "rollout_fragment_length"}
     assert set(fields) - extra <= _training_keys()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from experiments import cli
-from experiments.launcher import ENV_STEPS
+from experiments.study.results import ENV_STEPS
 from processes import act_when, assert_progress_is_results, start_memrl
 
 ROOT = Path(__file__).resolve().parents[1]

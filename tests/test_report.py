@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from experiments import report
-from experiments.launcher import ENV_STEPS, RETURN_MEAN, STUDY_FILE
+from experiments.report import write as report
+from experiments.study.results import ENV_STEPS, RETURN_MEAN, STUDY_FILE
 
 # (task, label, seed) -> mean episodic return per iteration (None: no episode finished yet)
 CURVES = {

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from rliable import library, metrics
 
-from experiments import aggregate, report
-from experiments.launcher import ENV_STEPS, RETURN_MEAN, STUDY_FILE
+from experiments.report import aggregate
+from experiments.report import write as report
+from experiments.study.results import ENV_STEPS, RETURN_MEAN, STUDY_FILE
 
 REPS = 50                                   # bootstrap resamples (quick)
 TASKS = ("popgym-RepeatPreviousEasy-v0", "popgym-CountRecallEasy-v0",

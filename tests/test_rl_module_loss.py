@@ -10,13 +10,14 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 
 import envs
 import memory_models
-from experiments.training import ppo_config
+from experiments.rllib.ppo import ppo_config
 from test_rl_module import SIZES, small_memory_kwargs
 
 ENV = "popgym-RepeatPreviousEasy-v0"
 LENGTHS = [12, 7, 2]                  # rows of a learner batch, padded to max_seq_len = 12
 STATEFUL = [name for name in memory_models.available() if name != "mlp"]
-# compute_loss_for_module on `learner_batch` at seed 0, before the change (float32)
+# compute_loss_for_module on `learner_batch` at seed 0, before the change (float32); cells
+# added since are held to the step-by-step loss only
 PINNED = {"event_ssm": 1.1047369241714478, "gru": 1.1970678567886353, "lmu": 1.14614737033844,
           "lmu_fft": 1.135294795036316, "lstm": 1.30441153049469, "s4d": 1.0342599153518677}
 
@@ -85,4 +86,5 @@ def test_ppo_loss_equals_the_step_by_step_loss_and_its_pinned_value(memory):
         trained = loss(module.forward_train(batch))
         reference = loss(step_by_step(module, batch))
     torch.testing.assert_close(trained, reference, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(trained.item(), PINNED[memory], rtol=1e-5, atol=1e-6)
+    if memory in PINNED:                 # the cells that existed before that change
+        torch.testing.assert_close(trained.item(), PINNED[memory], rtol=1e-5, atol=1e-6)

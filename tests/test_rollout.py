@@ -13,8 +13,8 @@ import envs
 import memory_models
 from small_sizes import small_memory_kwargs
 from experiments import cli
-from experiments.rl_module import memory_module_spec
-from experiments.rollout import load_module, play_episode, rollout
+from experiments.rllib.rl_module import memory_module_spec
+from experiments.rllib.rollout import load_module, play_episode, rollout
 
 ENV = "popgym-RepeatPreviousEasy-v0"
 SIZES = {"pre_size": 16, "hidden_size": 12, "head_size": 8}
@@ -89,7 +89,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
 
 
 def test_cli_rolls_out_a_saved_checkpoint(ray_session, tmp_path, capsys, monkeypatch):
-    from experiments.training import ppo_config
+    from experiments.rllib.ppo import ppo_config
 
     config = ppo_config(env=ENV, memory="gru", model_config=SIZES, max_seq_len=16,
                         train_batch_size_per_learner=128, minibatch_size=64, num_epochs=1)

@@ -1,4 +1,4 @@
-"""Independent trial seeds (experiments.seeding): no two trial seeds share an environment
+"""Independent trial seeds (experiments.rllib.seeding): no two trial seeds share an environment
 stream, on either API stack and for any layout; the same seed gives the same streams."""
 
 import itertools
@@ -10,22 +10,17 @@ from ray.rllib.algorithms.ppo.ppo_torch_policy import PPOTorchPolicy
 from ray.rllib.evaluation.rollout_worker import RolloutWorker
 from ray.tune.registry import ENV_CREATOR, _global_registry
 
-from experiments import seeding
-from experiments.batching import CompleteEpisodesEnvRunner
-from experiments.old_stack import old_stack_ppo_config, register_old_stack_models
-from experiments.training import ppo_config
+from experiments.rllib import seeding
+from experiments.rllib.batching import CompleteEpisodesEnvRunner
+from experiments.rllib.old_stack import old_stack_ppo_config, register_old_stack_models
+from experiments.rllib.ppo import ppo_config
 
 ENV = "popgym-PositionOnlyCartPoleEasy-v0"         # random initial conditions
 ENVS = 8
 TINY = dict(train_batch_size_per_learner=64, minibatch_size=32, num_epochs=1, max_seq_len=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_env_seeds_of_different_trial_seeds_never_overlap():

@@ -7,8 +7,8 @@ from ray.rllib.core.columns import Columns
 
 import memory_models
 import small_sizes
-from experiments import seeding
-from experiments.training import POPGYM_PPO, ppo_config, register_rllib_envs
+from experiments.rllib import seeding
+from experiments import POPGYM_PPO, ppo_config, register_rllib_envs
 
 ENV = "popgym-RepeatPreviousEasy-v0"                # 51 steps per episode
 SIZES = dict(pre_size=16, hidden_size=16, head_size=16, max_seq_len=16)   # rows cut episodes

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pyarrow.fs
 
-from experiments.trial_logs import ProgressCSV, ResultJSON
+from experiments.study.trial_logs import ProgressCSV, ResultJSON
 
 
 class StagedTrial:

@@ -14,7 +14,7 @@ the study (its label, with the swept values when the study sweeps).
     RESULTS_DIR/report/aggregate.md  rliable: IQM and mean of MMER with 95% bootstrap CIs,
                                      probability of improvement over POPGym's originals
                                      (+ aggregate.csv, performance_profile.png); see
-                                     experiments.aggregate
+                                     experiments.report.aggregate
     RESULTS_DIR/report/eval.md       studies with `eval:`: the last evaluation's mean return
                                      per (model, task), mean ± std over seeds, beside MMER
                                      (+ eval.csv)
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import aggregate
-from experiments.launcher import ENV_STEPS, EVAL_RETURN, RETURN_MEAN, STUDY_FILE
+from experiments.report import aggregate
+from experiments.study.results import ENV_STEPS, EVAL_RETURN, RETURN_MEAN, STUDY_FILE, short_task
 
 MEAN = "mean"           # the task-average column
 # the evaluation's mean return, as the trainable writes it into progress.csv (with `eval:`)
@@ -183,7 +183,6 @@ def mmer_table(iterations: pd.DataFrame) -> tuple[list[str], list[str], dict]:
 
 
 def markdown(models, tasks, table, title: str) -> str:
-    from experiments.config import short_task
     header = ["model", *map(short_task, tasks), "mean over tasks"]
     lines = [f"# MMER: {title}", "",
              "Max over training of the mean episodic return; mean ± std over seeds (n seeds). "
@@ -216,7 +215,6 @@ def eval_frame(trials: pd.DataFrame, mmer: pd.DataFrame) -> pd.DataFrame:
 
 
 def eval_markdown(frame: pd.DataFrame, settings: dict | None, title: str) -> str:
-    from experiments.config import short_task
     how = (f"{settings['episodes']} complete episodes, "
            f"{'greedy' if settings['greedy'] else 'sampled'} actions, " if settings else "")
     lines = [f"# Evaluation: {title}", "",
@@ -238,7 +236,6 @@ def plot_task(task: str, iterations: pd.DataFrame, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from experiments.config import short_task
     figure = Figure(figsize=(6.4, 4.2), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -269,7 +266,6 @@ def report(results: str | Path, out: str | Path | None = None,
     """Write the tables, CSVs and plots (`reps` bootstrap resamples for the aggregate's CIs);
     returns their paths (`eval`, `eval_csv` and `profile` None when not written, `eval_note`
     saying why there is no eval.md)."""
-    from experiments.config import short_task
     results = Path(results)
     manifest, iterations = load_study(results)
     title = manifest["study"]["name"]

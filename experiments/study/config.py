@@ -52,11 +52,12 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationInfo, create_model, field_validator)
 from pydantic.dataclasses import dataclass
 
-from experiments import workers
-from experiments.defaults import POPGYM_PPO, POPGYM_SIZES
-from experiments.seeding import MAX_ENV_RUNNERS, MAX_ENVS_PER_ENV_RUNNER, MAX_SEED
+from experiments.rllib import workers
+from experiments.rllib.defaults import POPGYM_PPO, POPGYM_SIZES
+from experiments.rllib.popgym_models import canonical_name, check_popgym_model, is_popgym
+from experiments.rllib.seeding import MAX_ENV_RUNNERS, MAX_ENVS_PER_ENV_RUNNER, MAX_SEED
+from experiments.study.results import short_task
 
-POPGYM_PREFIX = "popgym:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -140,10 +141,7 @@ class ModelEntry:
     @field_validator("name")
     @classmethod
     def _popgym_name(cls, name: str) -> str:
-        if name.startswith(POPGYM_PREFIX):
-            from experiments.popgym_models import canonical_name
-            return canonical_name(name)
-        return name
+        return canonical_name(name) if is_popgym(name) else name
 
     @field_validator("label")
     @classmethod
@@ -156,7 +154,7 @@ class ModelEntry:
 
     @property
     def is_popgym(self) -> bool:
-        return self.name.startswith(POPGYM_PREFIX)
+        return is_popgym(self.name)
 
 
 @dataclass(config=_STRICT)
@@ -296,11 +294,6 @@ class Trial:
         return f"{short_task(self.task)}-{self.model.label}{swept}-s{self.seed}"
 
 
-def short_task(env_id: str) -> str:
-    """popgym-RepeatPreviousEasy-v0 -> RepeatPreviousEasy."""
-    return re.sub(r"^popgym-|-v\d+$", "", env_id)
-
-
 def _short_key(key: str) -> str:
     """models[0].kwargs.theta -> theta; ppo.lr -> lr (folder names stay short)."""
     return key.rsplit(".", 1)[-1]
@@ -414,7 +407,7 @@ def _validate_schema(raw: Any, where: str) -> Study:
 
 def import_modules(study: Study, where: str = "config") -> None:
     """Import the study's `imports` (found beside the study file or on the Python path), as
-    every worker process does (experiments.workers)."""
+    every worker process does (experiments.rllib.workers)."""
     for i, module in enumerate(study.imports):
         try:
             workers.import_modules([module], study.base_dir)
@@ -443,7 +436,6 @@ def check_models(study: Study, where: str = "config") -> None:
 
 def _model_problems(model: ModelEntry, path: str, where: str, sizes: dict) -> list[str]:
     import memory_models
-    from experiments.popgym_models import check_popgym_model
 
     if model.is_popgym:
         problem = check_popgym_model(model.name, model.kwargs)

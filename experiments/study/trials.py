@@ -2,12 +2,9 @@
 
 Tune gets one spec per trial (`trial_spec`, a JSON mapping under the config key "trial": what
 `params.json` of the trial folder holds), and `StudyTrial` builds the trial's own complete
-algorithm config from it (`algorithm_config`), so every trial can differ in anything: the API
-stack, the task (event-time or plain), the model and its PPO settings.
-
-    stack "new", a memory     experiments.training.ppo_config: MemoryRLModule, new API stack
-    stack "old", a memory     experiments.old_stack: the same network as "memrl_<name>"
-    "popgym:<Class>"          POPGym's own model class, old API stack (experiments.popgym_models)
+algorithm config from it (`algorithm_config`, through experiments.rllib.ppo.algorithm_config,
+the one dispatch over new stack / old stack / popgym:<Class>), so every trial can differ in
+anything: the API stack, the task (event-time or plain), the model and its PPO settings.
 """
 
 from __future__ import annotations
@@ -18,10 +15,11 @@ from typing import Any
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPO
 
-from experiments import workers
-from experiments.config import Study, Trial
-from experiments.launcher import ENV_STEPS, EVAL_KEYS, EVALUATION
-from experiments.seeding import EVAL_SEED
+from experiments.rllib import ppo, workers
+from experiments.rllib.rollout import rollout
+from experiments.rllib.seeding import EVAL_SEED
+from experiments.study.config import Study, Trial
+from experiments.study.results import ENV_STEPS, EVAL_KEYS, EVALUATION
 
 TRIAL_KEY = "trial"
 
@@ -40,38 +38,21 @@ def trial_spec(study: Study, trial: Trial) -> dict[str, Any]:
 
 
 def algorithm_config(spec: dict) -> AlgorithmConfig:
-    """The trial's complete PPO config (see the module docstring for the three kinds)."""
+    """The trial's complete PPO config (experiments.rllib.ppo.algorithm_config of its spec)."""
     workers.import_modules(spec["imports"], spec["base_dir"])
-    model, res = spec["model"], spec["resources"]
-    common = dict(env=spec["task"], seed=spec["seed"], num_env_runners=res["num_env_runners"],
-                  num_envs_per_env_runner=res["num_envs_per_env_runner"], **spec["ppo"])
-    if model["stack"] == "new":
-        from experiments.training import ppo_config
-        config = ppo_config(memory=model["name"], memory_kwargs=model["kwargs"],
-                            model_config=spec["model_config"], **common)
-        return config.learners(num_gpus_per_learner=res["num_gpus"]) if res["num_gpus"] \
-            else config
-    from experiments.old_stack import (CUSTOM_MODEL_CONFIG_KEYS, old_stack_ppo_config,
-                                       register_old_stack_models)
-    if model["name"].startswith("popgym:"):
-        from experiments.popgym_models import custom_model_config, popgym_class
-        custom_model = popgym_class(model["name"])
-        custom_config = custom_model_config(spec["model_config"], model["kwargs"])
-    else:
-        custom_model = register_old_stack_models()[model["name"]]
-        custom_config = {"memory_kwargs": model["kwargs"],
-                         **{k: v for k, v in spec["model_config"].items()
-                            if k in CUSTOM_MODEL_CONFIG_KEYS}}
-    return old_stack_ppo_config(custom_model=custom_model, custom_model_config=custom_config,
-                                num_gpus=res["num_gpus"], **common)
+    res = spec["resources"]
+    return ppo.algorithm_config(spec["model"], spec["task"], seed=spec["seed"], ppo=spec["ppo"],
+                                sizes=spec["model_config"], num_gpus=res["num_gpus"],
+                                num_env_runners=res["num_env_runners"],
+                                num_envs_per_env_runner=res["num_envs_per_env_runner"])
 
 
 class StudyTrial(PPO):
     """Tune trainable of one study trial: PPO built from the trial's spec (config["trial"]).
 
     With the study's `eval: {episodes: N, every: K, greedy: G}`, the policy plays N complete
-    episodes (experiments.rollout: all N envs together, each with its own memory state reset
-    at its start) every K training iterations and in the iteration that reaches the stop
+    episodes (experiments.rllib.rollout: all N envs together, each with its own memory state
+    reset at its start) every K training iterations and in the iteration that reaches the stop
     criterion (K = 0: only then); the same N episode seeds every time. Every result carries
     `evaluation` {return_mean, return_std, length_mean, episodes} (NaN where none ran, so that
     progress.csv keeps one set of columns).
@@ -103,7 +84,6 @@ class StudyTrial(PPO):
 
     def evaluate_rollout(self, settings: dict) -> dict:
         """N complete episodes of the trial's task with the current policy."""
-        from experiments.rollout import rollout
         policy = self.get_module() if self.config.enable_rl_module_and_learner \
             else self.get_policy()
         played = rollout(policy, self.spec["task"], episodes=settings["episodes"],

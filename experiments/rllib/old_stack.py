@@ -1,6 +1,6 @@
 """Every registered memory as an RLlib *old API stack* custom model, named "memrl_<name>".
 
-    from experiments.old_stack import register_old_stack_models
+    from experiments.rllib.old_stack import register_old_stack_models
     names = register_old_stack_models()          # {"gru": "memrl_gru", "lmu": "memrl_lmu", ...}
     config = (PPOConfig()
               .api_stack(enable_rl_module_and_learner=False,
@@ -40,8 +40,9 @@ from torch import Tensor, nn
 
 import memory_models
 
-from .rl_module import MODEL_CONFIG_DEFAULTS, build_layers, check_model_config
+from .rl_module import MODEL_CONFIG_DEFAULTS, build_layers, check_model_config, pad_time
 from .seeding import check_layout, rllib_seed
+from .settings import register_rllib_envs, split_ppo_settings
 
 PREFIX = "memrl_"
 
@@ -145,19 +146,12 @@ class MemoryModelV2(RecurrentNetwork, nn.Module):
         else:
             features, memory_state = self.memory.scan(z, memory_state, lengths=lengths)
         self._features, self._steps = features, steps                           # (B, L, hidden)
-        return _pad_time(self.actor(features), steps), [memory_state[k] for k in self.state_keys]
+        return pad_time(self.actor(features), steps), [memory_state[k] for k in self.state_keys]
 
     def value_function(self) -> Tensor:
         if self._features is None:
             raise RuntimeError("value_function() called before forward()")
-        return _pad_time(self.critic(self._features), self._steps).reshape(-1)
-
-
-def _pad_time(out: Tensor, steps: int) -> Tensor:
-    """(B, L, n) -> (B, steps, n), zeros after L."""
-    if out.shape[1] == steps:
-        return out
-    return torch.cat([out, out.new_zeros(out.shape[0], steps - out.shape[1], out.shape[2])], 1)
+        return pad_time(self.critic(self._features), self._steps).reshape(-1)
 
 
 def old_stack_ppo_config(*, env: str, custom_model, custom_model_config: dict, seed: int = 0,
@@ -166,15 +160,13 @@ def old_stack_ppo_config(*, env: str, custom_model, custom_model_config: dict, s
     """PPOConfig on RLlib's old API stack training `custom_model` (a registered name such as
     "memrl_gru", or a ModelV2 class such as POPGym's) on POPGym `env`.
 
-    `ppo` takes the keys of `experiments.config.PPOSettings` (new-stack names, POPGym's
+    `ppo` takes the keys of `experiments.study.config.PPOSettings` (new-stack names, POPGym's
     protocol as defaults), mapped to the old stack's: train_batch_size_per_learner ->
     train_batch_size, max_seq_len -> model["max_seq_len"]. `shuffle_batch_per_epoch` has no
     old-stack counterpart (the old stack always permutes its minibatches' order) and is
     dropped. `seed` is the trial's seed: RLlib gets `seeding.rllib_seed(seed)`, whose env
     seeds no other trial seed shares.
     """
-    from .training import register_rllib_envs, split_ppo_settings
-
     register_rllib_envs()
     check_layout(num_env_runners, num_envs_per_env_runner)
     max_seq_len, env_runner_args, training = split_ppo_settings(ppo)

@@ -96,7 +96,7 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
     def _try_env_reset(self, *, seed=None, options=None):
         """The vector env's first reset (the one RLlib seeds) with `seeding.env_seeds`."""
         if seed is not None:
-            seed = env_seeds(self.config.seed, self.worker_index, self.num_envs)
+            seed = env_seeds(self.config.seed, self.worker_index or 0, self.num_envs)
         return super()._try_env_reset(seed=seed, options=options)
 
     def _join(self, chunk: SingleAgentEpisode) -> SingleAgentEpisode:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 import memory_models
 from memory_models.checks import check_int
 
-from .defaults import POPGYM_SIZES
+from .defaults import POPGYM_PPO, POPGYM_SIZES
 
 __all__ = ["MemoryRLModule", "memory_module_spec", "MODEL_CONFIG_DEFAULTS", "check_model_config",
            "build_layers"]
@@ -53,7 +53,7 @@ __all__ = ["MemoryRLModule", "memory_module_spec", "MODEL_CONFIG_DEFAULTS", "che
 MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
     "memory": None,          # registry name, memory_models.available()
     "memory_kwargs": {},     # extra keywords of that memory (memory_models.keywords(name))
-    "max_seq_len": 1024,     # learner rows (BPTT length); POPGym's bptt_cutoff
+    "max_seq_len": POPGYM_PPO["max_seq_len"],   # learner rows (BPTT length)
     **POPGYM_SIZES,          # pre_size 128 (observation pre-processing), hidden_size 256
                              # (the memory's output), head_size 128 (actor and critic MLPs)
     "timesteps_from_obs": False,  # last obs feature is Δt, the memory's integration timestep
@@ -132,7 +132,7 @@ def _head(hidden_size: int, head_size: int, out_size: int) -> nn.Sequential:
 def build_layers(obs_size: int, num_outputs: int, config: dict[str, Any]):
     """The POPGym baselines' network around `config["memory"]` (a checked model_config):
     (pre (obs -> pre), memory (pre -> hidden), actor (hidden -> num_outputs), critic (-> 1)).
-    Both API stacks (this module and experiments.old_stack) build their layers here."""
+    Both API stacks (this module and experiments.rllib.old_stack) build their layers here."""
     pre, hidden, head = config["pre_size"], config["hidden_size"], config["head_size"]
     trunk = nn.Sequential(_orthogonal(nn.Linear(obs_size, pre)),
                           nn.LayerNorm(pre, elementwise_affine=False),
@@ -247,10 +247,15 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
 def _pad(out: Tensor, batch: dict[str, Any]) -> Tensor:
     """Head outputs (B, L, n) -> (B, T, n) with zeros, T = the observations' time length."""
     obs = batch[Columns.OBS]
-    if obs.ndim != 3 or out.shape[1] == obs.shape[1]:
+    return out if obs.ndim != 3 else pad_time(out, obs.shape[1])
+
+
+def pad_time(out: Tensor, steps: int) -> Tensor:
+    """(B, L, ...) -> (B, steps, ...), zeros after L."""
+    if out.shape[1] == steps:
         return out
-    return torch.cat([out, out.new_zeros(out.shape[0], obs.shape[1] - out.shape[1],
-                                         *out.shape[2:])], dim=1)
+    return torch.cat([out, out.new_zeros(out.shape[0], steps - out.shape[1], *out.shape[2:])],
+                     dim=1)
 
 
 def _row_lengths(batch: dict[str, Any], shape: tuple[int, int]) -> Tensor | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.popgym_models import POPGYM_ORIGINAL
+from experiments.rllib.popgym_models import POPGYM_ORIGINAL
 
 BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0

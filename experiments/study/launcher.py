@@ -10,8 +10,8 @@ Layout of `<output>/<name>/`: `study.json` (the validated study and its trial li
 experiment state, and one folder per trial named `Trial.name` (`RepeatPreviousEasy-gru-s0`)
 holding `progress.csv`, `result.json`, `params.pkl` and checkpoints. `memrl report` reads it.
 
-Ray Tune runs the trials (experiments.tuning), each with its own complete config
-(experiments.trials). This module imports neither Ray nor PyTorch: `memrl train --dry-run`
+Ray Tune runs the trials (experiments.study.tuning), each with its own complete config
+(experiments.study.trials). This module imports neither Ray nor PyTorch: `memrl train --dry-run`
 starts at once.
 """
 
@@ -19,17 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from experiments.config import ConfigError, Study, Trial, expand, load
-
-STUDY_FILE = "study.json"
-# RLlib 2.60 new-stack result keys
-ENV_STEPS = "num_env_steps_sampled_lifetime"
-RETURN_MEAN = "env_runners/episode_return_mean"
-# a study's in-trial evaluation (eval:), in every result as evaluation/<key>
-EVALUATION = "evaluation"
-EVAL_KEYS = ("return_mean", "return_std", "length_mean", "episodes")
-EVAL_RETURN = f"{EVALUATION}/return_mean"
-
+from experiments.study.config import ConfigError, Study, Trial, expand, load
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -65,7 +55,7 @@ def run(args) -> int:
     if args.dry_run:
         print(describe(study, trials))
         return 0
-    from experiments.tuning import StudyError, train
+    from experiments.study.tuning import StudyError, train
     try:
         return train(study, address=args.address, resume=args.resume, verbose=args.verbose)
     except StudyError as error:
@@ -93,14 +83,3 @@ def describe(study: Study, trials: list[Trial]) -> str:
         lines.append(f"  {t.index:4d}  {t.name:<{width}}  {t.task}  {t.model.name}{kwargs}"
                      f"{stack}{ppo}  seed {t.seed}")
     return "\n".join(lines)
-
-
-def manifest(study: Study, trials: list[Trial]) -> dict:
-    """What `study.json` holds: the validated study and every trial's folder and settings."""
-    return {"study": study.to_dict(),
-            "trials": [{"index": t.index, "name": t.name, "task": t.task, "model": t.model.name,
-                        "label": t.model.label, "variant": t.variant, "stack": t.model.stack,
-                        "kwargs": t.model.kwargs, "sweep": t.sweep, "seed": t.seed}
-                       for t in trials]}
-
-

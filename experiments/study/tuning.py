@@ -1,12 +1,13 @@
 """Running a study with Ray Tune: the trials, their resources, the console and the logs.
 
 `train(study)` starts (or attaches to) Ray, checks that each trial fits the cluster, and runs
-every trial of `expand(study)` through `experiments.trials.StudyTrial`, each from its own spec.
+every trial of `expand(study)` through `experiments.study.trials.StudyTrial`, each from its
+own spec.
 By default the console shows only memrl's lines: Ray's driver logs and warnings go to
 `<study>/logs/driver.log`, and what Ray's worker processes print (trial actors, env runners,
 their warnings and teardown messages) to `<study>/logs/worker-<pid>.log`; `verbose=True`
 leaves them on the console. Each trial's folder holds its progress.csv and result.json (one
-record per iteration, also after a restart: `experiments.trial_logs`) and TensorBoard events.
+record per iteration, also after a restart: `experiments.study.trial_logs`) and TensorBoard events.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from experiments import workers
-from experiments.config import Study, expand
-from experiments.launcher import ENV_STEPS, STUDY_FILE, manifest
-from experiments.trial_logs import ProgressCSV, ResultJSON
+from experiments.rllib import workers
+from experiments.study.config import Study, expand
+from experiments.study.results import ENV_STEPS, STUDY_FILE, manifest
+from experiments.rllib.settings import register_rllib_envs
+from experiments.study.trial_logs import ProgressCSV, ResultJSON
+from experiments.study.trials import TRIAL_KEY, StudyTrial, trial_spec
 
 __all__ = ["train", "StudyError", "check_resources"]
 
@@ -36,14 +39,12 @@ class StudyError(RuntimeError):
 
 
 def param_space(specs: list[dict]) -> dict:
-    """One complete spec per trial (experiments.trials.trial_spec): Tune grid-searches them."""
-    from experiments.trials import TRIAL_KEY
+    """One complete spec per trial (experiments.study.trials.trial_spec), grid-searched."""
     return {TRIAL_KEY: tune.grid_search(specs)}
 
 
 def trial_name(tune_trial) -> str:
     """Tune's trial -> our trial's name (its folder and its progress lines)."""
-    from experiments.trials import TRIAL_KEY
     return tune_trial.config[TRIAL_KEY]["name"]
 
 
@@ -98,8 +99,6 @@ def _result_line(name: str, result: dict, env_steps: int) -> str:
 def train(study: Study, *, address: str | None = None, resume: bool = False,
           verbose: bool = False) -> int:
     """Run (or resume) the study with Ray Tune; 0 when every trial finished."""
-    from experiments.training import register_rllib_envs
-    from experiments.trials import StudyTrial, trial_spec
 
     trials = expand(study)
     specs = [trial_spec(study, trial) for trial in trials]
@@ -246,7 +245,6 @@ def _start_ray(study: Study, address: str | None, logs: Path, verbose: bool) -> 
 def check_resources(specs: list[dict]) -> None:
     """Every trial (its spec) must fit the cluster as it is (CPUs, GPUs); else StudyError
     saying what a trial needs, what the cluster has, and the --set overrides that would fit."""
-    from experiments.trials import StudyTrial, TRIAL_KEY
     have = ray.cluster_resources()
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
     for spec in specs:

@@ -1,6 +1,6 @@
 """Per-episode recurrent rollout of a trained policy: `memrl rollout CHECKPOINT --env ID`.
 
-    from experiments.rollout import rollout
+    from experiments.rllib.rollout import rollout
     result = rollout("results/study/trial/checkpoint_000010", "popgym-RepeatPreviousEasy-v0",
                      episodes=10, greedy=True, seed=0)
     result["mean_return"], result["returns"], result["lengths"]
@@ -18,7 +18,7 @@ does with its default `normalize_actions=True`. Episode i's env is reset with se
 and sampled actions draw from a torch generator state forked from the caller's and seeded with
 `seed`, so a rollout is reproducible and leaves the global RNG as it was.
 
-Studies evaluate their trials with the same code (`study eval:`, experiments.trials), for
+Studies evaluate their trials with the same code (`study eval:`, experiments.study.trials), for
 new-stack modules (`ModuleActor`) and old-stack policies (`PolicyActor`) alike.
 
 A checkpoint is an RLlib algorithm checkpoint folder (`algo.save(path)`, a Tune
@@ -202,17 +202,15 @@ def rollout(module_or_checkpoint, env_id: str, *, episodes: int = 10, greedy: bo
     """
     check_int("episodes", episodes)
     check_int("seed", seed, minimum=0)
-    ids = envs.resolve(env_id)
-    if len(ids) != 1:
-        raise ValueError(f"rollout needs one env id, got {env_id!r} ({len(ids)} envs)")
+    env_id = envs.resolve_one(env_id, "rollout's env")
     policy = module_or_checkpoint
     if not isinstance(policy, RLModule) and not hasattr(policy, "compute_actions"):
         policy = load_module(policy)
-    envs_ = [envs.make_env(ids[0]) for _ in range(episodes)]
+    envs_ = [envs.make_env(env_id) for _ in range(episodes)]
     expected = getattr(policy, "observation_space", None)
     if expected is not None and expected.shape != envs_[0].observation_space.shape:
         raise ValueError(f"the policy was trained on observations of shape {expected.shape} but "
-                         f"{ids[0]} gives {envs_[0].observation_space.shape}: wrong --env?")
+                         f"{env_id} gives {envs_[0].observation_space.shape}: wrong --env?")
     if isinstance(policy, RLModule):
         was_training = policy.training
         policy.eval()
@@ -230,7 +228,7 @@ def rollout(module_or_checkpoint, env_id: str, *, episodes: int = 10, greedy: bo
             env.close()
     returns = [p["return"] for p in played]
     lengths = [p["length"] for p in played]
-    return {"env": ids[0], "episodes": episodes, "greedy": greedy, "seed": seed,
+    return {"env": env_id, "episodes": episodes, "greedy": greedy, "seed": seed,
             "returns": returns, "lengths": lengths,
             "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
             "mean_length": float(np.mean(lengths))}

@@ -17,13 +17,12 @@ A model entry's `kwargs` set the class's own MODEL_CONFIG keys (e.g. `theta` of 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 
-from experiments.defaults import POPGYM_SIZES
+from experiments.rllib.defaults import POPGYM_SIZES
 
-__all__ = ["POPGYM_MODELS", "POPGYM_ORIGINAL", "canonical_name", "check_popgym_model",
-           "popgym_class", "custom_model_config"]
+__all__ = ["PREFIX", "POPGYM_MODELS", "POPGYM_ORIGINAL", "is_popgym", "canonical_name",
+           "check_popgym_model", "popgym_class", "custom_model_config"]
 
 PREFIX = "popgym:"
 
@@ -33,8 +32,8 @@ PREFIX = "popgym:"
 logging.getLogger("popgym").addHandler(logging.NullHandler())
 
 # class name -> module of popgym.baselines.ray_models (popgym 1.0.7); every one builds and
-# trains on Ray 2.60's old API stack (checked when this table was written), DiffNC only with
-# the third-party `dnc` package installed.
+# trains on Ray 2.60's old API stack (checked when this table was written; DiffNC with the
+# `dnc` package of the `baselines` extra).
 POPGYM_MODELS: dict[str, str] = {
     "GRU": "ray_gru", "LSTM": "ray_lstm", "Elman": "ray_elman", "IndRNN": "ray_indrnn",
     "LMU": "ray_lmu", "S4D": "ray_s4d", "DiffNC": "ray_diffnc",
@@ -45,9 +44,16 @@ POPGYM_MODELS: dict[str, str] = {
 }
 # our cell -> its POPGym original (the pairs `memrl report` compares)
 POPGYM_ORIGINAL = {"gru": "popgym:GRU", "lstm": "popgym:LSTM", "lmu": "popgym:LMU",
-                   "s4d": "popgym:S4D", "mlp": "popgym:BasicMLP"}
-# class name -> the third-party module it needs beyond popgym's own requirements
-_NEEDS = {"DiffNC": "dnc"}
+                   "s4d": "popgym:S4D", "mlp": "popgym:BasicMLP", "elman": "popgym:Elman",
+                   "indrnn": "popgym:IndRNN", "pos_mlp": "popgym:MLP",
+                   "fwp": "popgym:FastWeightProgrammer",
+                   "linear_attention": "popgym:LinearAttention",
+                   "frame_stack": "popgym:Framestack", "frame_conv": "popgym:Frameconv"}
+
+
+def is_popgym(name: str) -> bool:
+    """Whether a model entry's name names one of POPGym's own models (`popgym:<Class>`)."""
+    return name.startswith(PREFIX)
 
 
 def canonical_name(name: str) -> str:
@@ -74,9 +80,6 @@ def popgym_class(name: str) -> type:
 def check_popgym_model(name: str, kwargs: dict) -> str | None:
     """Why `name` with `kwargs` cannot train here (None if it can)."""
     cls = _class_name(name)
-    if cls in _NEEDS and importlib.util.find_spec(_NEEDS[cls]) is None:
-        return (f"{PREFIX}{cls} cannot run here: POPGym's {cls} needs the "
-                f"{_NEEDS[cls]!r} package, which is not installed")
     try:
         model_class = popgym_class(name)
     except ImportError as error:
