@@ -1,5 +1,9 @@
 """Shared pytest fixtures.
 
+`one_thread`: torch on one thread for the test (small tensors: threads only add overhead, and
+on 2 shared cores OpenMP threads spin against other processes). A module uses it with
+`pytestmark = pytest.mark.usefixtures("one_thread")`.
+
 `ray_session`: a local Ray (2 CPUs, no dashboard) for the tests of one module, shut down at the
 module's end (only if this fixture started it). Algorithms built outside Tune write their
 log directory under ray.tune's DEFAULT_STORAGE_PATH (~/ray_results); the fixture points it at
@@ -7,6 +11,15 @@ a temporary directory for the module's duration.
 """
 
 import pytest
+import torch
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

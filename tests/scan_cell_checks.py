@@ -7,16 +7,6 @@ import torch
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread for the test (small tensors: threads only add overhead); a test
-    module uses it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_state(cell, batch: int, dtype) -> dict:
     """A non-zero state with the cell's keys and shapes."""
     return {k: torch.randn(v.shape, dtype=dtype) * 0.5

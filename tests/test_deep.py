@@ -14,7 +14,7 @@ import memory_models
 from memory_models import laws
 from memory_models.deep import DeepMemory
 from small_sizes import small_memory_kwargs
-from test_laws import one_thread  # noqa: F401  (its autouse fixture: torch on one thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODELS = memory_models.available()
 

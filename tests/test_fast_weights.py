@@ -18,7 +18,7 @@ import memory_models
 from memory_models import FastWeightProgrammer, LinearAttention
 from memory_models.fast_weights import (cumulative_max, cumulative_max_sequential,
                                         cumulative_sum, cumulative_sum_sequential)
-from test_laws import one_thread  # noqa: F401  (its autouse fixture: torch on one thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
 EXACT = dict(atol=1e-12, rtol=1e-10)     # float64, same maths in a different order

@@ -13,7 +13,7 @@ from memory_models.ffm import DECAY_LIMIT
 from scan_cell_checks import (assert_elapsed_time_is_decay_power,
                               assert_long_float32_run_matches_float64,
                               assert_parallel_equals_sequential, assert_scan_equals_loop,
-                              one_thread, random_state)  # noqa: F401 (one_thread: fixture)
+                              random_state)
 
 SMALL = dict(input_size=3, hidden_size=5, memory_size=4, context_size=3)
 

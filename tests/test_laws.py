@@ -20,12 +20,7 @@ REFUSED = [(name, dtype) for name in MODELS for dtype in FLOAT_DTYPES
            if dtype not in laws.accepted_dtypes(name)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                   # small tensors: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("law", list(laws.LAWS))

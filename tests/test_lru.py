@@ -10,8 +10,7 @@ import memory_models
 from memory_models import LRU
 from scan_cell_checks import (assert_elapsed_time_is_decay_power,
                               assert_long_float32_run_matches_float64,
-                              assert_parallel_equals_sequential, assert_scan_equals_loop,
-                              one_thread)  # noqa: F401 (one_thread: fixture)
+                              assert_parallel_equals_sequential, assert_scan_equals_loop)
 
 SMALL = dict(input_size=3, hidden_size=5, state_size=6)
 

@@ -8,7 +8,7 @@ import memory_models
 from memory_models import MinGRU
 from memory_models.min_gru import positive_activation
 from scan_cell_checks import (assert_parallel_equals_sequential, assert_scan_equals_loop,
-                              one_thread, random_state)  # noqa: F401 (one_thread: fixture)
+                              random_state)
 
 SMALL = dict(input_size=3, hidden_size=5)
 

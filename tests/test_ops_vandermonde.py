@@ -7,7 +7,7 @@ import torch
 from memory_models.ops.vandermonde import (ChunkedPowers, chunk_width, power_at_reference, powers,
                                            powers_reference, real_readout_reference,
                                            state_after_reference)
-from test_laws import one_thread  # noqa: F401  (its autouse fixture: torch on one thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 CHANNELS, MODES = 3, 2

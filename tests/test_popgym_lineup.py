@@ -16,7 +16,7 @@ from popgym.baselines.ray_models.ray_mlp import MLP as PopgymMLP
 import memory_models
 from memory_models import Elman, FrameConv, FrameStack, IndRNN, PosMLP
 from memory_models.windows import SinePositionEmbedding
-from test_laws import one_thread  # noqa: F401  (autouse: one thread for small tensors)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TIGHT = dict(atol=1e-10, rtol=1e-10)       # float64, the same maths in another order
 NAMES = ["elman", "indrnn", "pos_mlp", "frame_stack", "frame_conv"]
