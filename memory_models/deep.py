@@ -68,6 +68,7 @@ class DeepMemory(RecurrentMemory):
                                  f"gives hidden_size {before.hidden_size}")
         self.blocks = nn.ModuleList(ResidualBlock(cell) for cell in cells)
         self.dtypes = tuple(d for d in FLOAT_DTYPES if all(d in c.dtypes for c in cells))
+        self.elapsed_time = any(c.elapsed_time for c in cells)
 
     @classmethod
     def stack(cls, cell_class: type[RecurrentMemory], layers: int, input_size: int,

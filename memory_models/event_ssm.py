@@ -53,6 +53,7 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
     discretizations = ("async", "zoh", "dirac")
     dtypes = (torch.float32, torch.float64)
     implementation_options = ("scan_impl",)
+    elapsed_time = True
     cache_matrix_keys = ("A", "B", "C")
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 64,

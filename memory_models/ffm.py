@@ -67,6 +67,7 @@ class FFM(RecurrentMemory):
 
     dtypes = (torch.float32, torch.float64)
     implementation_options = ("scan_impl",)
+    elapsed_time = True
 
     def __init__(self, input_size: int, hidden_size: int, memory_size: int = 32,
                  context_size: int = 4, min_period: float = 1.0, max_period: float = 1024.0,

@@ -40,10 +40,14 @@ class RecurrentMemory(nn.Module, abc.ABC):
                                 the others with a clear error (default: all four)
         implementation_options  constructor keywords that choose how it computes, not what it
                                 is (tests, benchmarks); the registry does not offer them
+        elapsed_time            True for a cell whose maths integrates over the time elapsed
+                                between observations (`integration_timesteps`); the others
+                                ignore it (default False; tests hold every cell to its claim)
     """
 
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     implementation_options: tuple[str, ...] = ()
+    elapsed_time: bool = False
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()

@@ -61,6 +61,7 @@ class LRU(RecurrentMemory):
 
     dtypes = (torch.float32, torch.float64)
     implementation_options = ("scan_impl",)
+    elapsed_time = True
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 256,
                  r_min: float = 0.0, r_max: float = 0.99, max_phase: float = 2 * math.pi,

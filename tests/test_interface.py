@@ -115,7 +115,25 @@ def test_memory_models_imports_neither_ray_nor_gymnasium():
     import subprocess
     import sys
     code = ("import sys, memory_models as m; "
-            "[m.make(n, input_size=2, hidden_size=3) for n in m.available()]; "
+            "[m.make(n, input_size=2, hidden_size=4) for n in m.available()]; "
             "bad = [x for x in ('ray', 'gymnasium', 'popgym') if x in sys.modules]; "
             "sys.exit(f'memory_models imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", memory_models.available())
+def test_elapsed_time_claim_holds(name):
+    """A cell that says it integrates over elapsed time (class attribute `elapsed_time`, the
+    README's models table) changes its outputs with `integration_timesteps`; the others
+    return exactly the same outputs and state."""
+    from small_sizes import small_memory_kwargs
+    torch.manual_seed(0)
+    cell = memory_models.make(name, input_size=3, hidden_size=6,
+                              **small_memory_kwargs(name)).double()
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    state = cell.initial_state(2)
+    gaps = torch.rand(2, 9, dtype=torch.float64) * 3
+    y_one, s_one = cell.scan(x, state)
+    y_gaps, s_gaps = cell.scan(x, state, integration_timesteps=gaps)
+    same = torch.equal(y_one, y_gaps) and all(torch.equal(s_one[k], s_gaps[k]) for k in s_one)
+    assert same != type(cell).elapsed_time, f"{name}: elapsed_time={type(cell).elapsed_time}"

@@ -9,7 +9,7 @@ from ray.rllib.models import MODEL_DEFAULTS, ModelCatalog
 import envs
 import memory_models
 from small_sizes import small_memory_kwargs
-from experiments.old_stack import register_old_stack_models
+from experiments.rllib.old_stack import register_old_stack_models
 
 ENV = "popgym-RepeatPreviousEasy-v0"
 SIZES = {"pre_size": 16, "hidden_size": 12, "head_size": 8}
@@ -120,5 +120,23 @@ def test_one_old_stack_ppo_iteration(ray_session, name):
         assert torch.isfinite(torch.tensor(stats["total_loss"]))
         changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
         assert all(changed), "every parameter (trunk, memory, heads) must receive an update"
+    finally:
+        algo.stop()
+
+
+def test_popgym_diffnc_trains_one_iteration_on_the_old_stack(ray_session):
+    """POPGym's DiffNC (the `dnc` package of the baselines extra) as a study peer."""
+    from experiments.rllib.ppo import algorithm_config
+    config = algorithm_config({"name": "popgym:DiffNC", "kwargs": {}, "stack": "old"}, ENV,
+                              seed=0, num_envs_per_env_runner=2,    # DiffNC: hidden >= 16
+                              sizes={"pre_size": 16, "hidden_size": 16, "head_size": 16},
+                              ppo=dict(train_batch_size_per_learner=128, minibatch_size=64,
+                                       num_epochs=1, max_seq_len=16))
+    algo = config.build_algo()
+    try:
+        result = algo.train()
+        stats = result["info"]["learner"]["default_policy"]["learner_stats"]
+        assert result["num_env_steps_sampled"] >= 128
+        assert torch.isfinite(torch.tensor(stats["total_loss"]))
     finally:
         algo.stop()

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import cli, config
-from experiments.launcher import ENV_STEPS
+from experiments import cli
+from experiments.study import config
+from experiments.study.results import ENV_STEPS
 from processes import act_when, assert_progress_is_results, start_memrl
-from experiments.trials import algorithm_config, trial_spec
+from experiments.study.trials import algorithm_config, trial_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
@@ -71,7 +72,6 @@ def test_sweep_multiplies_the_grid_and_names_the_values():
     ({"sweep": {"stop.env_steps": [10]}}, "sweep keys are ppo.KEY"),
     ({"models": ["popgym:Transformer"]}, "models[0].name: unknown POPGym model"),
     ({"models": [{"name": "popgym:LMU", "kwargs": {"memory": 3}}]}, "not keys of POPGym's LMU"),
-    ({"models": ["popgym:DiffNC"]}, "needs the 'dnc' package"),
 ])
 def test_bad_sweeps_and_popgym_names_fail_validation(changes, fragment):
     with pytest.raises(config.ConfigError) as error:
@@ -133,6 +133,33 @@ def test_help_dry_run_and_report_load_neither_ray_nor_torch(tmp_path):
         done = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
         assert "HEAVY [] CODE 0" in done.stdout, (args, done.stdout, done.stderr)
+
+
+def test_models_lists_the_lineup_without_ray_and_shows_own_memories():
+    """`memrl models`: every registered name with its POPGym original and elapsed time, no Ray
+    loaded; `memrl models NAME` its keywords; --imports adds the user's own; bad names exit 2."""
+    import memory_models
+    probe = ("import sys; from experiments import cli\n"
+             "code = cli.main(sys.argv[1:])\n"
+             "print('RAY', 'ray' in sys.modules, 'CODE', code)")
+    done = subprocess.run([sys.executable, "-c", probe, "models"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert "RAY False CODE 0" in done.stdout, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    ours = [n for n in memory_models.available()          # not a user's, imported by a test
+            if memory_models.get(n).__module__.startswith("memory_models.")]
+    for name in ours:
+        assert any(line.startswith(name + " ") for line in lines), name
+    assert "~ popgym:FastWeightProgrammer" in done.stdout
+    ffm = [line for line in lines if line.startswith("ffm ")]
+    assert "elapsed time;" in lines[lines.index(ffm[0]) + 1]
+    one = run_memrl("models", "event_ssm")
+    assert one.returncode == 0 and "  selective = False" in one.stdout, one.stdout
+    own = run_memrl("models", "--imports", "my_cells", cwd=ROOT / "configs")
+    assert own.returncode == 0 and any(line.startswith("leaky ")
+                                       for line in own.stdout.splitlines()), own.stdout
+    bad = run_memrl("models", "gruu")
+    assert bad.returncode == 2 and "unknown memory model 'gruu'" in bad.stderr
 
 
 def test_trials_that_cannot_fit_fail_at_once(tmp_path, ray_session, capsys):
