@@ -144,7 +144,7 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
         s = torch.addcmul(b, a, as_complex(state["s"]))
         return self._readout(x_t, s, matrices[2]), {"s": torch.view_as_real(s)}
 
-    # ------------------------------------------------------------------ seed API
+    # ------------------------------------------------------------------ the LRNN API
     def forward(self, x: Tensor, integration_timesteps: Tensor | None = None,
                 lengths: Tensor | None = None) -> Tensor:
         """x (B, L, input_size) -> y (B, L, hidden_size) from the initial state."""

@@ -81,7 +81,7 @@ from .checks import check_int
 from .interface import State, scan_episodes_as_rows
 from .ops.scan import linear_scan, linear_scan_sequential
 from .registry import register
-from .windows import _PositionCounter, positions_in_episode
+from .windows import PositionCounter, positions_in_episode
 
 NORMALIZER_EPSILON = 1e-5           # POPGym's 1e-5 in the sum normalization and q·z + 1e-5
 
@@ -164,7 +164,7 @@ def _check_choice(name: str, value, allowed: tuple) -> None:
 
 
 # ---------------------------------------------------------------------- the shared block
-class _FastWeightBlock(_PositionCounter):
+class _FastWeightBlock(PositionCounter):
     """The skeleton of the module docstring: embedding, LayerNorm, key/query/value, memories
     written by aggregators, read-out, FF + shortcut, unmap. Subclasses give the feature maps
     (`_keys_queries`), the memories (`memory_shapes`, `aggregator_of`, `_writes`) and the

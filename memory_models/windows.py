@@ -71,7 +71,7 @@ class SinePositionEmbedding(nn.Module):
         return torch.lerp(x, self.encode(positions), self.strength)
 
 
-class _PositionCounter(RecurrentMemory):
+class PositionCounter(RecurrentMemory):
     """The step counter {"t": (B, 1)} and the embedding of the cells of this module."""
 
     dtypes = (torch.float32, torch.float64)
@@ -93,7 +93,7 @@ class _PositionCounter(RecurrentMemory):
 
 
 @register("pos_mlp")
-class PosMLP(_PositionCounter):
+class PosMLP(PositionCounter):
     """POPGym's MLP: a memoryless MLP that sees the step's position in the episode."""
 
     def __init__(self, input_size: int, hidden_size: int, max_len: int = 1024):
@@ -125,7 +125,7 @@ def positions_in_episode(counter: Tensor, resets: Tensor) -> Tensor:
     return torch.where(last_reset >= 0, (time - last_reset).to(counter.dtype), counter + time)
 
 
-class _FrameWindow(_PositionCounter):
+class _FrameWindow(PositionCounter):
     """The window of the last k embedded inputs; subclasses map it: `_map_padded`."""
 
     def _setup_window(self, stack_size: int, position_embedding: bool, max_len: int) -> None:
