@@ -40,11 +40,8 @@ from torch import Tensor, nn
 from .interface import RecurrentMemory, State
 from .lrnn import (LTV_LRNN, InferenceCacheStep, as_complex, check_state_size, check_step_range,
                    real_part_weights)
-from .ops.scan import linear_scan, linear_scan_sequential
+from .ops.scan import SCAN_IMPLS, check_scan_impl
 from .registry import register
-
-SCAN_IMPLS = {"parallel": linear_scan, "sequential": linear_scan_sequential}
-
 
 @register("event_ssm")
 class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
@@ -65,8 +62,7 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
         if not isinstance(selective, bool):
             raise TypeError(f"selective must be a bool, got {selective!r}")
         check_step_range(dt_min, dt_max)
-        if scan_impl not in SCAN_IMPLS:
-            raise ValueError(f"scan_impl must be one of {tuple(SCAN_IMPLS)}, got {scan_impl!r}")
+        check_scan_impl(scan_impl)
         self.state_size, self.selective, self.scan_impl = state_size, selective, scan_impl
         modes = state_size // 2
 

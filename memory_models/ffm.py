@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import check_int, check_positive
-from .event_ssm import SCAN_IMPLS
 from .interface import RecurrentMemory, State
 from .lrnn import as_complex
+from .ops.scan import SCAN_IMPLS, check_scan_impl
 from .registry import register
 
 ORIGINAL_MAX_LEN = 1024       # the original's chunk length, which sets its clamp of α
@@ -84,8 +84,7 @@ class FFM(RecurrentMemory):
                 and 0 < forgotten_at < 1):
             raise ValueError(f"forgotten_at must be a number in (0, 1) (the fraction of an "
                              f"input left at max_period), got {forgotten_at!r}")
-        if scan_impl not in SCAN_IMPLS:
-            raise ValueError(f"scan_impl must be one of {tuple(SCAN_IMPLS)}, got {scan_impl!r}")
+        check_scan_impl(scan_impl)
         self.memory_size, self.context_size, self.scan_impl = memory_size, context_size, scan_impl
 
         self.pre = nn.Linear(input_size, 2 * memory_size + 2 * hidden_size)

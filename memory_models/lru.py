@@ -49,9 +49,9 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_int, check_positive
-from .event_ssm import SCAN_IMPLS
 from .interface import RecurrentMemory, State
 from .lrnn import as_complex
+from .ops.scan import SCAN_IMPLS, check_scan_impl
 from .registry import register
 
 
@@ -69,8 +69,7 @@ class LRU(RecurrentMemory):
         super().__init__(input_size, hidden_size)
         check_int("state_size", state_size, why=" (complex modes N)")
         check_ring(r_min, r_max, max_phase)
-        if scan_impl not in SCAN_IMPLS:
-            raise ValueError(f"scan_impl must be one of {tuple(SCAN_IMPLS)}, got {scan_impl!r}")
+        check_scan_impl(scan_impl)
         self.state_size, self.scan_impl = state_size, scan_impl
         self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
 

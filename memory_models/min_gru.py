@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .event_ssm import SCAN_IMPLS
 from .interface import RecurrentMemory, State
+from .ops.scan import SCAN_IMPLS, check_scan_impl
 from .registry import register
 
 
@@ -42,8 +42,7 @@ class MinGRU(RecurrentMemory):
 
     def __init__(self, input_size: int, hidden_size: int, scan_impl: str = "parallel"):
         super().__init__(input_size, hidden_size)
-        if scan_impl not in SCAN_IMPLS:
-            raise ValueError(f"scan_impl must be one of {tuple(SCAN_IMPLS)}, got {scan_impl!r}")
+        check_scan_impl(scan_impl)
         self.scan_impl = scan_impl
         self.gate_and_candidate = nn.Linear(input_size, 2 * hidden_size)   # [W_z; W_h], [b_z; b_h]
 

@@ -176,3 +176,13 @@ def _one_step(a: Tensor, b: Tensor, before: Tensor | None, out: Tensor) -> None:
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
     """(B, ...) mask -> broadcastable against like (B, ..., *F)."""
     return mask.view(*mask.shape, *([1] * (like.ndim - mask.ndim)))
+
+
+SCAN_IMPLS = {"parallel": linear_scan, "sequential": linear_scan_sequential}
+
+
+def check_scan_impl(name: str) -> None:
+    """A cell's `scan_impl` option: "parallel" (training) or "sequential" (the reference loop,
+    for tests and benchmarks)."""
+    if name not in SCAN_IMPLS:
+        raise ValueError(f"scan_impl must be one of {tuple(SCAN_IMPLS)}, got {name!r}")
