@@ -100,10 +100,16 @@ def test_same_seed_same_weights_before_and_after_an_iteration(ray_session):
     assert not all(torch.equal(init_a[k], init_c[k]) for k in init_a)
 
 
-def test_ppo_trains_event_ssm_on_an_event_time_task_with_timesteps_from_obs(ray_session):
+ELAPSED_TIME = [n for n in memory_models.available() if memory_models.get(n).elapsed_time]
+
+
+@pytest.mark.parametrize("name", ELAPSED_TIME)
+def test_ppo_trains_elapsed_time_cells_on_an_event_time_task_with_timesteps_from_obs(
+        ray_session, name):
     """On an EventTime task the module reads Δt (timesteps_from_obs on by itself); the env
-    runner's observations carry gaps other than 1 and one PPO iteration trains event_ssm."""
-    algo = tiny_config("event_ssm", env="RepeatPreviousEasy-EventTime").build_algo()
+    runner's observations carry gaps other than 1 and one PPO iteration trains each cell that
+    integrates over elapsed time (event_ssm, ffm, lru)."""
+    algo = tiny_config(name, env="RepeatPreviousEasy-EventTime").build_algo()
     try:
         module = algo.get_module()
         assert module.model_config["timesteps_from_obs"]
