@@ -9,7 +9,6 @@ anything: the API stack, the task (event-time or plain), the model and its PPO s
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
@@ -29,11 +28,11 @@ __all__ = ["TRIAL_KEY", "trial_spec", "algorithm_config", "StudyTrial"]
 def trial_spec(study: Study, trial: Trial) -> dict[str, Any]:
     """Everything one trial needs, as plain JSON values."""
     return {"name": trial.name, "variant": trial.variant, "task": trial.task,
-            "seed": trial.seed, "model": dataclasses.asdict(trial.model),
+            "seed": trial.seed, "model": trial.model.model_dump(),
             "ppo": dict(trial.ppo), "model_config": dict(trial.model_config),
-            "resources": dataclasses.asdict(study.resources),
+            "resources": study.resources.model_dump(),
             "env_steps": study.stop.env_steps,
-            "eval": None if study.eval is None else dataclasses.asdict(study.eval),
+            "eval": None if study.eval is None else study.eval.model_dump(),
             "imports": list(study.imports), "base_dir": study.base_dir}
 
 
