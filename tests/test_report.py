@@ -4,6 +4,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from experiments.report import write as report
@@ -50,9 +51,10 @@ def study(tmp_path):
 
 
 def test_mmer_is_max_over_training_then_mean_over_seeds_then_tasks(study):
-    _, trials = report.load_study(study)
-    labels, tasks, table = report.mmer_table(trials)
-    assert labels == ["A", "B"]
+    _, iterations = report.load_study(study)
+    frame = report.mmer_frame(report.trial_table(iterations))       # as `report` computes it
+    table = frame.to_dict("index")
+    assert list(frame.index.unique("model")) == ["A", "B"]
     a_rp = table["A", "popgym-RepeatPreviousEasy-v0"]
     assert a_rp["n"] == 2 and a_rp["mean"] == pytest.approx((0.2 + 0.4) / 2)
     assert a_rp["std"] == pytest.approx(math.sqrt(2) * 0.1)          # sample std of 0.2, 0.4
@@ -68,10 +70,56 @@ def test_mmer_is_max_over_training_then_mean_over_seeds_then_tasks(study):
 
 
 def test_curves_skip_iterations_without_episodes_and_repeated_rows(study):
-    steps, returns = report.read_curve(study / "RepeatPreviousEasy-A-s0" / "progress.csv")
-    assert steps.tolist() == [200, 300, 400] and returns.tolist() == [-0.5, 0.2, 0.1]
-    steps, returns = report.read_curve(study / "RepeatPreviousEasy-A-s1" / "progress.csv")
-    assert steps.tolist() == [100, 200, 300]
+    _, iterations = report.load_study(study)
+    a_rp = iterations[(iterations["task"] == "popgym-RepeatPreviousEasy-v0")
+                      & (iterations["variant"] == "A")]
+    (steps0, returns0), (steps1, returns1) = report.seed_curves(a_rp)
+    assert steps0.tolist() == [200, 300, 400] and returns0.tolist() == [-0.5, 0.2, 0.1]
+    assert steps1.tolist() == [100, 200, 300] and returns1.tolist() == [-0.4, 0.4, 0.3]
+
+
+def test_task_curve_is_the_mean_over_seeds_on_the_steps_every_seed_covers(study):
+    _, iterations = report.load_study(study)
+    curves = report.task_curves(iterations, "popgym-RepeatPreviousEasy-v0")
+    assert list(curves) == ["A", "B"]
+    a = curves["A"]             # seeds cover 200..400 and 100..300 (see the test above)
+    assert a.seeds == 2 and len(a.steps) == 100 and (a.steps[0], a.steps[-1]) == (200, 300)
+    at = {float(step): (mean, std) for step, mean, std in zip(a.steps, a.mean, a.std)}
+    # the sample std of two values is their gap / sqrt(2)
+    assert at[200.0] == pytest.approx(((-0.5 + 0.4) / 2, 0.9 / math.sqrt(2)))
+    assert at[300.0] == pytest.approx(((0.2 + 0.3) / 2, 0.1 / math.sqrt(2)))
+    middle = int(np.argmin(abs(a.steps - 250)))          # interpolated between iterations
+    seed0, seed1 = np.interp(a.steps[middle], [200, 300], [-0.5, 0.2]), \
+        np.interp(a.steps[middle], [200, 300], [0.4, 0.3])
+    assert a.mean[middle] == pytest.approx((seed0 + seed1) / 2)
+    one_seed = report.task_curves(iterations, "popgym-CountRecallEasy-v0")["B"]
+    assert one_seed.seeds == 1 and np.all(one_seed.std == 0)
+    assert (one_seed.mean[0], one_seed.mean[-1]) == pytest.approx((-0.2, -0.1))
+
+
+def test_seeds_that_share_one_step_give_a_one_point_curve():
+    curve = report.mean_curve([(np.array([100, 200]), np.array([0.1, 0.3])),
+                               (np.array([200, 300]), np.array([0.5, 0.0]))])
+    assert curve.steps.tolist() == [200.0] and curve.mean == pytest.approx([0.4])
+    assert curve.std == pytest.approx([0.2 / math.sqrt(2)]) and curve.seeds == 2
+
+
+def test_plot_draws_the_task_curves(study, tmp_path):
+    _, iterations = report.load_study(study)
+    curves = report.task_curves(iterations, "popgym-RepeatPreviousEasy-v0")
+    figure = report.plot_task("popgym-RepeatPreviousEasy-v0", curves, tmp_path / "c.png")
+    axes = figure.axes[0]
+    assert [line.get_label() for line in axes.get_lines()] == ["A (2)", "B (2)"]
+    for line, curve in zip(axes.get_lines(), curves.values()):
+        assert np.array_equal(line.get_xdata(), curve.steps)
+        assert np.array_equal(line.get_ydata(), curve.mean)
+    for band, curve in zip(axes.collections, curves.values()):       # mean ± std shaded
+        lower, upper = band.get_paths()[0].vertices[:, 1].min(), \
+            band.get_paths()[0].vertices[:, 1].max()
+        assert (lower, upper) == pytest.approx(((curve.mean - curve.std).min(),
+                                                (curve.mean + curve.std).max()))
+    assert axes.get_title() == "RepeatPreviousEasy"
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_writes_table_csvs_and_one_png_per_task(study, capsys):

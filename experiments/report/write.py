@@ -30,12 +30,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from experiments.report import aggregate
 from experiments.study.results import ENV_STEPS, EVAL_RETURN, RETURN_MEAN, STUDY_FILE, short_task
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MEAN = "mean"           # the task-average column
 # the evaluation's mean return, as the trainable writes it into progress.csv (with `eval:`)
@@ -96,13 +100,6 @@ def read_progress(progress_csv: Path) -> pd.DataFrame:
 def with_episodes(iterations: pd.DataFrame) -> pd.DataFrame:
     """The iterations that finished an episode (have env steps and a mean return)."""
     return iterations.dropna(subset=["env_steps", "return_mean"])
-
-
-def read_curve(progress_csv: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(env steps (N,), mean episodic return (N,)) of one trial, one entry per training
-    iteration that had a finished episode; a repeated iteration (resume) keeps its last row."""
-    curve = with_episodes(read_progress(progress_csv))
-    return curve["env_steps"].to_numpy(), curve["return_mean"].to_numpy()
 
 
 def load_study(results: str | Path) -> tuple[dict, pd.DataFrame]:
@@ -174,14 +171,6 @@ def mmer_frame(trials: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def mmer_table(iterations: pd.DataFrame) -> tuple[list[str], list[str], dict]:
-    """models, tasks and {(model, task or MEAN): {n, mean, std, min, max}} (mmer_frame)."""
-    trials = trial_table(iterations)
-    frame = mmer_frame(trials)
-    return list(trials["variant"].unique()), list(trials["task"].unique()), \
-        frame.to_dict("index")
-
-
 def markdown(models, tasks, table, title: str) -> str:
     header = ["model", *map(short_task, tasks), "mean over tasks"]
     lines = [f"# MMER: {title}", "",
@@ -230,27 +219,57 @@ def eval_markdown(frame: pd.DataFrame, settings: dict | None, title: str) -> str
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- plots
-def plot_task(task: str, iterations: pd.DataFrame, path: Path) -> None:
-    """Mean return over seeds vs env steps, one line per model, std shaded."""
+# --------------------------------------------------------------------------- curves
+class Curve(NamedTuple):
+    """A model's learning curve on one task: mean and std of the return over seeds (G,) at
+    env steps (G,)."""
+    steps: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    seeds: int
+
+
+def seed_curves(iterations: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(env steps (N,), mean episodic return (N,)) of each trial in `iterations` (load_study's
+    rows), in order: its iterations that finished an episode, a resumed trial's repeated
+    iteration once."""
+    return [(trial["env_steps"].to_numpy(), trial["return_mean"].to_numpy())
+            for _, trial in with_episodes(iterations).groupby("name", sort=False)]
+
+
+def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 100) -> Curve:
+    """The seeds' curves interpolated linearly at `points` env steps spanning the range every
+    seed covers (one point if they share only one), then mean and std over seeds (the sample
+    std, 0 for one seed, as in the tables)."""
+    end = min(steps[-1] for steps, _ in curves)
+    start = max(steps[0] for steps, _ in curves)
+    grid = np.linspace(start, end, points) if end > start else np.array([end], dtype=float)
+    values = np.stack([np.interp(grid, steps, returns) for steps, returns in curves])
+    std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(grid)
+    return Curve(grid, values.mean(0), std, len(curves))
+
+
+def task_curves(iterations: pd.DataFrame, task: str) -> dict[str, Curve]:
+    """What curves_<task>.png shows: each model's mean_curve over its seeds on `task` (the
+    models with a finished episode there, in study order)."""
+    episodes = with_episodes(iterations[iterations["task"] == task])
+    return {model: mean_curve(seed_curves(rows))
+            for model, rows in episodes.groupby("variant", sort=False)}
+
+
+def plot_task(task: str, curves: dict[str, Curve], path: Path) -> Figure:
+    """Draw task_curves: one line per model, mean ± std shaded; saved to `path`, returned."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.4, 4.2), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    episodes = with_episodes(iterations[iterations["task"] == task])
-    for model, rows in episodes.groupby("variant", sort=False):
-        curves = [(trial["env_steps"].to_numpy(), trial["return_mean"].to_numpy())
-                  for _, trial in rows.groupby("name", sort=False)]
-        end = min(steps[-1] for steps, _ in curves)       # range every seed covers
-        start = max(steps[0] for steps, _ in curves)
-        grid = np.linspace(start, end, 100) if end > start else np.array([end])
-        values = np.stack([np.interp(grid, steps, returns) for steps, returns in curves])
-        mean, std = values.mean(0), values.std(0)
-        line, = axes.plot(grid, mean, label=f"{model} ({len(curves)})",
-                          marker="o" if len(grid) == 1 else None)
-        axes.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    for model, curve in curves.items():
+        line, = axes.plot(curve.steps, curve.mean, label=f"{model} ({curve.seeds})",
+                          marker="o" if len(curve.steps) == 1 else None)
+        axes.fill_between(curve.steps, curve.mean - curve.std, curve.mean + curve.std,
+                          color=line.get_color(), alpha=0.2)
     axes.set_title(short_task(task))
     axes.set_xlabel("env steps")
     axes.set_ylabel("mean episodic return")
@@ -258,6 +277,7 @@ def plot_task(task: str, iterations: pd.DataFrame, path: Path) -> None:
     axes.legend(fontsize="small", title="model (seeds)", title_fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
+    return figure
 
 
 # --------------------------------------------------------------------------- report
@@ -296,6 +316,6 @@ def report(results: str | Path, out: str | Path | None = None,
                               "the study has no `eval:` key (add `eval: {episodes: 10}`)")
     for task in tasks:
         path = out / f"curves_{short_task(task)}.png"
-        plot_task(task, iterations, path)
+        plot_task(task, task_curves(iterations, task), path)
         paths["plots"].append(path)
     return paths
