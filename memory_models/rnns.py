@@ -31,6 +31,7 @@ Neither cell has elapsed time in its maths: both ignore `integration_timesteps`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import check_int
@@ -83,10 +84,11 @@ class IndRNN(RecurrentMemory):
 
     def _scan(self, x, state, resets, integration_timesteps, lengths):
         self.project_recurrent_weights()
-        keep = (~resets).to(x.dtype)[..., None]                                 # (B, T, 1)
+        keep = (~resets).to(x.dtype)[..., None] if bool(resets.any()) else None  # (B, T, 1)
         inputs, finals = x, []
         for layer in range(self.num_layers):
-            drive = self.inputs[layer](inputs) + self.biases[layer]              # (B, T, H)
+            linear = self.inputs[layer]                          # W_l h + (c_l + b_l) in one
+            drive = F.linear(inputs, linear.weight, linear.bias + self.biases[layer])  # (B, T, H)
             h0 = state["h"][:, layer]
             inputs = _elementwise_recurrence(drive, self.recurrent_weights[layer], h0, keep)
             finals.append(_state_after_lengths(inputs, h0, lengths))
@@ -103,12 +105,16 @@ class IndRNN(RecurrentMemory):
         return inputs, {"h": torch.stack(new, 1)}
 
 
-def _elementwise_recurrence(drive: Tensor, u: Tensor, h: Tensor, keep: Tensor) -> Tensor:
+def _elementwise_recurrence(drive: Tensor, u: Tensor, h: Tensor, keep: Tensor | None) -> Tensor:
     """h_t = ReLU(drive_t + u ⊙ keep_t h_{t-1}) for drive (B, T, H), u (H,), h (B, H), keep
-    (B, T, 1) (0 where the episode restarts) -> (B, T, H)."""
+    (B, T, 1) (0 where the episode restarts; None: no restart) -> (B, T, H).
+
+    The steps are taken with `unbind` (one gradient stack for all t; indexing drive[:, t]
+    would make a (B, T, H) zero gradient per step in backward, O(T²))."""
     outputs = []
-    for t in range(drive.shape[1]):
-        h = torch.relu(torch.addcmul(drive[:, t], u, h * keep[:, t]))
+    keeps = keep.unbind(1) if keep is not None else [None] * drive.shape[1]
+    for drive_t, keep_t in zip(drive.unbind(1), keeps):
+        h = torch.addcmul(drive_t, u, h if keep_t is None else h * keep_t).relu_()
         outputs.append(h)
     return torch.stack(outputs, 1) if outputs else drive
 
