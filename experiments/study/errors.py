@@ -4,6 +4,7 @@ message pydantic's `msg`, with two additions:
 
     extra_forbidden       "unknown key; allowed: [...]", the keys of the section that holds it
     "Input should be X"   "expected X, got <the value>" (the value is what the file holds there)
+    string_pattern_mismatch   the one pattern of the schema, a folder name, in words
 
 and a `ValueError` of the schema's own validators in its own words.
 """
@@ -44,6 +45,9 @@ def _message(where: str, error: dict, model: type[BaseModel], prefix: tuple) -> 
         text = f"unknown key{did_you_mean(loc[-1], allowed)}; allowed: {allowed}"
     elif error["type"] == "value_error":
         text = str(error["ctx"]["error"])
+    elif error["type"] == "string_pattern_mismatch":          # the schema's FolderName
+        text = (f"must be a folder name (letters, digits, '_', '.', '-'; starting with a "
+                f"letter or digit), got {kind(error['input'])}")
     elif error["msg"].startswith("Input should be "):
         text = f"expected {error['msg'].removeprefix('Input should be ')}, " \
                f"got {kind(error['input'])}"
