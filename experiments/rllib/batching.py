@@ -47,6 +47,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
+from . import state_storage
 from .seeding import env_seeds
 from .workers import use_assigned_cpus
 
@@ -60,20 +61,34 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
     Any other request (truncate_episodes, or an explicit num_timesteps / num_episodes) is
     RLlib's own. Its sub-envs are seeded by `seeding.env_seeds` (RLlib's new stack would give
     runner w's sub-env i the seed + w + i, which the next runner's sub-env i - 1 shares).
+    With `sparse_states` (the default) the memory state stays a batched tensor between steps
+    and an episode stores it only where a learner row starts (`state_storage`); `PPOLearner`
+    reads it there.
     """
+
+    sparse_states = True
 
     def __init__(self, *args, **kwargs):
         use_assigned_cpus()
         super().__init__(*args, **kwargs)
         self._running: dict[str, SingleAgentEpisode] = {}   # episode id -> its steps so far
+        if self.sparse_states:
+            state_storage.use_sparse_states_in_env_runner(self._env_to_module,
+                                                          self._module_to_env)
 
     def sample(self, *, num_timesteps=None, num_episodes=None, explore=None,
                random_actions=False, force_reset=False, **kwargs) -> list[SingleAgentEpisode]:
         if self.config.batch_mode != "complete_episodes" or num_timesteps is not None \
                 or num_episodes is not None:
-            return super().sample(num_timesteps=num_timesteps, num_episodes=num_episodes,
-                                  explore=explore, random_actions=random_actions,
-                                  force_reset=force_reset, **kwargs)
+            chunks = super().sample(num_timesteps=num_timesteps, num_episodes=num_episodes,
+                                    explore=explore, random_actions=random_actions,
+                                    force_reset=force_reset, **kwargs)
+            if self.sparse_states and self._cached_to_module is not None \
+                    and Columns.STATE_IN in self._cached_to_module:
+                # the learner sees these chunks apart: rows start at each chunk's start
+                state_storage.restart_records(self._ongoing_episodes,
+                                              self._cached_to_module[Columns.STATE_IN])
+            return chunks
         if force_reset:
             self._running.clear()
         target = self.config.get_rollout_fragment_length(self.worker_index) * self.num_envs
@@ -179,7 +194,17 @@ def without_padding(rows: SampleBatch) -> SampleBatch:
 
 
 class PPOLearner(PPOTorchLearner):
-    """RLlib's torch PPO learner, with minibatches cut as the old stack did (see 2. above)."""
+    """RLlib's torch PPO learner, with minibatches cut as the old stack did (see 2. above),
+    reading each row's memory state where `CompleteEpisodesEnvRunner` stored it
+    (`state_storage`, with `sparse_states`)."""
+
+    sparse_states = True
+
+    def build(self) -> None:
+        super().build()
+        if self.sparse_states and self._learner_connector is not None \
+                and self.config.add_default_connectors_to_learner_pipeline:
+            state_storage.use_sparse_states_in_learner(self._learner_connector)
 
     def _create_iterator_if_necessary(self, *, training_data, num_total_minibatches=0,
                                       num_epochs=1, minibatch_size=None,
