@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from .checks import check_int, check_positive
 from .interface import RecurrentMemory, State
 from .lrnn import as_complex
+from .lru import decay_power
 from .ops.scan import SCAN_IMPLS, check_scan_impl
 from .registry import register
 
@@ -108,7 +109,7 @@ class FFM(RecurrentMemory):
         alpha = self.alpha.clamp(-DECAY_LIMIT, SLOWEST_DECAY)
         log_gamma = torch.complex(alpha[:, None].expand(-1, self.context_size),
                                   self.omega[None, :].expand(self.memory_size, -1))
-        return torch.exp(log_gamma * integration_timesteps[..., None, None])
+        return decay_power(log_gamma, integration_timesteps)
 
     def elements(self, x: Tensor, integration_timesteps: Tensor) -> tuple[Tensor, Tensor, Tensor,
                                                                           Tensor]:

@@ -93,15 +93,20 @@ class LRU(RecurrentMemory):
         return torch.sqrt(-torch.expm1(-2 * torch.exp(self.nu_log)))
 
     def elements(self, u: Tensor, integration_timesteps: Tensor) -> tuple[Tensor, Tensor]:
-        """(a, b) of x_t = a_t x_{t-1} + b_t: λ^{Δt}, γ ⊙ B u, (..., N) complex each."""
-        a = torch.exp(self.log_lambda() * integration_timesteps[..., None])
-        gamma = self.normalisation()
-        b = torch.complex(u @ (self.B_re * gamma[:, None]).T, u @ (self.B_im * gamma[:, None]).T)
+        """(a, b) of x_t = a_t x_{t-1} + b_t: λ^{Δt}, γ ⊙ B u, (..., N) complex each.
+        B u is one real matmul giving (Re, Im) interleaved, viewed as complex."""
+        a = decay_power(self.log_lambda(), integration_timesteps)
+        gamma = self.normalisation()[:, None]
+        weight = torch.stack([self.B_re * gamma, self.B_im * gamma], 1).flatten(0, 1)  # (2N, I)
+        b = torch.view_as_complex((u @ weight.T).unflatten(-1, (self.state_size, 2)))
         return a, b
 
     def readout(self, x: Tensor, u: Tensor) -> Tensor:
-        """y = Re(C x) + D u = C_re Re x − C_im Im x + D u, x (..., N) complex."""
-        return x.real @ self.C_re.T - x.imag @ self.C_im.T + u @ self.D.T
+        """y = Re(C x) + D u = C_re Re x − C_im Im x + D u, x (..., N) complex: one real
+        matmul of the interleaved (Re, Im) pairs of x with [C_re, −C_im] interleaved alike."""
+        weight = torch.stack([self.C_re, -self.C_im], -1).flatten(-2)               # (H, 2N)
+        return torch.addmm(u.flatten(0, -2) @ self.D.T, torch.view_as_real(x).flatten(-2)
+                           .flatten(0, -2), weight.T).view(*u.shape[:-1], self.hidden_size)
 
     # ------------------------------------------------------------------ interface
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
@@ -119,6 +124,17 @@ class LRU(RecurrentMemory):
         a, b = self.elements(u_t, integration_timestep)                         # (B, N)
         x = torch.addcmul(b, a, as_complex(self.reset_state(state, reset)["x"]))
         return self.readout(x, u_t), {"x": torch.view_as_real(x)}
+
+
+def decay_power(log_decay: Tensor, integration_timesteps: Tensor) -> Tensor:
+    """exp(log_decay · Δt) (*Δt.shape, *log_decay.shape) for Δt (...): the decay over each
+    elapsed time. With Δt ≡ 1 (synchronous steps) it is exp(log_decay) itself, expanded (one
+    exp of the parameters, not one per step; the same value and gradient)."""
+    broadcast = integration_timesteps.view(*integration_timesteps.shape,
+                                           *[1] * log_decay.ndim)
+    if bool((integration_timesteps == 1).all()):
+        return torch.exp(log_decay).expand(*integration_timesteps.shape, *log_decay.shape)
+    return torch.exp(log_decay * broadcast)
 
 
 def check_ring(r_min, r_max, max_phase) -> None:
