@@ -77,15 +77,20 @@ MEMORY_LIMIT = 20 << 30            # address space of one subject's process (the
 SPEEDUP_TARGETS = {"gru": 1.1, "lmu_fft": 2.0, "event_ssm": 2.0, "s4d": 2.0}
 PEER_TARGETS = {"lmu": "popgym:LMU"}
 FLOOR_TARGET = 1.5                      # learning time <= 1.5 x the learn floor
+MEMORY_TARGET_GIB = 2.0                 # peak memory of each of our cells (issue 16)
 
 
 # What a reader of the tables needs to weigh them (from the code of RLlib 2.60 and popgym).
 NOTES = [
-    "Peak memory and s4d's sampling: RLlib's new-stack env runner keeps every step's STATE_OUT "
-    "in its episode. s4d's state is hidden x state_size/2 x (re, im) = 256 x 32 x 2 floats "
-    "(64 KiB) per env and step, 4 GiB per 65536-step batch before the runner's copies, against "
-    "1 KiB for gru: its sampling time above the others' is that bookkeeping (its forward floor "
-    "is theirs), and it grows with state_size.",
+    "Memory state (issue 16): our memories' env runner keeps the state as one batched tensor "
+    "between steps and each episode stores it only where a learner row of 1024 steps starts "
+    "(experiments.rllib.state_storage): on 52-step episodes one state per episode, e.g. s4d's "
+    "64 KiB (256 x 32 complex modes) per episode, ~1.3 KiB per env-step, counted per episode "
+    "(the t = 0 state is one array shared by the episodes that start together). RLlib's new "
+    "stack as shipped stored every step's STATE_OUT (s4d: 64 KiB per env-step, 9.1 GiB peak "
+    "memory, 29 s of sampling before the change). The old stack (popgym:*) keeps state_in / "
+    "state_out columns for every step of its sample batch. Rows without a stored-state value "
+    "were measured before the column existed (and before the change).",
     "rllib-lstm pads every learner row to max_seq_len (1024) and runs its LSTM over the "
     "padding; on 52-step episodes its value pass over the whole batch asks for one tensor "
     "larger than MEMORY_LIMIT (failed: out of memory).",
@@ -146,6 +151,8 @@ class Recorder:
     value: collections.Counter = field(default_factory=collections.Counter)
     sampling_s: float = 0.0
     sample_calls: int = 0
+    stored_state_bytes: int = 0         # memory state the returned samples hold
+    sampled_steps: int = 0              # env steps in them
 
 
 def instrument(algo, recorder: Recorder) -> None:
@@ -156,16 +163,48 @@ def instrument(algo, recorder: Recorder) -> None:
     def timed_sample(*args, **kwargs):
         start = clock()
         try:
-            return sample(*args, **kwargs)
+            samples = sample(*args, **kwargs)
         finally:
             recorder.sampling_s += clock() - start
             recorder.sample_calls += 1
+        state_bytes, steps = stored_state(samples)
+        recorder.stored_state_bytes += state_bytes
+        recorder.sampled_steps += steps
+        return samples
 
     runner.sample = timed_sample
     if algo.config.enable_rl_module_and_learner:
         _record_new_stack(algo, recorder)
     else:
         _record_old_stack(algo, recorder)
+
+
+def stored_state(samples) -> tuple[int, int]:
+    """(bytes of memory state, env steps) in what an env runner's sample() returned: new-stack
+    episodes (the states `experiments.rllib.state_storage` keeps at learner row starts, and any
+    per-step STATE_OUT) or an old-stack SampleBatch (its state_in_* / state_out_* columns)."""
+    import numpy as np
+    import tree
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+    from experiments.rllib.state_storage import stored_states
+
+    def size(structure) -> int:
+        return sum(np.asarray(leaf).nbytes for leaf in tree.flatten(structure))
+
+    if isinstance(samples, (SampleBatch, MultiAgentBatch)):
+        batches = samples.policy_batches.values() if isinstance(samples, MultiAgentBatch) \
+            else [samples]
+        return (sum(size(v) for b in batches for k, v in b.items()
+                    if k.startswith(("state_in", "state_out"))),
+                sum(b.env_steps() for b in batches))
+    total = 0
+    for episode in samples:
+        total += sum(size(state) for state in stored_states(episode).values())
+        if Columns.STATE_OUT in episode.extra_model_outputs:
+            total += size(episode.get_extra_model_outputs(Columns.STATE_OUT))
+    return total, sum(len(episode) for episode in samples)
 
 
 def _key(obs_shape, seq_lens) -> tuple:
@@ -356,6 +395,8 @@ def measure(subject: str, task: str, epochs: int, warmup: int, iterations: int) 
             "learning_s": iteration_s - sampling_s, "steps": steps, "batch": batch,
             "forward_floor_s": forward_s, "learn_floor_s": learn_floor,
             "minibatches_per_epoch": minibatches,
+            "stored_state_bytes_per_step": recorder.stored_state_bytes
+            / max(recorder.sampled_steps, 1),
             "rows_per_minibatch": statistics.mean(rows) if rows else float("nan")}
 
 
@@ -462,14 +503,14 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) 
                   "| subject | iteration s | sampling s | learning s | env floor s | "
                   "forward floor s | learn floor s | learning / learn floor | "
                   "minibatches x rows | iteration vs popgym:GRU | 15M-step trial h | "
-                  "wall s (load) | peak memory GiB |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+                  "wall s (load) | peak memory GiB | stored state per env-step B |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         reference = rows.get(REFERENCE, {}).get("iteration_s")
         peers = [*POPGYM_PEERS, RLLIB_LSTM]           # ours first, in name order, then peers
         for subject, r in sorted(rows.items(), key=lambda item: (
                 peers.index(item[0]) + 1 if item[0] in peers else 0, item[0])):
             if "error" in r:
-                lines.append(f"| {subject} | failed: {r['error']} |" + " |" * 12)
+                lines.append(f"| {subject} | failed: {r['error']} |" + " |" * 13)
                 continue
             env_floor = r["steps"] / env_rates[task]
             speedup = f"{reference / r['iteration_s']:.2f}x" if reference else "-"
@@ -480,7 +521,7 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) 
                 f"{r['learn_floor_s']:.1f} | {r['learning_s'] / r['learn_floor_s']:.2f} | "
                 f"{r['minibatches_per_epoch']:.0f} x {r['rows_per_minibatch']:.0f} | "
                 f"{speedup} | {hours:.1f} | {r['wall_s']:.0f} ({r['load']:.1f}) | "
-                f"{r['peak_rss_gib']:.1f} |")
+                f"{r['peak_rss_gib']:.1f} | {_bytes(r.get('stored_state_bytes_per_step'))} |")
         lines.append("")
         lines += targets(task, rows) + [""]
     if env_compare:
@@ -497,6 +538,11 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) 
     errors = [f"### {task} {s}\n\n```\n{r['traceback']}```" for task, rows in results.items()
               for s, r in rows.items() if "error" in r]
     return "\n".join(lines + (["## Errors", "", *errors] if errors else []))
+
+
+def _bytes(value) -> str:
+    """Bytes per env-step, '-' where the run predates the column."""
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _num(value) -> str:
@@ -525,6 +571,9 @@ def targets(task: str, rows: dict) -> list[str]:
         ratio = r["learning_s"] / r["learn_floor_s"]
         out.append(f"- {subject} learning within {FLOOR_TARGET}x its learn floor: {ratio:.2f}x "
                    f"{'PASS' if ratio <= FLOOR_TARGET else 'FAIL'}")
+        out.append(f"- {subject} peak memory <= {MEMORY_TARGET_GIB:g} GiB: "
+                   f"{r['peak_rss_gib']:.1f} GiB "
+                   f"{'PASS' if r['peak_rss_gib'] <= MEMORY_TARGET_GIB else 'FAIL'}")
     return out
 
 
