@@ -117,8 +117,11 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
     def _join(self, chunk: SingleAgentEpisode) -> SingleAgentEpisode:
         """The episode `chunk` continues (a copy of chunk if it starts one), extended by it;
         kept in `_running` until it is done. RLlib keeps the chunks for its episode metrics
-        (length and return summed over chunks), so none of them is changed in place."""
+        (length and return summed over chunks), so none of them is changed in place; an episode
+        whole in one chunk is that chunk (RLlib's own sampling returns it so too)."""
         episode = self._running.pop(chunk.id_, None)
+        if episode is None and chunk.is_done:
+            return chunk
         if episode is None:
             episode = copy.deepcopy(chunk)
         else:
