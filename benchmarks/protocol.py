@@ -92,11 +92,12 @@ NOTES = [
     "memory, 29 s of sampling before the change). The old stack (popgym:*) keeps state_in / "
     "state_out columns for every step of its sample batch. Rows without a stored-state value "
     "were measured before the column existed (and before the change).",
-    "The rows of s4d, gru, event_ssm, lmu_fft and popgym:GRU on RepeatPreviousEasy "
+    "The rows of s4d, gru, event_ssm, lmu_fft, popgym:GRU and lstm on RepeatPreviousEasy "
     "(2026-12-02) were measured one after the other beside a running learning study (both "
-    "cores busy, load average 6-7): their CPU times are inflated (forward floors 1.0-2.1x the "
-    "quiet run's) and compare among themselves only; peak memory and stored state are not "
-    "affected by the load. The other rows are the earlier runs'.",
+    "cores busy, load average 6-7, 11 for lstm): their CPU times are inflated (forward floors "
+    "1.0-2.1x the quiet run's) and compare among themselves only; peak memory and stored "
+    "state are not affected by the load. The other rows are the earlier runs'. lstm's peak "
+    "(2.1 GiB) is not its stored state (40 B per env-step).",
     "rllib-lstm pads every learner row to max_seq_len (1024) and runs its LSTM over the "
     "padding; on 52-step episodes its value pass over the whole batch asks for one tensor "
     "larger than MEMORY_LIMIT (failed: out of memory).",
