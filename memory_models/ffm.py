@@ -44,6 +44,7 @@ The state is real: {"S": (B, m, c, 2)}, (Re, Im) on the last axis.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ from torch import Tensor, nn
 from .checks import check_int, check_positive
 from .interface import RecurrentMemory, State
 from .lrnn import as_complex
-from .lru import decay_power
+from .lru import ParameterDerived, decay_power
 from .ops.scan import SCAN_IMPLS, check_scan_impl
 from .registry import register
 
@@ -63,7 +64,7 @@ SLOWEST_DECAY = -1e-8         # α ≤ this: every mode forgets
 
 
 @register("ffm")
-class FFM(RecurrentMemory):
+class FFM(ParameterDerived, RecurrentMemory):
     """Fast and Forgetful Memory: m decays × c oscillations of gated inputs, mixed, normed."""
 
     dtypes = (torch.float32, torch.float64)
@@ -97,32 +98,33 @@ class FFM(RecurrentMemory):
         self.mix = nn.Linear(2 * memory_size * context_size, hidden_size)
 
     # ------------------------------------------------------------------ the equations
-    def gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def weights(self) -> FFMWeights:
+        """What the equations take from the parameters (see FFMWeights)."""
+        alpha = self.alpha.clamp(-DECAY_LIMIT, SLOWEST_DECAY)
+        log_gamma = torch.complex(alpha[:, None].expand(-1, self.context_size),
+                                  self.omega[None, :].expand(self.memory_size, -1))
+        return FFMWeights(log_gamma, torch.exp(log_gamma), self.pre.weight.T.contiguous(),
+                          self.pre.bias, self.mix.weight.T.contiguous(), self.mix.bias)
+
+    def gates(self, x: Tensor, weights: FFMWeights) -> tuple[Tensor, Tensor, Tensor]:
         """x (..., input_size) -> memory input ŷ ⊙ g_in (..., m), thru (..., H), g_out (..., H)."""
-        y_hat, thru, gate = self.pre(x).split(
+        pre = torch.addmm(weights.pre_bias, x.flatten(0, -2), weights.pre).unflatten(
+            0, x.shape[:-1])
+        y_hat, thru, gate = pre.split(
             [self.memory_size, self.hidden_size, self.memory_size + self.hidden_size], dim=-1)
         in_gate, out_gate = gate.sigmoid().split([self.memory_size, self.hidden_size], dim=-1)
         return y_hat * in_gate, thru, out_gate
 
-    def decay(self, integration_timesteps: Tensor) -> Tensor:
+    def decay(self, integration_timesteps: Tensor, weights: FFMWeights | None = None) -> Tensor:
         """γ^{Δt} = exp((α + iω) Δt) (..., m, c) complex for Δt (...)."""
-        alpha = self.alpha.clamp(-DECAY_LIMIT, SLOWEST_DECAY)
-        log_gamma = torch.complex(alpha[:, None].expand(-1, self.context_size),
-                                  self.omega[None, :].expand(self.memory_size, -1))
-        return decay_power(log_gamma, integration_timesteps)
+        weights = self.weights() if weights is None else weights
+        return decay_power(weights.log_gamma, integration_timesteps, weights.gamma)
 
-    def elements(self, x: Tensor, integration_timesteps: Tensor) -> tuple[Tensor, Tensor, Tensor,
-                                                                          Tensor]:
-        """(a, b) of S_t = a_t S_{t-1} + b_t, (..., m, c) complex (b broadcast over c), and
-        thru, g_out (..., H) for the output."""
-        memory_input, thru, out_gate = self.gates(x)
-        a = self.decay(integration_timesteps)
-        b = torch.complex(memory_input, torch.zeros_like(memory_input))[..., None]
-        return a, b, thru, out_gate
-
-    def readout(self, S: Tensor, thru: Tensor, out_gate: Tensor) -> Tensor:
+    def readout(self, S: Tensor, thru: Tensor, out_gate: Tensor, weights: FFMWeights) -> Tensor:
         """y = LayerNorm(Mix [Re S, Im S]) ⊙ g_out + thru ⊙ (1 − g_out), S (..., m, c) complex."""
-        z = self.mix(torch.view_as_real(S).flatten(-3))
+        features = torch.view_as_real(S).flatten(-3)
+        z = torch.addmm(weights.mix_bias, features.flatten(0, -2), weights.mix).unflatten(
+            0, features.shape[:-1])
         z = F.layer_norm(z, (self.hidden_size,))
         return torch.lerp(thru, z, out_gate)
 
@@ -133,13 +135,32 @@ class FFM(RecurrentMemory):
                                  device=device, dtype=dtype)}
 
     def _scan(self, x, state, resets, integration_timesteps, lengths):
-        a, b, thru, out_gate = self.elements(x, integration_timesteps)          # (B, T, m, c)
+        weights = self.derived(self.weights)
+        memory_input, thru, out_gate = self.gates(x, weights)                   # (B, T, ...)
+        a = self.decay(integration_timesteps, weights)                         # (B, T, m, c)
+        b = torch.complex(memory_input, torch.zeros_like(memory_input))[..., None]
         S0 = as_complex(state["S"])
         states = SCAN_IMPLS[self.scan_impl](a, b, S0, resets, lengths)
         final = states[:, -1] if x.shape[1] else S0
-        return self.readout(states, thru, out_gate), {"S": torch.view_as_real(final)}
+        return self.readout(states, thru, out_gate, weights), {"S": torch.view_as_real(final)}
 
     def _step(self, x_t, state, reset, integration_timestep):
-        a, b, thru, out_gate = self.elements(x_t, integration_timestep)         # (B, m, c)
-        S = torch.addcmul(b, a, as_complex(self.reset_state(state, reset)["S"]))
-        return self.readout(S, thru, out_gate), {"S": torch.view_as_real(S)}
+        weights = self.derived(self.weights)
+        memory_input, thru, out_gate = self.gates(x_t, weights)                # (B, ...)
+        S = self.decay(integration_timestep, weights) * as_complex(
+            self.reset_state(state, reset)["S"]) + memory_input[..., None]     # (B, m, c)
+        return self.readout(S, thru, out_gate, weights), {"S": torch.view_as_real(S)}
+
+
+class FFMWeights(NamedTuple):
+    """The parameters in the form the equations use them: log γ = α + iω (α clamped) and
+    γ = exp(log γ) (m, c) complex; the input and mixing layers' weights transposed,
+    contiguous, as the right-hand side of their matmuls (pre (input_size, 2m + 2H), mix
+    (2mc, H); a transposed view costs a rollout step ~10% at batch 16), and their biases."""
+
+    log_gamma: Tensor
+    gamma: Tensor
+    pre: Tensor
+    pre_bias: Tensor
+    mix: Tensor
+    mix_bias: Tensor

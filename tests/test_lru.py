@@ -70,8 +70,8 @@ def test_elapsed_time_is_a_power_of_lambda():
     u = torch.randn(2, 6, 3, dtype=torch.float64)
     assert_elapsed_time_is_decay_power(cell, u, torch.zeros(2, 3, dtype=torch.float64))
     dt = torch.tensor([0.0, 0.5, 1.0, 2.0, 7.5], dtype=torch.float64)
-    a1, b1 = cell.elements(torch.ones(5, 3, dtype=torch.float64), dt)
-    a2, b2 = cell.elements(torch.ones(5, 3, dtype=torch.float64), 2 * dt)
+    a1, b1, _ = cell.elements(torch.ones(5, 3, dtype=torch.float64), dt)
+    a2, b2, _ = cell.elements(torch.ones(5, 3, dtype=torch.float64), 2 * dt)
     torch.testing.assert_close(a2, a1.square())
     torch.testing.assert_close(b2, b1)
 
@@ -102,3 +102,48 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
             LRU(3, 5, **kw)
     with pytest.raises(ValueError, match="unknown keyword.*'memory_size'.*state_size"):
         memory_models.make("lru", input_size=3, hidden_size=5, memory_size=4)
+
+
+@pytest.mark.parametrize("name", ["lru", "ffm"])
+def test_steps_without_autograd_follow_every_parameter_change(name):
+    """`step` without autograd reuses what it derives from the parameters (ParameterDerived):
+    after an optimizer step (trained through `step`, gradients reaching every parameter),
+    load_state_dict and .to(float32) it equals a freshly built cell with the same weights."""
+    torch.manual_seed(0)
+    make = lambda: memory_models.make(name, input_size=3, hidden_size=5).double()
+    cell, x = make(), torch.randn(4, 3, dtype=torch.float64)
+    state = {k: torch.randn_like(v) for k, v in cell.initial_state(4).items()}
+
+    def fresh_step(module, x, state):
+        twin = make().to(x.dtype)
+        twin.load_state_dict(module.state_dict())
+        with torch.no_grad():
+            return twin.step(x, state)
+
+    def assert_step_is_fresh(x, state):
+        with torch.no_grad():
+            cell.step(x, state)                  # fills the cache for the current weights
+            y, new = cell.step(x, state)
+        y_fresh, new_fresh = fresh_step(cell, x, state)
+        torch.testing.assert_close(y, y_fresh, rtol=0, atol=0)
+        for k in new:
+            torch.testing.assert_close(new[k], new_fresh[k], rtol=0, atol=0)
+
+    assert_step_is_fresh(x, state)
+    for optimizer in (torch.optim.Adam(cell.parameters(), lr=0.1),
+                      torch.optim.SGD(cell.parameters(), lr=0.1, foreach=True)):
+        y, new = cell.step(x, state)
+        optimizer.zero_grad()
+        (y.square().sum() + sum(v.square().sum() for v in new.values())).backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cell.parameters())
+        optimizer.step()
+        assert_step_is_fresh(x, state)
+    other = make()
+    with torch.no_grad():
+        cell.step(x, state)
+    cell.load_state_dict(other.state_dict())
+    assert_step_is_fresh(x, state)
+    with torch.no_grad():
+        cell.step(x, state)
+    cell.float()
+    assert_step_is_fresh(x.float(), {k: v.float() for k, v in state.items()})
