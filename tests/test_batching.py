@@ -103,7 +103,7 @@ def test_complete_episodes_lose_no_step(ray_session):
     """RLlib 2.60's own env runner drops the running episodes at each call (the long ones);
     ours carries them over: every sampled step comes back in a finished episode."""
     config = ppo_config(env=VARIABLE, memory="gru", model_config=dict(
-        pre_size=8, hidden_size=8, head_size=8, max_seq_len=16), num_envs_per_env_runner=4,
+        pre_size=8, hidden_size=8, head_size=8), max_seq_len=16, num_envs_per_env_runner=4,
         train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
     runner = batching.CompleteEpisodesEnvRunner(config=config)
     returned, sampled = [], 0
@@ -141,7 +141,7 @@ def test_ppo_trains_on_old_stack_minibatches(ray_session, monkeypatch):
                         lambda self, batch, **kw: forward.append(batch[Columns.OBS].shape[0])
                         or train(self, batch, **kw))
     config = ppo_config(env=VARIABLE, memory="gru", model_config=dict(
-        pre_size=8, hidden_size=8, head_size=8, max_seq_len=16), num_envs_per_env_runner=4,
+        pre_size=8, hidden_size=8, head_size=8), max_seq_len=16, num_envs_per_env_runner=4,
         train_batch_size_per_learner=512, minibatch_size=128, num_epochs=2)
     algo = config.build_algo()
     try:

@@ -162,6 +162,8 @@ def test_ppo_config_errors_name_the_problem():
         ppo_config(env=ENV, memory="gur")
     with pytest.raises(ValueError, match="pass 'memory' as ppo_config's own argument"):
         ppo_config(env=ENV, memory="gru", model_config={"memory": "lstm"})
+    with pytest.raises(ValueError, match="pass 'max_seq_len' as ppo_config's own argument"):
+        ppo_config(env=ENV, memory="gru", model_config={"max_seq_len": 16})   # was ignored
     with pytest.raises(ValueError, match="unknown model_config key 'hidden'"):
         ppo_config(env=ENV, memory="gru", model_config={"hidden": 8})
 

@@ -53,7 +53,7 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
     env_id = envs.resolve_one(env)
     check_layout(num_env_runners, num_envs_per_env_runner)
     model_config = dict(model_config or {})
-    for key in ("memory", "memory_kwargs"):
+    for key in ("memory", "memory_kwargs", "max_seq_len"):
         if key in model_config:
             raise ValueError(f"pass {key!r} as ppo_config's own argument, not in model_config")
     model_config["max_seq_len"], env_runner_args, training = split_ppo_settings(ppo)
