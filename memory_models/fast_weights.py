@@ -39,13 +39,19 @@ State (B leading): "S" (B, K, K) [, "z" (B, K)], "t" (B, 1) the number of observ
 episode has had (a float; p_t = t before x_t). The initial state is zero; a reset makes it
 zero again before x_t.
 
-Parallel form: every memory is a running sum (or max) over the episode, so the sequence is one
-resettable cumulative sum, `ops.scan.linear_scan` with decay a_t = 1 (its reset rule, a zero
-decay, is the episode start; past `lengths` the element is the identity), or for "max" a
-resettable cumulative max (`cumulative_max`: every episode repacked into its own row by
-`scan_episodes_as_rows`, then torch.cummax). Positions are windows.positions_in_episode.
-`scan_impl="sequential"` runs the reference loops instead (an implementation option for
-tests, not a model choice).
+Parallel form: where every memory is a sum (the default aggregators), the reads o_t are causal
+linear attention and come chunk by chunk (`ops.running_sum.chunked_linear_attention`): within
+64 steps (q kᵀ ⊙ causal same-episode mask) v, plus q times the memory carried into the chunk;
+only one memory per chunk is formed, never S_t at every step. fwp's S q is that read of Sᵀ =
+Σ k vᵀ; linear_attention's [qᵀ S, qᵀ z] is the read of the one memory [S, z] = Σ k [v, 1]ᵀ.
+Otherwise (a "max" aggregator) every memory is a running sum or max over the episode: the
+resettable cumulative sum `ops.running_sum.cumulative_sum` (`ops.scan.linear_scan` with decay
+a_t = 1: its reset rule, a zero decay, is the episode start; past `lengths` the element is the
+identity), or the resettable cumulative max (`cumulative_max`: every episode repacked into its
+own row by `scan_episodes_as_rows`, then torch.cummax). Positions are
+windows.positions_in_episode. Implementation options (tests and benchmarks, not model
+choices): `scan_impl="cumulative"` forms every S_t by the running sums also for sums (the
+chunked read's reference), `scan_impl="sequential"` runs the reference loops.
 
 Neither cell has a notion of elapsed time: `integration_timesteps` is accepted and ignored
 (p_t counts observations, not time).
@@ -79,7 +85,8 @@ from torch import Tensor, nn
 
 from .checks import check_int
 from .interface import State, scan_episodes_as_rows
-from .ops.scan import linear_scan, linear_scan_sequential
+from .ops.running_sum import (chunked_linear_attention, cumulative_sum,
+                                cumulative_sum_sequential)
 from .registry import register
 from .windows import PositionCounter, positions_in_episode
 
@@ -87,20 +94,6 @@ NORMALIZER_EPSILON = 1e-5           # POPGym's 1e-5 in the sum normalization and
 
 
 # ---------------------------------------------------------------------- running sums and maxima
-def cumulative_sum(values: Tensor, initial: Tensor, resets: Tensor | None = None,
-                   lengths: Tensor | None = None) -> Tensor:
-    """s_t = s_{t-1} + v_t for values (B, T, *F) from s_{-1} = initial (B, *F): linear_scan
-    with decay 1 (a reset zeroes s_{t-1}; past lengths[b] s holds). -> (B, T, *F)."""
-    return linear_scan(values.new_ones(()).expand_as(values), values, initial, resets, lengths)
-
-
-def cumulative_sum_sequential(values: Tensor, initial: Tensor, resets: Tensor | None = None,
-                              lengths: Tensor | None = None) -> Tensor:
-    """`cumulative_sum` by linear_scan's reference loop."""
-    return linear_scan_sequential(values.new_ones(()).expand_as(values), values, initial,
-                                  resets, lengths)
-
-
 def cumulative_max(values: Tensor, initial: Tensor, resets: Tensor | None = None,
                    lengths: Tensor | None = None) -> Tensor:
     """s_t = max(s_{t-1}, v_t) elementwise for values (B, T, *F) from s_{-1} = initial (B, *F);
@@ -150,6 +143,7 @@ def cumulative_max_sequential(values: Tensor, initial: Tensor, resets: Tensor | 
 
 AGGREGATORS = ("sum", "max")
 ACCUMULATE = {"parallel": {"sum": cumulative_sum, "max": cumulative_max},
+              "cumulative": {"sum": cumulative_sum, "max": cumulative_max},
               "sequential": {"sum": cumulative_sum_sequential, "max": cumulative_max_sequential}}
 STEP = {"sum": torch.add, "max": torch.maximum}        # one step of each aggregator
 
@@ -167,7 +161,7 @@ def _check_choice(name: str, value, allowed: tuple) -> None:
 class _FastWeightBlock(PositionCounter):
     """The skeleton of the module docstring: embedding, LayerNorm, key/query/value, memories
     written by aggregators, read-out, FF + shortcut, unmap. Subclasses give the feature maps
-    (`_keys_queries`), the memories (`memory_shapes`, `aggregator_of`, `_writes`) and the
+    (`_feature_maps`), the memories (`memory_shapes`, `aggregator_of`, `_writes`) and the
     read-out (`_read`)."""
 
     implementation_options = ("scan_impl",)
@@ -199,8 +193,8 @@ class _FastWeightBlock(PositionCounter):
         """"sum" or "max": how the memory `key` accumulates its writes."""
         raise NotImplementedError
 
-    def _keys_queries(self, normalized: Tensor) -> tuple[Tensor, Tensor]:
-        """k, q (..., K) from the LayerNorm'd input (..., input_size)."""
+    def _feature_maps(self, key: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+        """k, q (..., K) from W_k n and W_q n (..., K)."""
         raise NotImplementedError
 
     def _writes(self, k: Tensor, v: Tensor) -> dict[str, Tensor]:
@@ -211,15 +205,29 @@ class _FastWeightBlock(PositionCounter):
         """o (..., K) from the query and the memories after the step."""
         raise NotImplementedError
 
+    def _chunked_read(self, q: Tensor, k: Tensor, v: Tensor, state: State, resets: Tensor,
+                      lengths: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """With every memory a sum: o (B, T, K) of `_read` at every step and the memories
+        after lengths[b] steps, by ops.running_sum.chunked_linear_attention (no S_t formed)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ the block
     def _inputs(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """n, k, q, v for inputs x (..., input_size) at positions p (...)."""
+        """W_shortcut n + b_shortcut, k, q, v (..., K) for inputs x (..., input_size) at
+        positions p (...). The four projections of n are one matmul with the four weights
+        stacked (K = 16 rows each would leave the matmuls, and their gradients above all,
+        narrow and slow)."""
         normalized = self.norm(self._embed(x, positions))
-        k, q = self._keys_queries(normalized)
-        return normalized, k, q, self.value(normalized)
+        K = self.key_size
+        weight = torch.cat([self.key.weight, self.query.weight, self.value.weight,
+                            self.shortcut.weight])                           # (4K, input_size)
+        bias = torch.cat([self.shortcut.bias.new_zeros(3 * K), self.shortcut.bias])
+        key, query, v, shortcut = F.linear(normalized, weight, bias).split(K, -1)
+        k, q = self._feature_maps(key, query)
+        return shortcut, k, q, v
 
-    def _output(self, o: Tensor, normalized: Tensor) -> Tensor:
-        return self.unmap(self.ff(o) + self.shortcut(normalized))
+    def _output(self, o: Tensor, shortcut: Tensor) -> Tensor:
+        return self.unmap(self.ff(o) + shortcut)
 
     # ------------------------------------------------------------------ interface
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
@@ -232,21 +240,27 @@ class _FastWeightBlock(PositionCounter):
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.hidden_size), dict(state)
         positions = positions_in_episode(state["t"], resets)                      # (B, T)
-        normalized, k, q, v = self._inputs(x, positions)
-        accumulate = ACCUMULATE[self.scan_impl]
-        memories = {key: accumulate[self.aggregator_of(key)](write, state[key], resets, lengths)
-                    for key, write in self._writes(k, v).items()}                 # (B, T, ...)
-        y = self._output(self._read(q, memories), normalized)
+        shortcut, k, q, v = self._inputs(x, positions)
+        if self.scan_impl == "parallel" and all(self.aggregator_of(key) == "sum"
+                                                for key in self.memory_shapes()):
+            o, final = self._chunked_read(q, k, v, state, resets, lengths)
+        else:
+            accumulate = ACCUMULATE[self.scan_impl]
+            memories = {key: accumulate[self.aggregator_of(key)](write, state[key], resets,
+                                                                 lengths)
+                        for key, write in self._writes(k, v).items()}             # (B, T, ...)
+            o, final = self._read(q, memories), {key: m[:, -1] for key, m in memories.items()}
+        y = self._output(o, shortcut)
         after = positions.gather(1, (lengths - 1).clamp(min=0)[:, None]) + 1     # (B, 1)
         counter = torch.where((lengths == 0)[:, None], state["t"], after)
-        return y, {**{key: m[:, -1] for key, m in memories.items()}, "t": counter}
+        return y, {**final, "t": counter}
 
     def _step(self, x_t, state, reset, integration_timestep):
         state = self.reset_state(state, reset)
-        normalized, k, q, v = self._inputs(x_t, state["t"][:, 0])
+        shortcut, k, q, v = self._inputs(x_t, state["t"][:, 0])
         memories = {key: STEP[self.aggregator_of(key)](state[key], write)
                     for key, write in self._writes(k, v).items()}
-        return self._output(self._read(q, memories), normalized), {**memories,
+        return self._output(self._read(q, memories), shortcut), {**memories,
                                                                      "t": state["t"] + 1}
 
 
@@ -278,8 +292,8 @@ class FastWeightProgrammer(_FastWeightBlock):
     def aggregator_of(self, key):
         return self.aggregator
 
-    def _keys_queries(self, normalized):
-        k, q = F.relu(self.key(normalized)), F.relu(self.query(normalized))
+    def _feature_maps(self, key, query):
+        k, q = F.relu(key), F.relu(query)
         if self.sum_normalization:
             k = k / (NORMALIZER_EPSILON + k.sum(-1, keepdim=True))
             q = q / (NORMALIZER_EPSILON + q.sum(-1, keepdim=True))
@@ -290,6 +304,12 @@ class FastWeightProgrammer(_FastWeightBlock):
 
     def _read(self, q, memories):
         return (memories["S"] @ q[..., None])[..., 0]                          # S q
+
+    def _chunked_read(self, q, k, v, state, resets, lengths):
+        # S q = (qᵀ Sᵀ)ᵀ with Sᵀ = Σ k vᵀ: the op's memory is Sᵀ
+        o, S_transposed = chunked_linear_attention(q, k, v, state["S"].transpose(-1, -2),
+                                                   resets, lengths)
+        return o, {"S": S_transposed.transpose(-1, -2).contiguous()}
 
 
 @register("linear_attention")
@@ -320,13 +340,27 @@ class LinearAttention(_FastWeightBlock):
     def aggregator_of(self, key):
         return self.S_aggregator if key == "S" else self.Z_aggregator
 
-    def _keys_queries(self, normalized):
-        return F.elu(self.key(normalized)) + 1, F.elu(self.query(normalized)) + 1
+    def _feature_maps(self, key, query):
+        return F.elu(key) + 1, F.elu(query) + 1
 
     def _writes(self, k, v):
         return {"S": k[..., :, None] * v[..., None, :], "z": k}               # k vᵀ, k
 
     def _read(self, q, memories):
-        numerator = (q[..., None, :] @ memories["S"])[..., 0, :]               # qᵀ S
-        denominator = (q * memories["z"]).sum(-1, keepdim=True) + NORMALIZER_EPSILON   # qᵀ z
-        return numerator / denominator
+        return normalized_read((q[..., None, :] @ memories["S"])[..., 0, :],     # qᵀ S
+                               (q * memories["z"]).sum(-1, keepdim=True))       # qᵀ z
+
+    def _chunked_read(self, q, k, v, state, resets, lengths):
+        # [S, z] = Σ k [v, 1]ᵀ is one memory (K, K + 1); its read is [qᵀ S, qᵀ z]
+        ones = v.new_ones(*v.shape[:-1], 1)
+        joint = torch.cat([state["S"], state["z"][..., None]], -1)
+        reads, final = chunked_linear_attention(q, k, torch.cat([v, ones], -1), joint, resets,
+                                                lengths)
+        read_S, read_z = reads.split([self.key_size, 1], -1)
+        return normalized_read(read_S, read_z), {"S": final[..., :-1].contiguous(),
+                                                 "z": final[..., -1].contiguous()}
+
+
+def normalized_read(read_S: Tensor, read_z: Tensor) -> Tensor:
+    """o = qᵀ S / (qᵀ z + 1e-5) from the reads qᵀ S (..., K) and qᵀ z (..., 1)."""
+    return read_S / (read_z + NORMALIZER_EPSILON)

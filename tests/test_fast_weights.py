@@ -16,8 +16,8 @@ from popgym.baselines.ray_models import ray_fwp, ray_linear_attention
 
 import memory_models
 from memory_models import FastWeightProgrammer, LinearAttention
-from memory_models.fast_weights import (cumulative_max, cumulative_max_sequential,
-                                        cumulative_sum, cumulative_sum_sequential)
+from memory_models.fast_weights import cumulative_max, cumulative_max_sequential
+from memory_models.ops.running_sum import cumulative_sum, cumulative_sum_sequential
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
@@ -75,22 +75,29 @@ def test_cumulative_max_restarts_from_zero_and_holds_past_the_length():
 
 
 # ---------------------------------------------------------------------- the cells
+@pytest.mark.parametrize("steps", [12, 150])
+@pytest.mark.parametrize("impl", ["parallel", "cumulative"])
 @pytest.mark.parametrize("cls, kwargs", CONFIGS, ids=CONFIG_IDS)
-def test_parallel_equals_sequential_values_and_gradients(cls, kwargs):
-    """scan_impl parallel vs sequential, float64: outputs, final state and the gradients of
-    the input, the carried state and every parameter, with resets inside rows and lengths."""
+def test_parallel_equals_sequential_values_and_gradients(cls, kwargs, impl, steps):
+    """scan_impl parallel (the chunked read for sums: ops.running_sum, 64-step chunks) and
+    cumulative (every S_t by the running sum) vs sequential, float64: outputs, final state and
+    the gradients of the input, the carried state and every parameter, with resets inside rows
+    and chunks, at a chunk's first and last step, and lengths (0 < ℓ < T, mid-chunk, T)."""
     torch.manual_seed(0)
-    parallel = cls(5, 9, **kwargs).double()
+    fast = cls(5, 9, **kwargs, scan_impl=impl).double()
     sequential = cls(5, 9, **kwargs, scan_impl="sequential").double()
-    sequential.load_state_dict(parallel.state_dict())
+    sequential.load_state_dict(fast.state_dict())
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 12, 5, generator=g, dtype=F64, requires_grad=True)
-    state = {k: v.requires_grad_() for k, v in random_state(parallel, 4, g).items()}
-    resets = torch.zeros(4, 12, dtype=torch.bool)
-    resets[0, 5] = resets[1, 0] = resets[1, 8] = resets[3, 11] = True
-    lengths = torch.tensor([12, 9, 3, 12])
+    x = torch.randn(4, steps, 5, generator=g, dtype=F64, requires_grad=True)
+    state = {k: v.requires_grad_() for k, v in random_state(fast, 4, g).items()}
+    resets = torch.zeros(4, steps, dtype=torch.bool)
+    resets[0, 5] = resets[1, 0] = resets[1, 8] = resets[3, steps - 1] = True
+    lengths = torch.tensor([steps, 9, 3, steps])
+    if steps > 128:
+        resets[0, 63] = resets[0, 64] = resets[2, 100] = resets[3, 70] = True
+        lengths = torch.tensor([steps, 70, 3, 128])
     results = []
-    for cell in (parallel, sequential):
+    for cell in (fast, sequential):
         y, final = cell.scan(x, state, resets=resets, lengths=lengths)
         loss = y.square().sum() + sum(v.square().sum() for v in final.values())
         leaves = [x, *state.values(), *cell.parameters()]
