@@ -193,8 +193,8 @@ class _FastWeightBlock(PositionCounter):
         """"sum" or "max": how the memory `key` accumulates its writes."""
         raise NotImplementedError
 
-    def _feature_maps(self, key: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-        """k, q (..., K) from W_k n and W_q n (..., K)."""
+    def _feature_maps(self, key_query: Tensor) -> tuple[Tensor, Tensor]:
+        """k, q (..., K) from [W_k n, W_q n] (..., 2K) (one feature map call for both)."""
         raise NotImplementedError
 
     def _writes(self, k: Tensor, v: Tensor) -> dict[str, Tensor]:
@@ -222,8 +222,8 @@ class _FastWeightBlock(PositionCounter):
         weight = torch.cat([self.key.weight, self.query.weight, self.value.weight,
                             self.shortcut.weight])                           # (4K, input_size)
         bias = torch.cat([self.shortcut.bias.new_zeros(3 * K), self.shortcut.bias])
-        key, query, v, shortcut = F.linear(normalized, weight, bias).split(K, -1)
-        k, q = self._feature_maps(key, query)
+        key_query, v, shortcut = F.linear(normalized, weight, bias).split([2 * K, K, K], -1)
+        k, q = self._feature_maps(key_query)
         return shortcut, k, q, v
 
     def _output(self, o: Tensor, shortcut: Tensor) -> Tensor:
@@ -292,12 +292,11 @@ class FastWeightProgrammer(_FastWeightBlock):
     def aggregator_of(self, key):
         return self.aggregator
 
-    def _feature_maps(self, key, query):
-        k, q = F.relu(key), F.relu(query)
+    def _feature_maps(self, key_query):
+        kq = F.relu(key_query).unflatten(-1, (2, self.key_size))                 # (..., 2, K)
         if self.sum_normalization:
-            k = k / (NORMALIZER_EPSILON + k.sum(-1, keepdim=True))
-            q = q / (NORMALIZER_EPSILON + q.sum(-1, keepdim=True))
-        return k, q
+            kq = kq / (NORMALIZER_EPSILON + kq.sum(-1, keepdim=True))
+        return kq.unbind(-2)
 
     def _writes(self, k, v):
         return {"S": v[..., :, None] * k[..., None, :]}                       # v kᵀ
@@ -340,8 +339,8 @@ class LinearAttention(_FastWeightBlock):
     def aggregator_of(self, key):
         return self.S_aggregator if key == "S" else self.Z_aggregator
 
-    def _feature_maps(self, key, query):
-        return F.elu(key) + 1, F.elu(query) + 1
+    def _feature_maps(self, key_query):
+        return (F.elu(key_query) + 1).split(self.key_size, -1)
 
     def _writes(self, k, v):
         return {"S": k[..., :, None] * v[..., None, :], "z": k}               # k vᵀ, k
