@@ -11,18 +11,19 @@ from experiments.rllib import seeding
 from experiments import POPGYM_PPO, ppo_config, register_rllib_envs
 
 ENV = "popgym-RepeatPreviousEasy-v0"                # 51 steps per episode
-SIZES = dict(pre_size=16, hidden_size=16, head_size=16, max_seq_len=16)   # rows cut episodes
+SIZES = dict(pre_size=16, hidden_size=16, head_size=16)
+MAX_SEQ_LEN = 16                                        # learner rows cut the 51-step episodes
 TINY_PPO = dict(train_batch_size_per_learner=128, minibatch_size=64, num_epochs=1)
 
 
 def small_memory_kwargs(name):
     return small_sizes.small_memory_kwargs(name, memory_size=8, state_size=8, theta=8.0,
-                                           seq_len=SIZES["max_seq_len"])
+                                           seq_len=MAX_SEQ_LEN)
 
 
 def tiny_config(memory, env=ENV, **ppo):
     return ppo_config(env=env, memory=memory, memory_kwargs=small_memory_kwargs(memory),
-                      model_config=SIZES, **{**TINY_PPO, **ppo})
+                      model_config=SIZES, **{**TINY_PPO, "max_seq_len": MAX_SEQ_LEN, **ppo})
 
 
 def weights(algo):
