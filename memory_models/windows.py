@@ -9,6 +9,8 @@ The sine position embedding (POPGym's `positional_encoding`, mixed in as its Bas
     pe(p)       = [sin(p ω_0), cos(p ω_0), sin(p ω_1), cos(p ω_1), ...]   (I,), cut to I
     e_t         = (1 - s) x_t + s pe(p_t)
 
+pe(0 .. max_len - 1) is a table computed once in float64 (as POPGym's, which is float32), cast
+to the model's dtype; positions off the table (non-integers, p >= max_len) take the formula.
 s ∈ [0, 1] is learned (0.5 at init) and projected in place onto [0, 1] before it is used, as
 POPGym's `embedding_strength`. The position counter is the state {"t": (B, 1)}: the number of
 steps the episode has had; a reset sets it to 0, `lengths` stop it.
@@ -52,23 +54,57 @@ from .registry import register
 
 class SinePositionEmbedding(nn.Module):
     """e = (1 - s)·x + s·pe(p) for x (..., size), positions p (...): POPGym's "sine" embedding
-    with its learned strength s (`embedding_strength`)."""
+    with its learned strength s (`embedding_strength`).
+
+    pe is looked up, as POPGym does, in `table` (max_len, size): pe(0 .. max_len - 1) computed
+    once in float64 by `encode` and cast to the module's dtype (a non-persistent buffer; it is
+    re-cast from float64 whenever the module is moved or cast, so `.float().double()` keeps the
+    float64 values). Positions that are not an integer in [0, max_len) (ours allows any position,
+    POPGym's table does not; the laws' random counters are not integers) take `encode` itself.
+    The table carries no gradient: positions are step counts; s keeps its gradient."""
 
     def __init__(self, size: int, max_len: int):
         super().__init__()
         self.size, self.max_len = size, max_len
         self.strength = nn.Parameter(torch.tensor([0.5]))
+        self.register_buffer("table", self._table(torch.device("cpu"), torch.get_default_dtype()),
+                             persistent=False)
 
     def encode(self, positions: Tensor) -> Tensor:
-        """pe(p): (..., size) for positions (...)."""
+        """pe(p): (..., size) for positions (...), by the formula, in the positions' dtype."""
         even = torch.arange(0, self.size, 2, device=positions.device, dtype=positions.dtype)
         frequencies = torch.exp(even * (-math.log(self.max_len) / self.size))
         angles = positions[..., None] * frequencies
         return torch.stack([angles.sin(), angles.cos()], -1).flatten(-2)[..., :self.size]
 
+    def _table(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """pe(0 .. max_len - 1) (max_len, size): computed in float64, then cast."""
+        return self.encode(torch.arange(self.max_len, dtype=torch.float64)).to(device, dtype)
+
+    def _apply(self, fn, recurse=True):
+        """Moves and casts as any module, then re-casts the table from float64 (a float32 table
+        cast to float64 would keep float32's rounding)."""
+        super()._apply(fn, recurse)
+        self.table = self._table(self.table.device, self.table.dtype)
+        return self
+
+    def lookup(self, positions: Tensor) -> Tensor:
+        """pe(p): (..., size) in the table's dtype; table rows for integer p in [0, max_len),
+        `encode` elsewhere (computed only when some position is off the table, looked up only
+        when some is on it)."""
+        index = positions.detach().long().clamp_(0, self.max_len - 1)
+        on_table = index == positions
+        if bool(on_table.all()):
+            return nn.functional.embedding(index, self.table)     # 3-9x table[index] on CPU
+        computed = self.encode(positions).to(self.table.dtype)
+        if not bool(on_table.any()):
+            return computed
+        return torch.where(on_table[..., None], nn.functional.embedding(index, self.table),
+                           computed)
+
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         self.strength.data.clamp_(0.0, 1.0)           # POPGym's in-place projection
-        return torch.lerp(x, self.encode(positions), self.strength)
+        return torch.lerp(x, self.lookup(positions), self.strength)
 
 
 class PositionCounter(RecurrentMemory):

@@ -137,6 +137,33 @@ def test_sine_table_equals_popgyms(max_len):
                                atol=2e-7 * max_len, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sine_table_lookup_equals_the_formula(dtype):
+    """The table path (integer positions in [0, max_len)) equals the formula in float64 (the table
+    is the formula's float64 values, 1e-12) and its float64 values cast to float32; positions at
+    and past max_len, negative and non-integer ones take the formula in their dtype; the table
+    follows .to() / .double() from float64, the strength keeps its gradient."""
+    max_len = 32
+    embedding = SinePositionEmbedding(5, max_len).float().double().to(dtype)
+    assert embedding.table.dtype == dtype and "table" not in embedding.state_dict()
+    positions = torch.tensor([[0.0, 1.0, 7.0, 31.0], [30.0, 31.0, 32.0, 100.0],
+                              [-1.0, 2.5, 0.0, 1e6]], dtype=dtype)
+    on_table = (positions >= 0) & (positions < max_len) & (positions == positions.round())
+    exact = embedding.encode(positions.double())
+    formula = embedding.encode(positions)
+    expected = torch.where(on_table[..., None], exact.to(dtype), formula)
+    tolerance = dict(atol=1e-12, rtol=0) if dtype == torch.float64 else dict(atol=0, rtol=0)
+    torch.testing.assert_close(embedding.lookup(positions), expected, **tolerance)
+    torch.testing.assert_close(embedding.lookup(positions[:1]), exact[:1].to(dtype), **tolerance)
+    if dtype == torch.float64:
+        torch.testing.assert_close(embedding.lookup(positions), formula, **tolerance)
+    else:       # float32's formula rounds p·ω: up to ~max_len · 6e-8 off the table
+        torch.testing.assert_close(embedding.lookup(positions[:1]), formula[:1], atol=1e-5, rtol=0)
+    x = torch.randn(3, 4, 5, dtype=dtype)
+    embedding(x, positions).sum().backward()
+    assert embedding.strength.grad is not None and embedding.strength.grad.abs().item() > 0
+
+
 def test_sine_embedding_of_an_odd_size_drops_the_last_cosine():
     """POPGym's table fails for an odd size; ours is the even table's first `size` columns."""
     odd = SinePositionEmbedding(5, 32).encode(torch.arange(40.0))
