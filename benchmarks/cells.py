@@ -123,8 +123,9 @@ def cell_subject(name: str, sizes: Sizes, layers: int = 1, **extra) -> Subject:
     cell = (cls(input_size=sizes.input, hidden_size=sizes.hidden, **keywords) if layers == 1
             else DeepMemory.stack(cls, layers, sizes.input, sizes.hidden, **keywords))
 
-    def make_state(rows: int):
-        return {k: torch.randn_like(v) * 0.5 for k, v in cell.initial_state(rows).items()}
+    def make_state(rows: int):     # a non-zero state; step counters "t" at 0, as in training
+        return {k: torch.zeros_like(v) if k == "t" else torch.randn_like(v) * 0.5
+                for k, v in cell.initial_state(rows).items()}
 
     x_t = torch.randn(sizes.batch, sizes.input)
     rollout = {"state": make_state(sizes.batch)}
