@@ -51,9 +51,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import check_int, check_positive
+from .derived import ParameterDerived
 from .interface import RecurrentMemory, State
 from .lrnn import as_complex
-from .lru import ParameterDerived, decay_power
+from .lru import decay_power
 from .ops.scan import SCAN_IMPLS, check_scan_impl
 from .registry import register
 

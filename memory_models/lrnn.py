@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_int
+from .derived import ParameterDerived
 from .discretization import DISCRETIZATIONS
 from .interface import RecurrentMemory, State
 
@@ -107,7 +108,7 @@ class InferenceCache(dict):
         return tuple(self[k] for k in self.matrix_keys)
 
 
-class InferenceCacheStep:
+class InferenceCacheStep(ParameterDerived):
     """The dual-API `step` of the concrete LRNN cells (module docstring), written once.
 
     Mixed into a `RecurrentMemory` LRNN cell, which provides
@@ -122,15 +123,8 @@ class InferenceCacheStep:
 
     def step_matrices(self) -> tuple[Tensor, ...]:
         """compute_step_matrices(); without autograd (rollouts) the result is reused for as
-        long as no parameter was replaced or updated in place (same storage, same version)."""
-        if torch.is_grad_enabled():
-            return self.compute_step_matrices()
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
-        cached = self.__dict__.get("_step_matrices_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, self.compute_step_matrices())
-            self.__dict__["_step_matrices_cache"] = cached
-        return cached[1]
+        long as no parameter was replaced or updated in place (derived.ParameterDerived)."""
+        return self.derived(self.compute_step_matrices)
 
     def _step(self, x_t: Tensor, state: State, reset: Tensor, integration_timestep: Tensor,
               matrices: tuple[Tensor, ...] | None = None):
