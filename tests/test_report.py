@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from experiments.report import sources
 from experiments.report import write as report
 from experiments.study.results import ENV_STEPS, RETURN_MEAN, STUDY_FILE
 
@@ -51,7 +52,7 @@ def study(tmp_path):
 
 
 def test_mmer_is_max_over_training_then_mean_over_seeds_then_tasks(study):
-    _, iterations = report.load_study(study)
+    iterations = sources.load([study]).iterations
     frame = report.mmer_frame(report.trial_table(iterations))       # as `report` computes it
     table = frame.to_dict("index")
     assert list(frame.index.unique("model")) == ["A", "B"]
@@ -70,7 +71,7 @@ def test_mmer_is_max_over_training_then_mean_over_seeds_then_tasks(study):
 
 
 def test_curves_skip_iterations_without_episodes_and_repeated_rows(study):
-    _, iterations = report.load_study(study)
+    iterations = sources.load([study]).iterations
     a_rp = iterations[(iterations["task"] == "popgym-RepeatPreviousEasy-v0")
                       & (iterations["variant"] == "A")]
     (steps0, returns0), (steps1, returns1) = report.seed_curves(a_rp)
@@ -79,7 +80,7 @@ def test_curves_skip_iterations_without_episodes_and_repeated_rows(study):
 
 
 def test_task_curve_is_the_mean_over_seeds_on_the_steps_every_seed_covers(study):
-    _, iterations = report.load_study(study)
+    iterations = sources.load([study]).iterations
     curves = report.task_curves(iterations, "popgym-RepeatPreviousEasy-v0")
     assert list(curves) == ["A", "B"]
     a = curves["A"]             # seeds cover 200..400 and 100..300 (see the test above)
@@ -105,7 +106,7 @@ def test_seeds_that_share_one_step_give_a_one_point_curve():
 
 
 def test_plot_draws_the_task_curves(study, tmp_path):
-    _, iterations = report.load_study(study)
+    iterations = sources.load([study]).iterations
     curves = report.task_curves(iterations, "popgym-RepeatPreviousEasy-v0")
     figure = report.plot_task("popgym-RepeatPreviousEasy-v0", curves, tmp_path / "c.png")
     axes = figure.axes[0]

@@ -10,6 +10,7 @@ import pytest
 from rliable import library, metrics
 
 from experiments.report import aggregate
+from experiments.report import sources
 from experiments.report import write as report
 from experiments.study.results import ENV_STEPS, RETURN_MEAN, STUDY_FILE
 
@@ -190,6 +191,6 @@ def test_progress_with_a_repeated_header_row_reads_as_numbers(tmp_path):
     path = tmp_path / "progress.csv"
     path.write_text(f"training_iteration,{ENV_STEPS},{RETURN_MEAN},other\n1,100,0.5,x\n"
                     f"training_iteration,{ENV_STEPS},{RETURN_MEAN},other\n2,200,0.7,y\n")
-    frame = report.read_progress(path)
+    frame = sources.read_progress(path)
     assert frame["iteration"].tolist() == [1, 2] and frame["return_mean"].tolist() == [0.5, 0.7]
     assert frame["eval_return"].isna().all()

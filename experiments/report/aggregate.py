@@ -9,6 +9,9 @@
   over tasks, with its CI: each of our cells against its POPGym original (`gru` ->
   `popgym:GRU`, ...; same study-wide sweep values), and each of our old-API-stack entries
   against the same cell (same keywords and sweep values) on the new stack;
+- against a reference model the report is asked for (`memrl report --against popgym-GRU`):
+  P(X > reference) for every other model X, over all tasks and on each task alone (the
+  task's column of the same runs);
 - a performance profile: the fraction of runs x tasks whose MMER exceeds tau, tau in [-1, 1].
 
 A run is one seed of a model with an MMER on every task of the study. A CI needs at least 2
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.rllib.popgym_models import POPGYM_ORIGINAL
+from experiments.study.results import short_task
 
 BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0
@@ -79,10 +83,11 @@ def comparisons(trials: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def aggregate(runs: pd.DataFrame, models: list[str], pairs: list[tuple[str, str]],
-              reps: int = BOOTSTRAP_REPS) -> pd.DataFrame:
-    """One row per (statistic, model[, reference]): statistic IQM, mean or P(X > Y); runs
-    (and reference_runs); estimate; ci_low and ci_high (NaN without 2 runs on each side)."""
-    from rliable import library, metrics
+              reps: int = BOOTSTRAP_REPS, against: list[str] = ()) -> pd.DataFrame:
+    """One row per (statistic, model[, reference][, task]): statistic IQM, mean or P(X > Y);
+    runs (and reference_runs); estimate; ci_low and ci_high (NaN without 2 runs on each side);
+    task: "all", or one task for the per-task rows against each `against` model."""
+    from rliable import library
     scores = score_matrices(runs)
     rows = []
     for model in models:
@@ -96,32 +101,48 @@ def aggregate(runs: pd.DataFrame, models: list[str], pairs: list[tuple[str, str]
                                                         reps=reps)
             ci = cis[model]
         for i, statistic in enumerate(("IQM", "mean")):
-            rows.append({"statistic": statistic, "model": model, "runs": _runs(matrix),
+            rows.append({"statistic": statistic, "model": model, "task": "all",
+                         "runs": _runs(matrix),
                          "estimate": point[i], "ci_low": ci[0, i], "ci_high": ci[1, i]})
-    for x, y in pairs:
-        sx, sy = scores.get(x), scores.get(y)
-        point, ci = np.nan, np.full(2, np.nan)
-        if sx is not None and sy is not None:
-            point = metrics.probability_of_improvement(sx, sy)
-        if sx is not None and sy is not None and min(len(sx), len(sy)) >= 2:
-            with seeded():
-                _, cis = library.get_interval_estimates(
-                    {x: [sx, sy]}, metrics.probability_of_improvement, reps=reps)
-            ci = cis[x].ravel()
-        rows.append({"statistic": "P(X > Y)", "model": x, "reference": y, "runs": _runs(sx),
-                     "reference_runs": _runs(sy), "estimate": point, "ci_low": ci[0],
-                     "ci_high": ci[1]})
-    columns = ["statistic", "model", "reference", "runs", "reference_runs", "estimate",
-               "ci_low", "ci_high"]
+    tasks = list(runs.columns)
+    against_pairs = [(x, y) for y in against for x in models if x != y]
+    for x, y in list(dict.fromkeys([*pairs, *against_pairs])):
+        rows.append(_improvement(scores.get(x), scores.get(y), x, y, "all", reps))
+    for x, y in against_pairs:
+        for j, task in enumerate(tasks):
+            sx, sy = scores.get(x), scores.get(y)
+            rows.append(_improvement(None if sx is None else sx[:, [j]],
+                                     None if sy is None else sy[:, [j]], x, y, task, reps))
+    columns = ["statistic", "model", "reference", "task", "runs", "reference_runs",
+               "estimate", "ci_low", "ci_high"]
     return pd.DataFrame(rows, columns=columns).astype({"runs": int, "reference_runs": "Int64"})
+
+
+def _improvement(sx: np.ndarray | None, sy: np.ndarray | None, x: str, y: str, task: str,
+                 reps: int) -> dict:
+    """The P(X > Y) row of score matrices sx, sy ((runs, tasks); None: no run)."""
+    from rliable import library, metrics
+    point, ci = np.nan, np.full(2, np.nan)
+    if sx is not None and sy is not None:
+        point = metrics.probability_of_improvement(sx, sy)
+    if sx is not None and sy is not None and min(len(sx), len(sy)) >= 2:
+        with seeded():
+            _, cis = library.get_interval_estimates(
+                {x: [sx, sy]}, metrics.probability_of_improvement, reps=reps)
+        ci = cis[x].ravel()
+    return {"statistic": "P(X > Y)", "model": x, "reference": y, "task": task,
+            "runs": _runs(sx), "reference_runs": _runs(sy), "estimate": point,
+            "ci_low": ci[0], "ci_high": ci[1]}
 
 
 def _runs(matrix: np.ndarray | None) -> int:
     return 0 if matrix is None else len(matrix)
 
 
-def markdown(table: pd.DataFrame, tasks: int, title: str, reps: int = BOOTSTRAP_REPS) -> str:
-    """aggregate.md: the IQM/mean table, then the probability-of-improvement table."""
+def markdown(table: pd.DataFrame, tasks: int, title: str, reps: int = BOOTSTRAP_REPS,
+             pairs: list[tuple[str, str]] = (), against: list[str] = ()) -> str:
+    """aggregate.md: the IQM/mean table, the probability-of-improvement table of `pairs`,
+    then one table per `against` model: P(X > it) over all tasks and per task."""
     lines = [f"# Aggregate MMER: {title}", "",
              "IQM (interquartile mean: the mean of the middle 50% of runs x tasks) and mean of "
              "MMER, with 95% stratified-bootstrap confidence intervals (rliable; "
@@ -132,7 +153,11 @@ def markdown(table: pd.DataFrame, tasks: int, title: str, reps: int = BOOTSTRAP_
     for model, rows in by_model:
         cells = [f"{_number(r.estimate)} | {_interval(r, r.runs)}" for r in rows.itertuples()]
         lines.append(f"| {model} | {rows['runs'].iloc[0]} | " + " | ".join(cells) + " |")
-    pairs = table[table["statistic"] == "P(X > Y)"]
+    improvements = table[table["statistic"] == "P(X > Y)"]
+    in_pairs = np.array([(x, y) in set(pairs) for x, y in zip(improvements["model"],
+                                                               improvements["reference"])],
+                        dtype=bool)
+    pairs = improvements[(improvements["task"] == "all") & in_pairs]
     lines += ["", "## Probability of improvement", "",
               "P(X > Y): the probability that X's MMER beats Y's on a task (one run of each), "
               "averaged over tasks; 0.5 is a tie, a CI above 0.5 means X is better. Each of our "
@@ -149,7 +174,29 @@ def markdown(table: pd.DataFrame, tasks: int, title: str, reps: int = BOOTSTRAP_
             lines.append(f"| {r.model} | {r.reference} | {r.runs} / {r.reference_runs} | "
                          f"{_number(r.estimate)} | "
                          f"{_interval(r, min(r.runs, r.reference_runs))} |")
+    for reference in against:
+        lines += _against_markdown(improvements[improvements["reference"] == reference],
+                                   reference)
     return "\n".join(lines) + "\n"
+
+
+def _against_markdown(rows: pd.DataFrame, reference: str) -> list[str]:
+    """The table of P(X > reference): X, runs, all tasks, then each task."""
+    tasks = [t for t in rows["task"].unique() if t != "all"]
+    header = ["X", f"runs X / {reference}", "all tasks", *map(short_task, tasks)]
+    lines = ["", f"## Against {reference}", "",
+             f"P(X > {reference}) with its 95% CI, over all tasks and on each task alone (the "
+             "same runs' MMER on that task). A CI that holds 0.5 is within the noise of these "
+             f"seeds; above 0.5, X is better than {reference} there.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, group in rows.groupby("model", sort=False):
+        by_task = group.set_index("task")
+        first = by_task.loc["all"]
+        cells = [f"{_number(r.estimate)} {_interval(r, min(r.runs, r.reference_runs))}"
+                 for r in (by_task.loc[t] for t in ["all", *tasks])]
+        lines.append(f"| {model} | {first.runs} / {first.reference_runs} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def _number(value: float) -> str:
@@ -187,15 +234,17 @@ def plot_performance_profile(runs: pd.DataFrame, path: Path,
 
 
 def write(runs: pd.DataFrame, trials: pd.DataFrame, out: Path, title: str,
-          reps: int = BOOTSTRAP_REPS) -> dict:
+          reps: int = BOOTSTRAP_REPS, against: list[str] = ()) -> dict:
     """Writes aggregate.md, aggregate.csv and (with any run) performance_profile.png under
     `out` from complete_runs' frame and the trial table; returns {"aggregate",
     "aggregate_csv", "profile" (None when not written)}."""
     models = list(trials["variant"].unique())
-    table = aggregate(runs, models, comparisons(trials), reps)
+    pairs = comparisons(trials)
+    table = aggregate(runs, models, pairs, reps, against)
     paths = {"aggregate": out / "aggregate.md", "aggregate_csv": out / "aggregate.csv",
              "profile": None}
-    paths["aggregate"].write_text(markdown(table, trials["task"].nunique(), title, reps))
+    paths["aggregate"].write_text(markdown(table, trials["task"].nunique(), title, reps,
+                                           pairs, against))
     table.to_csv(paths["aggregate_csv"], index=False)
     if not runs.empty:
         paths["profile"] = out / "performance_profile.png"

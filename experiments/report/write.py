@@ -1,5 +1,6 @@
-"""`memrl report RESULTS_DIR`: the MMER table (markdown + CSV), rliable's aggregate, the
-evaluation table and learning curves of a study.
+"""`memrl report SOURCE [SOURCE ...]`: the MMER table (markdown + CSV), rliable's aggregate,
+the evaluation table and learning curves of a study: of its folder, of an earlier report of it,
+or of its pieces (several folders combined by trial name; experiments.report.sources).
 
 MMER, as in the POPGym paper: for one trial, the maximum over training iterations of the mean
 episodic return (`env_runners/episode_return_mean`); per (model, task) the mean over seeds with
@@ -8,17 +9,21 @@ episode's return lies in [-1, 1] (e.g. RepeatPrevious: +-1/(cards - k) per step,
 the CartPoles: 1/max_episode_length), so tasks are averaged as they are. A "model" is a row of
 the study (its label, with the swept values when the study sweeps).
 
-    RESULTS_DIR/report/mmer.md       models x tasks, "mean ± std (n seeds)", last column: mean
-    RESULTS_DIR/report/mmer.csv      one row per (model, task) and per (model, "mean")
-    RESULTS_DIR/report/trials.csv    one row per trial: MMER, last return, env steps reached
-    RESULTS_DIR/report/aggregate.md  rliable: IQM and mean of MMER with 95% bootstrap CIs,
-                                     probability of improvement over POPGym's originals
-                                     (+ aggregate.csv, performance_profile.png); see
-                                     experiments.report.aggregate
-    RESULTS_DIR/report/eval.md       studies with `eval:`: the last evaluation's mean return
-                                     per (model, task), mean ± std over seeds, beside MMER
-                                     (+ eval.csv)
-    RESULTS_DIR/report/curves_<task>.png   return vs env steps, every model, mean ± std shaded
+    OUT/mmer.md            models x tasks, "mean ± std (n seeds)", last column: mean
+    OUT/mmer.csv           one row per (model, task) and per (model, "mean")
+    OUT/trials.csv         one row per trial: MMER, last return, env steps reached, last
+                           evaluation
+    OUT/aggregate.md       rliable: IQM and mean of MMER with 95% bootstrap CIs, probability
+                           of improvement over POPGym's originals and over `--against` models
+                           (+ aggregate.csv, performance_profile.png); see
+                           experiments.report.aggregate
+    OUT/eval.md            studies with `eval:`: the last evaluation's mean return per
+                           (model, task), mean ± std over seeds, beside MMER (+ eval.csv)
+    OUT/curves_<task>.png  return vs env steps, every model, mean ± std shaded
+    OUT/iterations.csv, OUT/study.json   every trial's iterations and the study's settings:
+                           OUT is itself a source for a later report (commit it)
+
+OUT is `--out`, by default SOURCE/report of the first source.
 
 The spread over seeds is the sample standard deviation (0 for one seed); the CSV also has the
 min and max. The "mean" column's spread is over seeds of the per-seed task average, over the
@@ -36,15 +41,15 @@ import numpy as np
 import pandas as pd
 
 from experiments.report import aggregate
-from experiments.study.results import ENV_STEPS, EVAL_RETURN, RETURN_MEAN, STUDY_FILE, short_task
+from experiments.report.sources import (FINAL_COLUMNS, ITERATIONS_FILE, TRIAL_FILE_COLUMNS,
+                                        TRIAL_KEYS, TRIALS_FILE, ReportError, load,
+                                        with_episodes, write_iterations)
+from experiments.study.results import STUDY_FILE, short_task
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MEAN = "mean"           # the task-average column
-# the evaluation's mean return, as the trainable writes it into progress.csv (with `eval:`)
-# a trial's entry in study.json, as read here (older studies lack variant/stack/sweep)
-TRIAL_KEYS = ("name", "task", "model", "label", "variant", "stack", "kwargs", "sweep", "seed")
 
 
 def add_parser(subparsers) -> None:
@@ -52,9 +57,16 @@ def add_parser(subparsers) -> None:
         "report", help="MMER table, aggregate statistics, evaluation and learning curves of a "
                        "finished (or running) study",
         description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", help="the study folder, e.g. results/quickstart")
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="the study folder (e.g. results/quickstart), a folder an earlier "
+                             "report wrote, or several of them: the pieces of one study")
     parser.add_argument("--out", default=None,
-                        help="where to write the tables and plots (default RESULTS/report)")
+                        help="where to write the tables and plots (default SOURCE/report of "
+                             "the first source)")
+    parser.add_argument("--against", action="append", default=[], metavar="MODEL",
+                        help="also give P(X > MODEL) for every other model X of the study, "
+                             "over all tasks and per task (a model's label as in the tables, "
+                             "e.g. popgym-GRU); repeatable")
     parser.add_argument("--reps", type=int, default=aggregate.BOOTSTRAP_REPS,
                         help="bootstrap resamples of the aggregate's confidence intervals "
                              "(default %(default)s; the time grows with reps x tasks x models)")
@@ -63,7 +75,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     try:
-        paths = report(args.results, args.out, args.reps)
+        paths = report(args.sources, args.out, args.reps, args.against)
     except ReportError as error:
         print(f"memrl report: {error}", file=sys.stderr)
         return 2
@@ -77,51 +89,6 @@ def run(args) -> int:
           else f"evaluation: none, {paths['eval_note']}")
     print("plots:      " + "\n            ".join(str(p) for p in paths["plots"]))
     return 0
-
-
-class ReportError(RuntimeError):
-    """The folder is not a memrl study, or holds no results yet."""
-
-
-# --------------------------------------------------------------------------- reading
-def read_progress(progress_csv: Path) -> pd.DataFrame:
-    """One trial's progress.csv: one row per training iteration (a repeated iteration, as a
-    resumed trial logs it, keeps its last row), with the columns `iteration`, `env_steps`,
-    `return_mean` (mean episodic return) and `eval_return` (NaN where absent)."""
-    names = {"training_iteration": "iteration", ENV_STEPS: "env_steps",
-             RETURN_MEAN: "return_mean", EVAL_RETURN: "eval_return"}
-    frame = pd.read_csv(progress_csv, usecols=lambda c: c in names, index_col=False,
-                        on_bad_lines="warn")
-    frame = frame.rename(columns=names).reindex(columns=list(names.values()))
-    frame = frame.apply(pd.to_numeric, errors="coerce").dropna(subset=["iteration"])
-    return frame.drop_duplicates("iteration", keep="last").sort_values("iteration")
-
-
-def with_episodes(iterations: pd.DataFrame) -> pd.DataFrame:
-    """The iterations that finished an episode (have env steps and a mean return)."""
-    return iterations.dropna(subset=["env_steps", "return_mean"])
-
-
-def load_study(results: str | Path) -> tuple[dict, pd.DataFrame]:
-    """The study's manifest, and its iterations: one row per (trial, training iteration), the
-    trial's study.json entry (TRIAL_KEYS) beside the progress.csv columns; a trial without
-    results yet is one row of NaN results."""
-    results = Path(results)
-    manifest_file = results / STUDY_FILE
-    if not manifest_file.is_file():
-        raise ReportError(f"{results} is not a memrl study folder (no {STUDY_FILE}); "
-                          f"run `memrl train CONFIG` first")
-    manifest = json.loads(manifest_file.read_text())
-    trials = pd.DataFrame(manifest["trials"]).reindex(columns=list(TRIAL_KEYS))
-    trials["variant"] = trials["variant"].fillna(trials["label"])      # before variants
-    trials["stack"] = trials["stack"].fillna("new")
-    trials["sweep"] = [sweep if isinstance(sweep, dict) else {} for sweep in trials["sweep"]]
-    files = {name: results / name / "progress.csv" for name in trials["name"]}
-    progress = [read_progress(path).assign(name=name) for name, path in files.items()
-                if path.is_file() and path.stat().st_size]
-    if not progress or with_episodes(pd.concat(progress)).empty:
-        raise ReportError(f"no trial in {results} has reported an episode return yet")
-    return manifest, trials.merge(pd.concat(progress), on="name", how="left")
 
 
 # --------------------------------------------------------------------------- per trial
@@ -230,7 +197,7 @@ class Curve(NamedTuple):
 
 
 def seed_curves(iterations: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(env steps (N,), mean episodic return (N,)) of each trial in `iterations` (load_study's
+    """(env steps (N,), mean episodic return (N,)) of each trial in `iterations` (sources.load's
     rows), in order: its iterations that finished an episode, a resumed trial's repeated
     iteration once."""
     return [(trial["env_steps"].to_numpy(), trial["return_mean"].to_numpy())
@@ -281,41 +248,56 @@ def plot_task(task: str, curves: dict[str, Curve], path: Path) -> Figure:
 
 
 # --------------------------------------------------------------------------- report
-def report(results: str | Path, out: str | Path | None = None,
-           reps: int = aggregate.BOOTSTRAP_REPS) -> dict:
-    """Write the tables, CSVs and plots (`reps` bootstrap resamples for the aggregate's CIs);
-    returns their paths (`eval`, `eval_csv` and `profile` None when not written, `eval_note`
-    saying why there is no eval.md)."""
-    results = Path(results)
-    manifest, iterations = load_study(results)
-    title = manifest["study"]["name"]
-    out = Path(out) if out else results / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    trials = trial_table(iterations)
+def report(sources: str | Path | list, out: str | Path | None = None,
+           reps: int = aggregate.BOOTSTRAP_REPS, against: list[str] = ()) -> dict:
+    """Write the tables, CSVs and plots of the sources (one folder or a list; `reps` bootstrap
+    resamples for the aggregate's CIs, `against`: models to give P(X > model) for); returns
+    their paths (`eval`, `eval_csv` and `profile` None when not written, `eval_note` saying why
+    there is no eval.md; `plots` only for tasks with a trial's iterations)."""
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    out = Path(out) if out else Path(sources[0]) / "report"
+    if (out / STUDY_FILE).is_file() and not (out / ITERATIONS_FILE).is_file() and \
+            not (out / TRIALS_FILE).is_file():
+        raise ReportError(f"--out {out} is a study folder: write the report elsewhere (the "
+                          f"default is {out / 'report'})")
+    study, iterations, finals, names = load(sources)
+    title = study["name"]
+    trials = pd.concat([frame for frame in (trial_table(iterations),
+                                            finals.reindex(columns=list(FINAL_COLUMNS)))
+                        if len(frame)], ignore_index=True)
+    trials = trials.set_index("name").loc[names].reset_index()       # the sources' order
     models, tasks = list(trials["variant"].unique()), list(trials["task"].unique())
+    unknown = sorted(set(against) - set(models))
+    if unknown:
+        raise ReportError(f"--against {', '.join(unknown)}: not a model of the study "
+                          f"(its models: {', '.join(models)})")
     mmer = mmer_frame(trials)
+    out.mkdir(parents=True, exist_ok=True)
 
-    paths = {"table": out / "mmer.md", "csv": out / "mmer.csv", "trials": out / "trials.csv",
+    paths = {"table": out / "mmer.md", "csv": out / "mmer.csv", "trials": out / TRIALS_FILE,
              "eval": None, "eval_csv": None, "eval_note": None, "plots": []}
     paths["table"].write_text(markdown(models, tasks, mmer.to_dict("index"), title))
     mmer.set_axis(["seeds", "mmer_mean", "mmer_std", "mmer_min", "mmer_max"], axis=1).to_csv(
         paths["csv"])
-    trials.rename(columns={"name": "trial"})[
-        ["trial", "task", "model", "label", "variant", "seed", "iterations", "env_steps",
-         "mmer", "last_return"]].to_csv(paths["trials"], index=False)
-    paths.update(aggregate.write(complete_runs(trials), trials, out, title, reps))
+    trials.rename(columns={"name": "trial"})[list(TRIAL_FILE_COLUMNS)].to_csv(
+        paths["trials"], index=False)
+    write_iterations(iterations, out / ITERATIONS_FILE)
+    (out / STUDY_FILE).write_text(json.dumps(
+        {"study": study, "sources": [str(source) for source in sources]}, indent=1))
+    paths.update(aggregate.write(complete_runs(trials), trials, out, title, reps, against))
 
     if trials["eval_return"].notna().any():
         evaluation = eval_frame(trials, mmer)
         paths["eval"], paths["eval_csv"] = out / "eval.md", out / "eval.csv"
-        paths["eval"].write_text(eval_markdown(evaluation, manifest["study"].get("eval"), title))
+        paths["eval"].write_text(eval_markdown(evaluation, study.get("eval"), title))
         evaluation.to_csv(paths["eval_csv"])
     else:
-        paths["eval_note"] = ("no trial has finished an evaluation yet"
-                              if manifest["study"].get("eval") else
-                              "the study has no `eval:` key (add `eval: {episodes: 10}`)")
+        paths["eval_note"] = ("no trial has finished an evaluation yet" if study.get("eval")
+                              else "the study has no `eval:` key (add `eval: {episodes: 10}`)")
     for task in tasks:
-        path = out / f"curves_{short_task(task)}.png"
-        plot_task(task, task_curves(iterations, task), path)
-        paths["plots"].append(path)
+        curves = task_curves(iterations, task)
+        if curves:
+            path = out / f"curves_{short_task(task)}.png"
+            plot_task(task, curves, path)
+            paths["plots"].append(path)
     return paths
