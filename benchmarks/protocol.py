@@ -15,7 +15,8 @@ minibatch updates, weight sync).
 
 Subjects:
   <memory>      ours: MemoryRLModule on the new API stack, built by experiments.rllib.ppo.ppo_config
-                (its env runner and old-stack minibatches) as users run it
+                (its env runner and old-stack minibatches) as users run it; with keywords
+                `<memory>[key=value;key=value]` (values as YAML), e.g. event_ssm[layers=4]
   popgym:GRU / popgym:LMU / popgym:S4D
                 POPGym's own models on RLlib's old API stack, the class itself as
                 model["custom_model"] with popgym/baselines/ppo.py's custom_model_config
@@ -50,6 +51,7 @@ import datetime
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -128,14 +130,33 @@ def protocol(epochs: int, envs: int) -> dict:
             "num_epochs": epochs}
 
 
+def parse_subject(subject: str) -> tuple[str, dict]:
+    """`gru` -> ("gru", {}); `event_ssm[layers=4;selective=true]` -> ("event_ssm",
+    {"layers": 4, "selective": True}) (values as YAML)."""
+    import yaml
+    name, _, rest = subject.partition("[")
+    if not rest:
+        return subject, {}
+    if not rest.endswith("]") or "=" not in rest:
+        raise ValueError(f"subject {subject!r}: expected NAME or NAME[key=value;key=value]")
+    pairs = (item.split("=", 1) for item in rest[:-1].split(";"))
+    return name, {key.strip(): yaml.safe_load(value) for key, value in pairs}
+
+
+def split_subjects(text: str) -> list[str]:
+    """--subjects: comma-separated, commas inside [...] kept (`a,b[x=1],c`)."""
+    return [s for s in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", text) if s.strip()]
+
+
 def build_config(subject: str, task: str, epochs: int, envs: int = ENVS):
     settings = protocol(epochs, envs)
     if subject == RLLIB_LSTM:
         return rllib_lstm_config(task, settings)
     from experiments.rllib.ppo import algorithm_config
     runners = {k: settings.pop(k) for k in ("num_env_runners", "num_envs_per_env_runner")}
-    stack = "old" if subject.startswith("popgym:") else "new"
-    return algorithm_config({"name": subject, "kwargs": {}, "stack": stack}, task, seed=0,
+    name, kwargs = parse_subject(subject)
+    stack = "old" if name.startswith("popgym:") else "new"
+    return algorithm_config({"name": name, "kwargs": kwargs, "stack": stack}, task, seed=0,
                             ppo=settings, sizes={}, **runners)
 
 
@@ -595,8 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="num_epochs (POPGym: 30)")
     parser.add_argument("--tasks", default=",".join(TASKS),
                         help="comma-separated POPGym tasks, e.g. RepeatPreviousEasy (or its id)")
-    parser.add_argument("--subjects", help="comma-separated (default: every registered "
-                                           "memory, the POPGym peers and rllib-lstm)")
+    parser.add_argument("--subjects", help="comma-separated, keywords in brackets "
+                                           "(event_ssm[layers=4;selective=true]; default: "
+                                           "every registered memory, the POPGym peers and "
+                                           "rllib-lstm)")
     parser.add_argument("--warmup", type=int, default=0,
                         help="untimed iterations first (use 1 with few --epochs)")
     parser.add_argument("--iterations", type=int, default=1, help="timed iterations")
@@ -625,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     import memory_models
     from experiments.rllib.defaults import POPGYM_PPO
     args.epochs = args.epochs or POPGYM_PPO["num_epochs"]
-    subjects = (args.subjects.split(",") if args.subjects else
+    subjects = (split_subjects(args.subjects) if args.subjects else
                 [*memory_models.available(), *POPGYM_PEERS, RLLIB_LSTM])
     from experiments.study.results import short_task
     # results are keyed by the short name, however the task was given
