@@ -50,6 +50,31 @@ def test_dry_run_lists_trials_and_starts_nothing(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_skip_done_leaves_out_the_trials_another_piece_finished(tmp_path, capsys):
+    """A report folder of an earlier piece (trials.csv as `memrl report` writes it): the
+    trial that reached stop.env_steps (768) is left out, the unfinished one runs."""
+    done = tmp_path / "first_piece"
+    done.mkdir()
+    (done / "trials.csv").write_text(
+        "trial,task,model,label,variant,stack,seed,iterations,env_steps,mmer,last_return,"
+        "eval_return\n"
+        "RepeatPreviousEasy-gru-s0,popgym-RepeatPreviousEasy-v0,gru,gru,gru,new,0,3,768,"
+        "0.1,0.1,\n"
+        "RepeatPreviousEasy-MLP-s1,popgym-RepeatPreviousEasy-v0,mlp,MLP,MLP,new,1,2,512,"
+        "0.1,0.1,\n")
+    assert cli.main(["train", SMOKE, "--dry-run", "--set", f"output={tmp_path}",
+                     "--set", "seeds=[0, 1]", "--skip-done", str(done)]) == 0
+    out = capsys.readouterr().out
+    assert "1 trial(s) finished in" in out and "left out; 3 to run" in out
+    listed = out.split("4 trial(s), ")[1]
+    assert "RepeatPreviousEasy-gru-s0" not in listed
+    for name in ("RepeatPreviousEasy-gru-s1", "RepeatPreviousEasy-MLP-s0",
+                 "RepeatPreviousEasy-MLP-s1"):
+        assert name in listed
+    assert cli.main(["train", SMOKE, "--dry-run", "--skip-done", str(tmp_path / "no")]) == 2
+    assert "--skip-done: " in capsys.readouterr().err
+
+
 def test_bad_config_exits_2_naming_the_path(tmp_path, capsys):
     assert cli.main(["train", SMOKE, "--set", "models[1].kwargs.memory_sise=3"]) == 2
     err = capsys.readouterr().err

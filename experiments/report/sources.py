@@ -141,7 +141,7 @@ def load_source(source: str | Path) -> Loaded:
                       f"`memrl train CONFIG` first")
 
 
-def _env_steps(source: Loaded) -> dict[str, float]:
+def env_steps_reached(source: Loaded) -> dict[str, float]:
     """The env steps each trial of one source reached (0 without an episode), by trial name,
     in the source's order."""
     reached = with_episodes(source.iterations).groupby("name")["env_steps"].max().to_dict()
@@ -154,7 +154,7 @@ def load(sources: list[str | Path]) -> Loaded:
     loaded = [load_source(source) for source in sources]
     owner, reached = {}, {}                 # trial name -> the source it is taken from, steps
     for i, source in enumerate(loaded):
-        for name, steps in _env_steps(source).items():
+        for name, steps in env_steps_reached(source).items():
             if name not in reached or steps >= reached[name]:
                 owner[name], reached[name] = i, steps
     iterations = _concat([it[it["name"].map(owner) == i]
@@ -167,6 +167,13 @@ def load(sources: list[str | Path]) -> Loaded:
     study = next((source.study for source in loaded if source.study),
                  {"name": Path(sources[0]).name})
     return Loaded(study, iterations, finals, list(owner))
+
+
+def finished_trials(folders: list[str | Path], env_steps: int) -> set[str]:
+    """The names of the trials that reached `env_steps` in any of the folders (sources)."""
+    return {name for folder in folders
+            for name, steps in env_steps_reached(load_source(folder)).items()
+            if steps >= env_steps}
 
 
 def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:

@@ -4,6 +4,7 @@
     memrl train configs/quickstart.yaml --set ppo.lr=1e-4 --set stop.env_steps=20000
     memrl train configs/quickstart.yaml --dry-run             # print the trials, run nothing
     memrl train configs/quickstart.yaml --resume              # continue an interrupted study
+    memrl train configs/lineup.yaml --skip-done benchmarks/results/lineup   # the next piece
     memrl train configs/popgym_paper.yaml --address auto      # on a running Ray cluster
 
 Layout of `<output>/<name>/`: `study.json` (the validated study and its trial list), Tune's
@@ -36,6 +37,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the study in <output>/<name>: finished trials are kept, "
                              "unfinished and errored ones resume from their last checkpoint")
+    parser.add_argument("--skip-done", action="append", default=[], metavar="FOLDER",
+                        help="leave out the trials that FOLDER (a report folder `memrl report` "
+                             "wrote, or a study folder) holds as finished (stop.env_steps "
+                             "reached): the next piece of a study whose earlier pieces ran on "
+                             "another machine; `memrl report` joins the pieces; repeatable")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the expanded trial list and exit (checks the file but not "
                              "the memory names and keywords, which need PyTorch)")
@@ -52,24 +58,40 @@ def run(args) -> int:
     except ConfigError as error:
         print(f"memrl train: {error}", file=sys.stderr)
         return 2
+    skip = frozenset()
+    if args.skip_done:
+        from experiments.report.sources import ReportError, finished_trials
+        try:
+            skip = finished_trials(args.skip_done, study.stop.env_steps) & {
+                trial.name for trial in trials}
+        except ReportError as error:
+            print(f"memrl train: --skip-done: {error}", file=sys.stderr)
+            return 2
+        trials = [trial for trial in trials if trial.name not in skip]
+        print(f"memrl train: {len(skip)} trial(s) finished in {', '.join(args.skip_done)} "
+              f"left out; {len(trials)} to run", flush=True)
+        if not trials:
+            return 0
     if args.dry_run:
         print(describe(study, trials))
         return 0
     from experiments.study.tuning import StudyError, train
     try:
-        return train(study, address=args.address, resume=args.resume, verbose=args.verbose)
+        return train(study, address=args.address, resume=args.resume, verbose=args.verbose,
+                     skip=skip)
     except StudyError as error:
         print(f"memrl train: {error}", file=sys.stderr)
         return 2
 
 
 def describe(study: Study, trials: list[Trial]) -> str:
-    """The trial list as `--dry-run` prints it."""
+    """The trial list (`trials`, of `expand(study)`) as `--dry-run` prints it."""
     res = study.resources
-    sweep = f" x {len(trials) // (len(study.tasks) * len(study.models) * len(study.seeds))}" \
+    grid = len(expand(study))                   # every trial, also those --skip-done leaves out
+    sweep = f" x {grid // (len(study.tasks) * len(study.models) * len(study.seeds))}" \
         f" sweep point(s)" if study.sweep else ""
     lines = [f"study {study.name!r}: {len(study.tasks)} task(s) x {len(study.models)} model(s) "
-             f"x {len(study.seeds)} seed(s){sweep} = {len(trials)} trial(s), "
+             f"x {len(study.seeds)} seed(s){sweep} = {grid} trial(s), "
              f"{study.stop.env_steps} env steps each",
              f"output: {study.directory}",
              f"per trial: {res.num_env_runners} env runner(s) x {res.num_envs_per_env_runner} "

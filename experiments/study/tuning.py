@@ -97,10 +97,11 @@ def _result_line(name: str, result: dict, env_steps: int) -> str:
 
 
 def train(study: Study, *, address: str | None = None, resume: bool = False,
-          verbose: bool = False) -> int:
-    """Run (or resume) the study with Ray Tune; 0 when every trial finished."""
+          verbose: bool = False, skip: frozenset[str] = frozenset()) -> int:
+    """Run (or resume) the study with Ray Tune, but for the trials named in `skip` (finished
+    elsewhere); 0 when every trial finished."""
 
-    trials = expand(study)
+    trials = [trial for trial in expand(study) if trial.name not in skip]
     specs = [trial_spec(study, trial) for trial in trials]
     directory = study.directory
     new_folder = _check_folder(study, trials, resume)
