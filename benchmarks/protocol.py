@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/protocol.py [--epochs 30] [--tasks RepeatPreviousEasy,...]
                                             [--subjects gru,popgym:GRU,...] [--warmup 1]
                                             [--iterations 1] [--envs 16,64] [--out FILE]
+                                            [--layout 4x16 [--layout-subjects gru,...]]
 
 Every subject trains PPO with `experiments.rllib.ppo.POPGYM_PPO` (batch 65536, minibatch 8192,
 30 epochs, BPTT 1024, complete episodes, POPGym's widths) except that the env runner is local:
@@ -37,6 +38,11 @@ iterations), on this machine with local sampling.
 --envs 16,64 adds a sampling-only comparison (one `sample()` after a warm-up) of 16 and 64
 envs per env runner for a few subjects (ENV_SUBJECTS).
 
+--layout 4x16 adds the memory of POPGym's own layout, 4 remote env runners x 16 envs, for
+LAYOUT_SUBJECTS (--layout-subjects to change): one iteration (1 epoch) on the first task, then
+each env runner process's peak resident memory and the learner's. Memory only: on 2 cores
+the 4 runners share them, so their speed says nothing.
+
 Every measurement runs in a fresh process (its own Ray) capped at MEMORY_LIMIT of address
 space, so a subject that runs out of memory fails alone and is listed with its error. Writes
 markdown to benchmarks/results/protocol.md (--out to change) and the raw numbers beside it
@@ -69,6 +75,7 @@ POPGYM_PEERS = ("popgym:GRU", "popgym:LMU", "popgym:S4D")
 RLLIB_LSTM = "rllib-lstm"
 REFERENCE = "popgym:GRU"
 ENV_SUBJECTS = ("gru", "s4d", "lmu_fft")                   # for the --envs comparison
+LAYOUT_SUBJECTS = ("gru", "s4d", "event_ssm", "lmu_fft", "ffm", "lru", "popgym:GRU")
 TRIAL_STEPS = 15_000_000
 clock = time.process_time          # CPU time of this process, all its threads (see the docstring)
 ENVS = 16
@@ -451,8 +458,29 @@ def sampling_only(subject: str, task: str, envs: int) -> float:
         algo.stop()
 
 
+def layout_memory(subject: str, task: str, layout: str) -> dict:
+    """Peak resident memory (GiB) of each env runner process (`runner_peak_rss_gib`, a list)
+    after one iteration (1 epoch) with `layout` ("4x16": 4 remote env runners x 16 envs);
+    the learner's (this process) is added by `child` as for every measurement."""
+    import resource
+    runners, envs = (int(n) for n in layout.split("x"))
+    config = build_config(subject, task, epochs=1, envs=envs)
+    # the runners share the 2 cores: a fraction of a CPU each, so that Ray places all of them
+    config.env_runners(num_env_runners=runners, num_cpus_per_env_runner=0.25)
+    algo = config.build_algo()
+    try:
+        algo.train()
+        peaks = algo.env_runner_group.foreach_env_runner(
+            lambda _: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            local_env_runner=False)
+    finally:
+        algo.stop()
+    return {"runner_peak_rss_gib": peaks}
+
+
 def in_child(job: dict, threads: int | None, timeout_s: float) -> dict | float:
-    """Run one measurement (`job`: {"fn": "measure" or "sampling_only", "args": [...]}) in a
+    """Run one measurement (`job`: {"fn": "measure", "sampling_only" or "layout_memory",
+    "args": [...]}) in a
     fresh Python process with its own Ray, capped at MEMORY_LIMIT bytes of address space, so
     that a subject that runs out of memory fails alone. -> its result or {"error": ...}."""
     with tempfile.TemporaryDirectory(prefix="protocol_job_") as folder:
@@ -482,7 +510,8 @@ def child(job: dict, out: Path) -> None:
     trainable.DEFAULT_STORAGE_PATH = tempfile.mkdtemp(prefix="protocol_")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        result = {"measure": measure, "sampling_only": sampling_only}[job["fn"]](*job["args"])
+        result = {"measure": measure, "sampling_only": sampling_only,
+                  "layout_memory": layout_memory}[job["fn"]](*job["args"])
         if isinstance(result, dict):          # peak resident memory of the process, GiB
             result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     except BaseException as error:  # noqa: BLE001 - a subject that fails is a finding
@@ -494,9 +523,11 @@ def child(job: dict, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- report
-def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) -> str:
+def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list,
+           layouts: dict | None = None) -> str:
     """The markdown report; `runs`: [{command, date, loads (start, end)}] of every invocation
-    that measured part of it (several with --resume)."""
+    that measured part of it (several with --resume); `layouts`: {"4x16": {subject: the
+    layout_memory result}}."""
     import ray
     import torch
     from cells import cpu_name            # benchmarks/cells.py, beside this script
@@ -562,6 +593,21 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list) 
             ratio = f"{b / a:.2f}" if isinstance(a, float) and isinstance(b, float) else "-"
             lines.append(f"| {subject} | {_num(a)} | {_num(b)} | {ratio} |")
         lines.append("")
+    for layout, rows in (layouts or {}).items():
+        runners, envs = layout.split("x")
+        lines += [f"## Memory at POPGym's layout: {runners} env runners x {envs} envs", "",
+                  "Peak resident memory after one iteration (1 epoch), first task: each remote "
+                  "env runner's process and the learner's (the driver, which also holds the "
+                  "episodes the runners returned). Memory only: the runners shared 2 cores.", "",
+                  "| subject | env runner peak GiB (each) | learner peak GiB |",
+                  "|---|---|---:|"]
+        for subject, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {subject} | failed: {r['error']} | |")
+                continue
+            each = ", ".join(f"{g:.2f}" for g in r["runner_peak_rss_gib"])
+            lines.append(f"| {subject} | {each} | {r['peak_rss_gib']:.2f} |")
+        lines.append("")
     lines += ["## Notes", "", *(f"- {note}" for note in NOTES), ""]
     errors = [f"### {task} {s}\n\n```\n{r['traceback']}```" for task, rows in results.items()
               for s, r in rows.items() if "error" in r]
@@ -624,6 +670,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed iterations first (use 1 with few --epochs)")
     parser.add_argument("--iterations", type=int, default=1, help="timed iterations")
     parser.add_argument("--envs", default="", help="e.g. 16,64: sampling-only comparison")
+    parser.add_argument("--layout", default="", help="e.g. 4x16: memory per env runner at "
+                                                     "that layout (env runners x envs)")
+    parser.add_argument("--layout-subjects", default=",".join(LAYOUT_SUBJECTS),
+                        help="the subjects of --layout (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--timeout", type=float, default=3600,
@@ -657,13 +707,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         stored = json.loads(saved.read_text())
         args.out.write_text(render(stored["results"], stored["env_rates"],
-                                   stored["env_compare"], args, stored["runs"]) + "\n")
+                                   stored["env_compare"], args, stored["runs"],
+                                   stored.get("layouts")) + "\n")
         return 0
     earlier = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
     results: dict[str, dict] = earlier.get("results", {})
     env_rates = earlier.get("env_rates", {})
     env_rates.update({task: env_rate(task, ENVS) for task in tasks if task not in env_rates})
     env_compare: dict[str, dict] = earlier.get("env_compare", {})
+    layouts: dict[str, dict] = earlier.get("layouts", {})
     runs = earlier.get("runs", []) + [{
         "command": " ".join(argv), "loads": [os.getloadavg()], "threads": torch.get_num_threads(),
         "date": datetime.datetime.now().isoformat(timespec="seconds")}]
@@ -671,9 +723,10 @@ def main(argv: list[str] | None = None) -> int:
     def write():
         runs[-1]["loads"][1:] = [os.getloadavg()]
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(render(results, env_rates, env_compare, args, runs) + "\n")
+        args.out.write_text(render(results, env_rates, env_compare, args, runs, layouts) + "\n")
         saved.write_text(json.dumps({"results": results, "env_rates": env_rates,
-                                     "env_compare": env_compare, "runs": runs}, indent=1))
+                                     "env_compare": env_compare, "runs": runs,
+                                     "layouts": layouts}, indent=1))
 
     for task in tasks:
         results.setdefault(task, {})
@@ -697,6 +750,16 @@ def main(argv: list[str] | None = None) -> int:
             env_compare.setdefault(subject, {})[str(envs)] = r if isinstance(r, float) \
                 else "failed"
             print(f"sampling {subject} {envs} envs: {r}", flush=True)
+            write()
+    if args.layout:
+        rows = layouts.setdefault(args.layout, {})
+        for subject in split_subjects(args.layout_subjects):
+            if "error" not in rows.get(subject, {"error": "not run"}):
+                continue
+            r = rows[subject] = in_child(
+                {"fn": "layout_memory", "args": [subject, tasks[0], args.layout]},
+                args.threads, args.timeout)
+            print(f"{args.layout} {subject}: {r.get('error') or r}", flush=True)
             write()
     write()
     print(args.out.read_text())
