@@ -396,6 +396,7 @@ class Network:
 
 # --------------------------------------------------------------------------- measuring
 def measure(subject: str, task: str, epochs: int, warmup: int, iterations: int) -> dict:
+    import resource
     config = build_config(subject, task, epochs)
     batch = config.train_batch_size_per_learner if config.enable_rl_module_and_learner \
         else config.train_batch_size
@@ -411,6 +412,8 @@ def measure(subject: str, task: str, epochs: int, warmup: int, iterations: int) 
             algo.train()
         iteration_s = (clock() - start) / iterations
         wall_s = (time.perf_counter() - wall) / iterations
+        # the process's peak so far: training only (the floors below replay its shapes)
+        iteration_peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         load = (load_before + os.getloadavg()[0]) / 2
         steps = (_steps_sampled(algo) - steps_before) / iterations
         sampling_s = recorder.sampling_s / iterations
@@ -426,6 +429,7 @@ def measure(subject: str, task: str, epochs: int, warmup: int, iterations: int) 
     finally:
         algo.stop()
     return {"iteration_s": iteration_s, "wall_s": wall_s, "load": load,
+            "iteration_peak_rss_gib": iteration_peak_gib,
             "sampling_s": sampling_s,
             "learning_s": iteration_s - sampling_s, "steps": steps, "batch": batch,
             "forward_floor_s": forward_s, "learn_floor_s": learn_floor,
@@ -562,7 +566,8 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list,
                   "| subject | iteration s | sampling s | learning s | env floor s | "
                   "forward floor s | learn floor s | learning / learn floor | "
                   "minibatches x rows | iteration vs popgym:GRU | 15M-step trial h | "
-                  "wall s (load) | peak memory GiB | stored state per env-step B |",
+                  "wall s (load) | peak memory GiB (the iteration's) | "
+                  "stored state per env-step B |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         reference = rows.get(REFERENCE, {}).get("iteration_s")
         peers = [*POPGYM_PEERS, RLLIB_LSTM]           # ours first, in name order, then peers
@@ -580,7 +585,7 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list,
                 f"{r['learn_floor_s']:.1f} | {r['learning_s'] / r['learn_floor_s']:.2f} | "
                 f"{r['minibatches_per_epoch']:.0f} x {r['rows_per_minibatch']:.0f} | "
                 f"{speedup} | {hours:.1f} | {r['wall_s']:.0f} ({r['load']:.1f}) | "
-                f"{r['peak_rss_gib']:.1f} | {_bytes(r.get('stored_state_bytes_per_step'))} |")
+                f"{_peak(r)} | {_bytes(r.get('stored_state_bytes_per_step'))} |")
         lines.append("")
         lines += targets(task, rows) + [""]
     if env_compare:
@@ -612,6 +617,19 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list,
     errors = [f"### {task} {s}\n\n```\n{r['traceback']}```" for task, rows in results.items()
               for s, r in rows.items() if "error" in r]
     return "\n".join(lines + (["## Errors", "", *errors] if errors else []))
+
+
+def _peak(r: dict) -> str:
+    """The process's peak memory, GiB, and the iteration's alone (before the floors replayed
+    its shapes) where measured."""
+    alone = r.get("iteration_peak_rss_gib")
+    return f"{r['peak_rss_gib']:.1f}" + ("" if alone is None else f" ({alone:.1f})")
+
+
+def iteration_peak(r: dict) -> float:
+    """The iteration's peak memory, GiB: measured alone where the row has it, else the
+    process's (which includes the floors)."""
+    return r.get("iteration_peak_rss_gib", r["peak_rss_gib"])
 
 
 def _bytes(value) -> str:
@@ -650,9 +668,9 @@ def targets(task: str, rows: dict) -> list[str]:
         ratio = r["learning_s"] / r["learn_floor_s"]
         out.append(f"- {subject} learning within {FLOOR_TARGET}x its learn floor: {ratio:.2f}x "
                    f"{'PASS' if ratio <= FLOOR_TARGET else 'FAIL'}")
-        out.append(f"- {subject} peak memory <= {MEMORY_TARGET_GIB:g} GiB: "
-                   f"{r['peak_rss_gib']:.1f} GiB "
-                   f"{'PASS' if r['peak_rss_gib'] <= MEMORY_TARGET_GIB else 'FAIL'}")
+        peak = iteration_peak(r)
+        out.append(f"- {subject} peak memory <= {MEMORY_TARGET_GIB:g} GiB: {peak:.1f} GiB "
+                   f"{'PASS' if peak <= MEMORY_TARGET_GIB else 'FAIL'}")
     return out
 
 
