@@ -709,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds one subject may take")
     parser.add_argument("--resume", action="store_true",
                         help="keep the measurements of --out's .json, run the missing/failed")
+    parser.add_argument("--again", action="store_true",
+                        help="with --resume: measure --subjects again on --tasks even where "
+                             "the .json holds them (the other rows are kept)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite --out from its .json, measuring nothing")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -760,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks:
         results.setdefault(task, {})
         for subject in subjects:
-            if "error" not in results[task].get(subject, {"error": "not run"}):
+            if not args.again and "error" not in results[task].get(subject,
+                                                                   {"error": "not run"}):
                 continue                                    # --resume: measured already
             job = {"fn": "measure",
                    "args": [subject, task, args.epochs, args.warmup, args.iterations]}
