@@ -112,7 +112,7 @@ def _report_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
     finals = pd.DataFrame(columns=list(FINAL_COLUMNS))
     if (folder / TRIALS_FILE).is_file():
         finals = pd.read_csv(folder / TRIALS_FILE).rename(columns={"trial": "name"})
-        finals = finals[~finals["name"].isin(iterations["name"])]
+        finals = finals[~finals["name"].isin(iterations["name"])].copy()
         finals["variant"] = finals.get("variant", finals["label"]).fillna(finals["label"])
         if "stack" not in finals:        # reports before the column: POPGym's run on the old
             finals["stack"] = np.where(finals["model"].str.startswith("popgym:"), "old", "new")
