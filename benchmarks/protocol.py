@@ -131,6 +131,16 @@ NOTES = [
     "in sampling (POPGym's old-stack models sample in 57-75 s, ours in 20-31 s; their "
     "learning is 1.1-1.7x ours). Peak memory in parentheses: the iteration's alone, before "
     "the floors replay its shapes (rows measured since the column was added).",
+    "RepeatFirstMedium's s4d, gru, event_ssm, lmu_fft, lstm and popgym:GRU rows, lstm's "
+    "RepeatPreviousEasy row and the 4 x 16 layout (2026-12-02, 14:50-15:30) were measured "
+    "beside two running studies (5 processes on 2 cores, load 4-6): CPU times inflated "
+    "(gru's RepeatFirstMedium iteration 192 s against 118 s in the quiet 11-27 run), ratios "
+    "compare within this group only; the lmu, mlp, popgym:LMU and popgym:S4D rows of "
+    "RepeatFirstMedium are the quiet run's, so their 'vs popgym:GRU' column (computed against "
+    "the new popgym:GRU row) overstates them: against that run's popgym:GRU (143 s) they were "
+    "lmu 1.50x, mlp 2.68x, popgym:LMU 0.86x, popgym:S4D 0.91x. lstm's 2.1 GiB on "
+    "RepeatPreviousEasy is the iteration's own peak (the floors add nothing), not its stored "
+    "state (40 B per env-step).",
 ]
 
 
@@ -490,7 +500,7 @@ def layout_memory(subject: str, task: str, layout: str) -> dict:
             local_env_runner=False)
     finally:
         algo.stop()
-    return {"runner_peak_rss_gib": peaks}
+    return {"runner_peak_rss_gib": peaks, "task": task}
 
 
 def in_child(job: dict, threads: int | None, timeout_s: float) -> dict | float:
@@ -612,7 +622,8 @@ def render(results: dict, env_rates: dict, env_compare: dict, args, runs: list,
     for layout, rows in (layouts or {}).items():
         runners, envs = layout.split("x")
         lines += [f"## Memory at POPGym's layout: {runners} env runners x {envs} envs", "",
-                  "Peak resident memory after one iteration (1 epoch), first task: each remote "
+                  "Peak resident memory after one iteration (1 epoch) on "
+                  f"{', '.join(sorted({r.get('task', '?') for r in rows.values()}))}: each remote "
                   "env runner's process and the learner's (the driver, which also holds the "
                   "episodes the runners returned). Memory only: the runners shared 2 cores.", "",
                   "| subject | env runner peak GiB (each) | learner peak GiB |",
