@@ -109,8 +109,8 @@ def aggregate(runs: pd.DataFrame, models: list[str], pairs: list[tuple[str, str]
     for x, y in list(dict.fromkeys([*pairs, *against_pairs])):
         rows.append(_improvement(scores.get(x), scores.get(y), x, y, "all", reps))
     for x, y in against_pairs:
+        sx, sy = scores.get(x), scores.get(y)
         for j, task in enumerate(tasks):
-            sx, sy = scores.get(x), scores.get(y)
             rows.append(_improvement(None if sx is None else sx[:, [j]],
                                      None if sy is None else sy[:, [j]], x, y, task, reps))
     columns = ["statistic", "model", "reference", "task", "runs", "reference_runs",
@@ -154,9 +154,9 @@ def markdown(table: pd.DataFrame, tasks: int, title: str, reps: int = BOOTSTRAP_
         cells = [f"{_number(r.estimate)} | {_interval(r, r.runs)}" for r in rows.itertuples()]
         lines.append(f"| {model} | {rows['runs'].iloc[0]} | " + " | ".join(cells) + " |")
     improvements = table[table["statistic"] == "P(X > Y)"]
-    in_pairs = np.array([(x, y) in set(pairs) for x, y in zip(improvements["model"],
-                                                               improvements["reference"])],
-                        dtype=bool)
+    wanted = set(pairs)
+    in_pairs = np.array([pair in wanted for pair in zip(improvements["model"],
+                                                        improvements["reference"])], dtype=bool)
     pairs = improvements[(improvements["task"] == "all") & in_pairs]
     lines += ["", "## Probability of improvement", "",
               "P(X > Y): the probability that X's MMER beats Y's on a task (one run of each), "
