@@ -1,0 +1,109 @@
+"""The whole old-stack network (`memrl_<name>`, experiments.rllib.old_stack) against POPGym's
+RLlib model of the same memory, given the same weights: the same logits, values, returned
+state and gradients, on a training batch (rows of different lengths, non-zero stored states)
+and on a sampling step.
+
+The cell tests (tests/test_popgym_lineup.py, test_lmu.py) hold the memories equal; these hold
+equal everything around them too (feature map, LayerNorm, preprocessor, heads, how RLlib's
+padded rows reach the memory), so that a learning difference between a pair in a study is
+not in the function the two compute. The fused RNNs are covered: POPGym's model and ours hold
+the same parameters in the same order (POPGym's unused `embedding_strength` aside).
+"""
+
+import gymnasium as gym
+import pytest
+import torch
+
+from experiments.rllib.old_stack import old_stack_model_class
+from experiments.rllib.popgym_models import custom_model_config, popgym_class
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PAIRS = [("elman", "popgym:Elman"), ("gru", "popgym:GRU"), ("lstm", "popgym:LSTM")]
+SIZES = dict(pre_size=16, hidden_size=12, head_size=10)
+OBS, ACTIONS, MAX_SEQ_LEN = 5, 4, 8
+EXACT = dict(atol=1e-12, rtol=1e-12)            # float64, the same operations
+
+
+def pair(ours_name, theirs_name):
+    """(ours, theirs) in float64, ours holding POPGym's initial weights."""
+    obs_space, action_space = gym.spaces.Box(0.0, 1.0, (OBS,)), gym.spaces.Discrete(ACTIONS)
+    torch.manual_seed(0)
+    theirs = popgym_class(theirs_name)(
+        obs_space, action_space, ACTIONS,
+        {"max_seq_len": MAX_SEQ_LEN, "custom_model_config": custom_model_config(SIZES, {})},
+        "theirs").double()
+    ours = old_stack_model_class(ours_name)(obs_space, action_space, ACTIONS,
+                                            {"max_seq_len": MAX_SEQ_LEN}, "ours",
+                                            **SIZES).double()
+    theirs_parameters = [p for n, p in theirs.named_parameters() if n != "embedding_strength"]
+    ours_parameters = list(ours.parameters())
+    assert [p.shape for p in theirs_parameters] == [p.shape for p in ours_parameters]
+    with torch.no_grad():
+        for mine, original in zip(ours_parameters, theirs_parameters):
+            mine.copy_(original)
+    return ours, theirs, theirs_parameters
+
+
+def states(ours, state: dict, t_starts):
+    """One recurrent state as each model's list: ours in `state_keys` (sorted) order, POPGym's
+    in torch's order (h, c) with a singleton dim and its step counter last."""
+    mine = [state[k].clone() for k in ours.state_keys]
+    theirs = [state[k][:, None].clone() for k in ours.memory.state_keys] + [t_starts[:, None]]
+    return mine, theirs
+
+
+def observations(rows, generator):
+    """(rows, OBS) float64 values that float32 holds exactly (RLlib's RecurrentNetwork, ours,
+    casts the observations to float32 before the float64 network sees them)."""
+    return torch.rand(rows, OBS, generator=generator).double()
+
+
+def run(model, obs, state, seq_lens):
+    logits, state_out = model({"obs": obs}, state, seq_lens)
+    return logits, model.value_function(), state_out
+
+
+@pytest.mark.parametrize("ours_name, theirs_name", PAIRS)
+def test_the_training_pass_equals_popgyms(ours_name, theirs_name):
+    ours, theirs, theirs_parameters = pair(ours_name, theirs_name)
+    generator = torch.Generator().manual_seed(1)
+    seq_lens = torch.tensor([MAX_SEQ_LEN, 5, 2, 1])
+    rows = len(seq_lens)
+    obs = observations(rows * MAX_SEQ_LEN, generator)
+    state = {k: torch.randn(rows, SIZES["hidden_size"], generator=generator, dtype=torch.float64)
+             for k in ours.state_keys}
+    mine, original = states(ours, state, t_starts=torch.tensor([0, 3, 7, 20]))
+    logits, values, _ = run(ours, obs, mine, seq_lens)
+    logits_ref, values_ref, _ = run(theirs, obs, original, seq_lens)
+    valid = (torch.arange(MAX_SEQ_LEN)[None] < seq_lens[:, None]).reshape(-1)   # the loss's mask
+    torch.testing.assert_close(logits[valid], logits_ref[valid], **EXACT)
+    torch.testing.assert_close(values[valid], values_ref[valid], **EXACT)
+
+    weights = torch.randn(logits.shape, generator=generator, dtype=torch.float64)
+    value_weights = torch.randn(values.shape, generator=generator, dtype=torch.float64)
+    for model, (lg, vl) in ((ours, (logits, values)), (theirs, (logits_ref, values_ref))):
+        ((lg * weights)[valid].sum() + (vl * value_weights)[valid].sum()).backward()
+    for mine_p, original_p in zip(ours.parameters(), theirs_parameters):
+        torch.testing.assert_close(mine_p.grad, original_p.grad, **EXACT)
+
+
+@pytest.mark.parametrize("ours_name, theirs_name", PAIRS)
+def test_the_sampling_step_equals_popgyms(ours_name, theirs_name):
+    ours, theirs, _ = pair(ours_name, theirs_name)
+    generator = torch.Generator().manual_seed(2)
+    rows = 16
+    obs = observations(rows, generator)
+    state = {k: torch.randn(rows, SIZES["hidden_size"], generator=generator, dtype=torch.float64)
+             for k in ours.state_keys}
+    mine, original = states(ours, state, t_starts=torch.arange(rows))
+    ones = torch.ones(rows, dtype=torch.long)
+    with torch.no_grad():
+        logits, values, state_out = run(ours, obs, mine, ones)
+        logits_ref, values_ref, state_out_ref = run(theirs, obs, original, ones)
+    torch.testing.assert_close(logits, logits_ref, **EXACT)
+    torch.testing.assert_close(values, values_ref, **EXACT)
+    by_key = dict(zip(ours.memory.state_keys, state_out_ref[:-1]))
+    for key, value in zip(ours.state_keys, state_out):
+        torch.testing.assert_close(value, by_key[key][:, 0], **EXACT)
+    torch.testing.assert_close(state_out_ref[-1][:, 0], torch.arange(rows) + 1)
