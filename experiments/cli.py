@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser, subparsers = _top_parser()              # the chosen command's full parser
     importlib.import_module(COMMANDS[command.command][0]).add_parser(subparsers)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:         # `memrl train --dry-run | head` closed our stdout: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())    # (Python's own advice)
+        return 1
 
 
 if __name__ == "__main__":

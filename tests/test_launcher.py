@@ -50,6 +50,19 @@ def test_dry_run_lists_trials_and_starts_nothing(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_dry_run_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
+    """`memrl train --dry-run | head -1`: the reader closes the pipe after one line."""
+    command = [sys.executable, "-m", "experiments.cli", "train", SMOKE, "--dry-run",
+               "--set", f"output={tmp_path}", "--set", f"seeds={list(range(2000))}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=ROOT)
+    process.stdout.readline()
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert b"Traceback" not in stderr and b"BrokenPipeError" not in stderr, stderr.decode()
+
+
 def test_skip_done_leaves_out_the_trials_another_piece_finished(tmp_path, capsys):
     """A report folder of an earlier piece (trials.csv as `memrl report` writes it): the
     trial that reached stop.env_steps (768) is left out, the unfinished one runs."""

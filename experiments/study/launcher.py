@@ -58,36 +58,34 @@ def run(args) -> int:
     except ConfigError as error:
         print(f"memrl train: {error}", file=sys.stderr)
         return 2
-    skip = frozenset()
+    grid = len(trials)
     if args.skip_done:
         from experiments.report.sources import ReportError, finished_trials
         try:
-            skip = finished_trials(args.skip_done, study.stop.env_steps) & {
-                trial.name for trial in trials}
+            skip = finished_trials(args.skip_done, study.stop.env_steps)
         except ReportError as error:
             print(f"memrl train: --skip-done: {error}", file=sys.stderr)
             return 2
         trials = [trial for trial in trials if trial.name not in skip]
-        print(f"memrl train: {len(skip)} trial(s) finished in {', '.join(args.skip_done)} "
-              f"left out; {len(trials)} to run", flush=True)
+        print(f"memrl train: {grid - len(trials)} trial(s) finished in "
+              f"{', '.join(args.skip_done)} left out; {len(trials)} to run", flush=True)
         if not trials:
             return 0
     if args.dry_run:
-        print(describe(study, trials))
+        print(describe(study, trials, grid))
         return 0
     from experiments.study.tuning import StudyError, train
     try:
-        return train(study, address=args.address, resume=args.resume, verbose=args.verbose,
-                     skip=skip)
+        return train(study, trials, address=args.address, resume=args.resume,
+                     verbose=args.verbose)
     except StudyError as error:
         print(f"memrl train: {error}", file=sys.stderr)
         return 2
 
 
-def describe(study: Study, trials: list[Trial]) -> str:
-    """The trial list (`trials`, of `expand(study)`) as `--dry-run` prints it."""
+def describe(study: Study, trials: list[Trial], grid: int) -> str:
+    """The trial list (`trials`, of `expand(study)`'s `grid` trials) as `--dry-run` prints it."""
     res = study.resources
-    grid = len(expand(study))                   # every trial, also those --skip-done leaves out
     sweep = f" x {grid // (len(study.tasks) * len(study.models) * len(study.seeds))}" \
         f" sweep point(s)" if study.sweep else ""
     lines = [f"study {study.name!r}: {len(study.tasks)} task(s) x {len(study.models)} model(s) "

@@ -1,8 +1,8 @@
 """Running a study with Ray Tune: the trials, their resources, the console and the logs.
 
-`train(study)` starts (or attaches to) Ray, checks that each trial fits the cluster, and runs
-every trial of `expand(study)` through `experiments.study.trials.StudyTrial`, each from its
-own spec.
+`train(study, trials)` starts (or attaches to) Ray, checks that each trial fits the cluster,
+and runs the given trials of `expand(study)` (`memrl train` leaves out those `--skip-done`
+names) through `experiments.study.trials.StudyTrial`, each from its own spec.
 By default the console shows only memrl's lines: Ray's driver logs and warnings go to
 `<study>/logs/driver.log`, and what Ray's worker processes print (trial actors, env runners,
 their warnings and teardown messages) to `<study>/logs/worker-<pid>.log`; `verbose=True`
@@ -24,7 +24,7 @@ import ray
 from ray import tune
 
 from experiments.rllib import workers
-from experiments.study.config import Study, expand
+from experiments.study.config import Study, Trial
 from experiments.study.results import ENV_STEPS, STUDY_FILE, manifest
 from experiments.rllib.settings import register_rllib_envs
 from experiments.study.trial_logs import ProgressCSV, ResultJSON
@@ -96,12 +96,10 @@ def _result_line(name: str, result: dict, env_steps: int) -> str:
             f"steps {steps:>9,}/{env_steps:,}  return {ret_text}")
 
 
-def train(study: Study, *, address: str | None = None, resume: bool = False,
-          verbose: bool = False, skip: frozenset[str] = frozenset()) -> int:
-    """Run (or resume) the study with Ray Tune, but for the trials named in `skip` (finished
-    elsewhere); 0 when every trial finished."""
-
-    trials = [trial for trial in expand(study) if trial.name not in skip]
+def train(study: Study, trials: list[Trial], *, address: str | None = None,
+          resume: bool = False, verbose: bool = False) -> int:
+    """Run (or resume) `trials` of the study (`expand(study)`, less those finished elsewhere)
+    with Ray Tune; 0 when every one finished."""
     specs = [trial_spec(study, trial) for trial in trials]
     directory = study.directory
     new_folder = _check_folder(study, trials, resume)
