@@ -164,3 +164,27 @@ def test_out_refuses_a_study_folder_and_a_source_must_be_a_study_or_report(whole
     assert cli.main(["report", str(whole), str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path} is not a memrl study folder" in err and "nor a report folder" in err
+
+
+def test_models_reports_only_the_named_models(whole, tmp_path, capsys):
+    assert cli.main(["report", str(whole), "--out", str(tmp_path), "--reps", str(REPS),
+                     "--models", "gru,popgym-GRU"]) == 0
+    with open(tmp_path / "trials.csv", newline="") as file:
+        assert {row["label"] for row in csv.DictReader(file)} == {"gru", "popgym-GRU"}
+    table = (tmp_path / "mmer.md").read_text()
+    assert "| gru |" in table and "| popgym-GRU |" in table and "| lmu |" not in table
+    with open(whole / "report" / "aggregate.csv", newline="") as file:
+        whole_rows = [r for r in csv.DictReader(file) if r["model"] in ("gru", "popgym-GRU")
+                      and r["reference"] in ("", "popgym-GRU")]
+    with open(tmp_path / "aggregate.csv", newline="") as file:
+        assert list(csv.DictReader(file)) == whole_rows         # the same numbers for the two
+    assert json.loads((tmp_path / STUDY_FILE).read_text())["models"] == ["gru", "popgym-GRU"]
+    assert sources.load([tmp_path]).iterations["variant"].unique().tolist() == \
+        ["gru", "popgym-GRU"]
+
+
+def test_models_naming_an_unknown_model_lists_the_studys(whole, tmp_path, capsys):
+    assert cli.main(["report", str(whole), "--out", str(tmp_path), "--models", "gru,GRU"]) == 2
+    err = capsys.readouterr().err
+    assert "--models GRU: not a model of the study" in err and "popgym-GRU" in err
+    assert not list(tmp_path.iterdir())

@@ -67,6 +67,10 @@ def add_parser(subparsers) -> None:
                         help="also give P(X > MODEL) for every other model X of the study, "
                              "over all tasks and per task (a model's label as in the tables, "
                              "e.g. popgym-GRU); repeatable")
+    parser.add_argument("--models", action="append", default=[], metavar="MODEL",
+                        help="report only these models (labels as in the tables, "
+                             "comma-separated or repeated), e.g. a diagnosis that gave two "
+                             "of a study's models more seeds")
     parser.add_argument("--reps", type=int, default=aggregate.BOOTSTRAP_REPS,
                         help="bootstrap resamples of the aggregate's confidence intervals "
                              "(default %(default)s; the time grows with reps x tasks x models)")
@@ -75,7 +79,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     try:
-        paths = report(args.sources, args.out, args.reps, args.against)
+        only = [model for value in args.models for model in value.split(",") if model]
+        paths = report(args.sources, args.out, args.reps, args.against, only)
     except ReportError as error:
         print(f"memrl report: {error}", file=sys.stderr)
         return 2
@@ -249,9 +254,11 @@ def plot_task(task: str, curves: dict[str, Curve], path: Path) -> Figure:
 
 # --------------------------------------------------------------------------- report
 def report(sources: str | Path | list, out: str | Path | None = None,
-           reps: int = aggregate.BOOTSTRAP_REPS, against: list[str] = ()) -> dict:
+           reps: int = aggregate.BOOTSTRAP_REPS, against: list[str] = (),
+           only: list[str] = ()) -> dict:
     """Write the tables, CSVs and plots of the sources (one folder or a list; `reps` bootstrap
-    resamples for the aggregate's CIs, `against`: models to give P(X > model) for); returns
+    resamples for the aggregate's CIs, `against`: models to give P(X > model) for, `only`: the
+    models to report, all when empty); returns
     their paths (`eval`, `eval_csv` and `profile` None when not written, `eval_note` saying why
     there is no eval.md; `plots` only for tasks with a trial's iterations)."""
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
@@ -266,7 +273,16 @@ def report(sources: str | Path | list, out: str | Path | None = None,
                                             finals.reindex(columns=list(FINAL_COLUMNS)))
                         if len(frame)], ignore_index=True)
     trials = trials.set_index("name").loc[names].reset_index()       # the sources' order
-    models, tasks = list(trials["variant"].unique()), list(trials["task"].unique())
+    models = list(trials["variant"].unique())
+    unknown = sorted(set(only) - set(models))
+    if unknown:
+        raise ReportError(f"--models {', '.join(unknown)}: not a model of the study "
+                          f"(its models: {', '.join(models)})")
+    if only:
+        trials = trials[trials["variant"].isin(only)].reset_index(drop=True)
+        iterations = iterations[iterations["name"].isin(trials["name"])]
+        models = [model for model in models if model in only]
+    tasks = list(trials["task"].unique())
     unknown = sorted(set(against) - set(models))
     if unknown:
         raise ReportError(f"--against {', '.join(unknown)}: not a model of the study "
@@ -283,7 +299,8 @@ def report(sources: str | Path | list, out: str | Path | None = None,
         paths["trials"], index=False)
     write_iterations(iterations, out / ITERATIONS_FILE)
     (out / STUDY_FILE).write_text(json.dumps(
-        {"study": study, "sources": [str(source) for source in sources]}, indent=1))
+        {"study": study, "sources": [str(source) for source in sources],
+         **({"models": list(only)} if only else {})}, indent=1))
     paths.update(aggregate.write(complete_runs(trials), trials, out, title, reps, against))
 
     if trials["eval_return"].notna().any():
