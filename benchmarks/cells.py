@@ -362,13 +362,13 @@ NOTES = {
         "2x cheaper: the ratio is ~1x by construction, and the target is not met there."),
     "fwp": (
         "fwp and linear_attention against POPGym's FastWeightProgrammer / LinearAttention "
-        "(target 2x): POPGym's parallel form is already one cumulative sum over t of the "
-        "(B, T, K, K) outer products (K = 16 / 15) plus the same LayerNorm, key/query/value, "
-        "feed-forward, shortcut and 16 -> 256 unmap; ours computes the same terms and its "
-        "running sum by ops.scan.linear_scan (exact with resets inside a row, which POPGym's "
-        "cumsum cannot take). Same work, so ~1x; a chunked (intra-chunk attention + "
-        "inter-chunk state) form would skip materialising the (B, T, K, K) memories, the one "
-        "term where a 2x is available, and is not implemented."),
+        "(target 2x): POPGym forms every memory S_t, a cumulative sum over t of the "
+        "(B, T, K, K) outer products (K = 16 / 15); ours reads the memories chunk by chunk "
+        "(ops.running_sum.chunked_linear_attention: within 64 steps the masked (q kᵀ) v, "
+        "across chunks one carried memory), never forming S_t, and looks the sine embedding "
+        "up in a table as POPGym does. The rest is the same work on both sides: LayerNorm, "
+        "key/query/value, feed-forward, shortcut and the 16 -> 256 unmap, whose narrow "
+        "matmuls (and the loss's (B, T, 256) gradient) are most of what remains."),
     "ffm": (
         "ffm and lru against GRU (targets 3x at B=16/T=1024, 2x at the learner minibatch): "
         "with the per-step complex exp gone (Δt ≡ 1: the decay is exp of the parameters, "
@@ -377,10 +377,9 @@ NOTES = {
         "B·T·128 (ffm) / B·T·256 (lru) complex states, saved for backward. GRU at 157 x 53 "
         "runs 53 well-shaped (157 x 256 x 768) matmuls, so at the learner shape the "
         "projections alone are ~half of GRU's time: 2x there is near the floor. Their steps "
-        "(ffm 1.2x GRU's, lru 2.5x) rebuild the parameter-derived tensors on every call "
-        "(ffm: the clamped α and the (m, c) decay; lru: λ, γ and the stacked (Re, Im) "
-        "weights, 2 x 256 x 128 + 256 x 512) before one row of work; caching them between "
-        "steps of an unchanged module would bring the step to its two matmuls (not done)."),
+        "cache the parameter-derived tensors (ffm: the clamped α and the (m, c) decay; lru: "
+        "λ, γ and the stacked (Re, Im) weights) between no-grad steps of an unchanged module, "
+        "so a step is its two matmuls."),
     "elman": (
         "elman is torch's nn.RNN, the module POPGym's Elman runs: the same kernel, so the "
         "ratio is 1x up to the noise of this loaded machine (0.94x / 1.02x here)."),
