@@ -5,12 +5,18 @@ and on a sampling step.
 
 The cell tests (tests/test_popgym_lineup.py, test_lmu.py) hold the memories equal; these hold
 equal everything around them too (feature map, LayerNorm, preprocessor, heads, how RLlib's
-padded rows reach the memory), so that a learning difference between a pair in a study is
-not in the function the two compute. The fused RNNs are covered: POPGym's model and ours hold
-the same parameters in the same order (POPGym's unused `embedding_strength` aside).
+padded rows reach the memory), and then a whole training run: two old-stack PPO iterations of
+each model, as a study builds them (`experiments.rllib.ppo.algorithm_config`), from the same
+weights with the same seeds, end at the same weights. A learning difference between a pair in
+a study is then not in what the two compute nor in how they are trained, but in the initial
+weights the seeds draw. The fused RNNs are covered: POPGym's model and ours hold the same
+parameters in the same order (POPGym's unused `embedding_strength` aside).
 """
 
+import random
+
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +113,43 @@ def test_the_sampling_step_equals_popgyms(ours_name, theirs_name):
     for key, value in zip(ours.state_keys, state_out):
         torch.testing.assert_close(value, by_key[key][:, 0], **EXACT)
     torch.testing.assert_close(state_out_ref[-1][:, 0], torch.arange(rows) + 1)
+
+
+@pytest.mark.parametrize("ours_name, theirs_name", PAIRS)
+def test_ppo_from_the_same_weights_ends_at_the_same_weights(ray_session, ours_name, theirs_name):
+    from experiments.rllib.ppo import algorithm_config
+
+    def build(name):
+        return algorithm_config(
+            {"name": name, "kwargs": {}, "stack": "old"}, "RepeatPreviousEasy", seed=0,
+            num_envs_per_env_runner=2, sizes=SIZES,
+            ppo=dict(lr=1e-3, train_batch_size_per_learner=256, minibatch_size=64,
+                     num_epochs=2, max_seq_len=MAX_SEQ_LEN)).build_algo()
+
+    def parameters(algo):
+        return [p for n, p in algo.get_policy().model.named_parameters()
+                if n != "embedding_strength"]
+
+    def two_iterations(algo):
+        """Sampling (actions: torch's generator) and minibatch order (numpy's) from the same
+        seeds for both models; the env seeds come from the trial seed."""
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)
+        returns = [algo.train()["env_runners"]["episode_return_mean"] for _ in range(2)]
+        weights = [p.detach().clone() for p in parameters(algo)]
+        algo.stop()
+        return returns, weights
+
+    theirs = build(theirs_name)
+    initial = [p.detach().clone() for p in parameters(theirs)]
+    returns_ref, weights_ref = two_iterations(theirs)
+    ours = build(ours_name)
+    with torch.no_grad():
+        for mine, original in zip(parameters(ours), initial, strict=True):
+            mine.copy_(original)
+    returns, weights = two_iterations(ours)
+
+    assert returns == returns_ref                         # the same actions in the same episodes
+    moved = max((w - i).abs().max().item() for w, i in zip(weights_ref, initial))
+    assert moved > 1e-3                                   # training changed the weights ...
+    for mine, original in zip(weights, weights_ref):      # ... the same way (float32 rounding)
+        torch.testing.assert_close(mine, original, atol=1e-5, rtol=1e-4)
