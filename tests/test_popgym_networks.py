@@ -42,13 +42,19 @@ def pair(ours_name, theirs_name):
     ours = old_stack_model_class(ours_name)(obs_space, action_space, ACTIONS,
                                             {"max_seq_len": MAX_SEQ_LEN}, "ours",
                                             **SIZES).double()
-    theirs_parameters = [p for n, p in theirs.named_parameters() if n != "embedding_strength"]
+    theirs_parameters = shared_parameters(theirs)
     ours_parameters = list(ours.parameters())
     assert [p.shape for p in theirs_parameters] == [p.shape for p in ours_parameters]
     with torch.no_grad():
         for mine, original in zip(ours_parameters, theirs_parameters):
             mine.copy_(original)
     return ours, theirs, theirs_parameters
+
+
+def shared_parameters(model) -> list:
+    """The model's parameters less POPGym's unused `embedding_strength`: ours and POPGym's
+    list the same tensors in the same order."""
+    return [p for n, p in model.named_parameters() if n != "embedding_strength"]
 
 
 def states(ours, state: dict, t_starts):
@@ -88,7 +94,7 @@ def test_the_training_pass_equals_popgyms(ours_name, theirs_name):
 
     weights = torch.randn(logits.shape, generator=generator, dtype=torch.float64)
     value_weights = torch.randn(values.shape, generator=generator, dtype=torch.float64)
-    for model, (lg, vl) in ((ours, (logits, values)), (theirs, (logits_ref, values_ref))):
+    for lg, vl in ((logits, values), (logits_ref, values_ref)):
         ((lg * weights)[valid].sum() + (vl * value_weights)[valid].sum()).backward()
     for mine_p, original_p in zip(ours.parameters(), theirs_parameters):
         torch.testing.assert_close(mine_p.grad, original_p.grad, **EXACT)
@@ -127,8 +133,7 @@ def test_ppo_from_the_same_weights_ends_at_the_same_weights(ray_session, ours_na
                      num_epochs=2, max_seq_len=MAX_SEQ_LEN)).build_algo()
 
     def parameters(algo):
-        return [p for n, p in algo.get_policy().model.named_parameters()
-                if n != "embedding_strength"]
+        return shared_parameters(algo.get_policy().model)
 
     def two_iterations(algo):
         """Sampling (actions: torch's generator) and minibatch order (numpy's) from the same

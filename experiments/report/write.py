@@ -253,6 +253,14 @@ def plot_task(task: str, curves: dict[str, Curve], path: Path) -> Figure:
 
 
 # --------------------------------------------------------------------------- report
+def check_models(option: str, names, models: list[str]) -> None:
+    """ReportError naming the `names` (given with `option`) that are not among `models`."""
+    unknown = sorted(set(names) - set(models))
+    if unknown:
+        raise ReportError(f"{option} {', '.join(unknown)}: not a model of the study "
+                          f"(its models: {', '.join(models)})")
+
+
 def report(sources: str | Path | list, out: str | Path | None = None,
            reps: int = aggregate.BOOTSTRAP_REPS, against: list[str] = (),
            only: list[str] = ()) -> dict:
@@ -274,19 +282,13 @@ def report(sources: str | Path | list, out: str | Path | None = None,
                         if len(frame)], ignore_index=True)
     trials = trials.set_index("name").loc[names].reset_index()       # the sources' order
     models = list(trials["variant"].unique())
-    unknown = sorted(set(only) - set(models))
-    if unknown:
-        raise ReportError(f"--models {', '.join(unknown)}: not a model of the study "
-                          f"(its models: {', '.join(models)})")
+    check_models("--models", only, models)
     if only:
         trials = trials[trials["variant"].isin(only)].reset_index(drop=True)
         iterations = iterations[iterations["name"].isin(trials["name"])]
         models = [model for model in models if model in only]
     tasks = list(trials["task"].unique())
-    unknown = sorted(set(against) - set(models))
-    if unknown:
-        raise ReportError(f"--against {', '.join(unknown)}: not a model of the study "
-                          f"(its models: {', '.join(models)})")
+    check_models("--against", against, models)
     mmer = mmer_frame(trials)
     out.mkdir(parents=True, exist_ok=True)
 
