@@ -39,7 +39,7 @@ from popgym.wrappers import Antialias, PreviousAction
 from .event_time import EventTime
 
 __all__ = ["GROUPS", "list_envs", "resolve", "resolve_one", "make_env", "register_envs",
-           "EventTime", "is_event_time"]
+           "EventTime", "is_event_time", "max_episode_length"]
 
 # group name -> popgym's {env class: {"id": ...}} over all three difficulties
 _GROUP_TABLES = {
@@ -116,6 +116,17 @@ def is_event_time(env_id: str) -> bool:
     """Whether `env_id` (an id or short form, see resolve) names an event-time variant."""
     ids = resolve(env_id)
     return len(ids) == 1 and ids[0] in _EVENT_TIME
+
+
+def max_episode_length(env_id: str) -> int | None:
+    """The most steps an episode of `env_id` (an id or short form) takes, as its POPGym class
+    states it (`max_episode_length`; Concentration's `episode_length`), or None where the
+    class does not say (HigherLower: the deck's size). An event-time variant takes at most its
+    task's steps (each of its steps holds one or more of the task's)."""
+    task = resolve_one(env_id)
+    env = _CLASSES[_EVENT_TIME.get(task, task)]()
+    length = getattr(env, "max_episode_length", getattr(env, "episode_length", None))
+    return int(length) if length is not None else None
 
 
 def _unknown_env_message(name: str) -> str:

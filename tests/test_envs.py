@@ -196,3 +196,25 @@ def test_event_time_stops_the_gap_when_the_episode_ends():
     obs, reward, terminated, truncated, _ = event.step(1)
     assert obs[-1] == 11 and terminated and not truncated
     assert reward == pytest.approx(sum(plain_rewards[40:]))
+
+
+@pytest.mark.parametrize("env_id", ALL)
+def test_max_episode_length_bounds_an_episode(env_id):
+    """A random-action episode takes at most the stated steps; the tasks of fixed length
+    (every step is one card, one arm, one shot) take exactly that many."""
+    length = envs.max_episode_length(env_id)
+    if length is None:
+        assert "HigherLower" in env_id
+        return
+    env = envs.make_env(env_id)
+    env.action_space.seed(0)
+    env.reset(seed=0)
+    steps, done = 0, False
+    while not done and steps <= length:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps, done = steps + 1, terminated or truncated
+    assert done and steps <= length
+    if any(fixed in env_id for fixed in ("RepeatPrevious", "CountRecall", "Autoencode",
+                                         "Concentration", "Bandit", "Battleship")):
+        assert steps == length
+    assert envs.max_episode_length(f"{env_id[:-len('-v0')]}-EventTime-v0") == length

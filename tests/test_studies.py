@@ -81,6 +81,41 @@ def test_bad_sweeps_and_popgym_names_fail_validation(changes, fragment):
         assert "popgym:GRU" in str(error.value) and "popgym:S4D" in str(error.value)
 
 
+def test_popgym_position_tables_must_hold_every_step_of_an_episode():
+    """POPGym's MLP, FWP, LinearAttention, Framestack and Frameconv index a table of
+    max_seq_len rows by the step within the episode: a study whose episodes outrun it is
+    refused before it starts (PositionOnlyCartPoleEasy: 200 steps), with the length it needs."""
+    import gymnasium as gym
+    import torch
+    from experiments.rllib.popgym_models import popgym_class
+
+    rows = 8                                        # POPGym's own lookup at the table's end
+    model = popgym_class("popgym:MLP")(
+        gym.spaces.Box(-1.0, 1.0, (3,)), gym.spaces.Discrete(2), 2,
+        {"max_seq_len": rows, "custom_model_config": {"preprocessor_input_size": 4,
+                                                      "preprocessor_output_size": 4}}, "m")
+    x = torch.zeros(2, 3, 4)
+    model.apply_embedding(x, torch.tensor([0, rows - 3]))          # last step: row rows - 1
+    with pytest.raises(IndexError):
+        model.apply_embedding(x, torch.tensor([0, rows - 2]))
+
+    def cartpole(model, **ppo):
+        return study(tasks=["PositionOnlyCartPoleEasy"], models=[model],
+                     ppo={**SMOKE["ppo"], **ppo})
+
+    with pytest.raises(config.ConfigError, match=r"models\[0\]: popgym:MLP indexes its position "
+                       r"table \(199 rows.*run to 200 steps.*max_seq_len >= 200"):
+        cartpole("popgym:MLP", max_seq_len=199)
+    cartpole("popgym:MLP", max_seq_len=200)
+    with pytest.raises(config.ConfigError, match="truncate_episodes.*max_seq_len >= 399"):
+        cartpole("popgym:Frameconv", max_seq_len=398, batch_mode="truncate_episodes")
+    cartpole({"name": "popgym:Frameconv", "ppo": {"max_seq_len": 399}},
+             batch_mode="truncate_episodes")            # a model's own ppo is the one used
+    cartpole("popgym:GRU", max_seq_len=64)              # no position table
+    cartpole("frame_conv", max_seq_len=64)              # ours: positions past the table go on
+    study(models=["popgym:FastWeightProgrammer"])       # RepeatPreviousEasy fits SMOKE's 64
+
+
 def test_mixed_study_trains_evaluates_and_reports(tmp_path, ray_session):
     """Ours (new and old API stack) beside POPGym's GRU, 2 seeds, evaluation at the end."""
     path = tmp_path / "mixed.yaml"

@@ -22,7 +22,8 @@ import logging
 from experiments.rllib.defaults import POPGYM_SIZES
 
 __all__ = ["PREFIX", "POPGYM_MODELS", "POPGYM_ORIGINAL", "is_popgym", "canonical_name",
-           "check_popgym_model", "popgym_class", "custom_model_config"]
+           "check_popgym_model", "position_table_problem", "popgym_class",
+           "custom_model_config"]
 
 PREFIX = "popgym:"
 
@@ -89,6 +90,39 @@ def check_popgym_model(name: str, kwargs: dict) -> str | None:
         return (f"kwargs {unknown} are not keys of POPGym's {cls}; allowed: "
                 f"{sorted(model_class.MODEL_CONFIG)}")
     return None
+
+
+def position_table_problem(name: str, task: str, episode_length: int | None,
+                           max_seq_len: int, batch_mode: str) -> str | None:
+    """Why `name` would index past its position table on `task`, whose episodes run to
+    `episode_length` steps L (None if it would not, or if the class has no table or L is
+    unknown).
+
+    POPGym's position embedding (MLP, FastWeightProgrammer, LinearAttention, Framestack,
+    Frameconv: `embedding` "sine") is a table of max_seq_len rows, indexed by the step within
+    the episode, t_start + i at the i-th step of a padded chunk (BaseModel.apply_embedding);
+    past the table torch raises IndexError, mid-training. Sampling reaches step L - 1. With
+    `complete_episodes` an episode of L <= max_seq_len steps is one chunk from step 0: rows
+    needed L. With `truncate_episodes` a fragment can start at step L - 1 and be padded to
+    another's L steps: rows needed 2L - 1.
+    """
+    from popgym.baselines.ray_models.base_model import BaseModel
+
+    cls = popgym_class(name)
+    if {**BaseModel.BASE_CONFIG, **cls.MODEL_CONFIG}["embedding"] is None or \
+            episode_length is None:
+        return None
+    needed = episode_length if batch_mode == "complete_episodes" else 2 * episode_length - 1
+    if max_seq_len >= needed:
+        return None
+    why = ("" if batch_mode == "complete_episodes" else
+           f"; with batch_mode {batch_mode} a fragment starting at step {episode_length - 1} is "
+           f"padded to {episode_length} steps")
+    return (f"{canonical_name(name)} indexes its position table ({max_seq_len} rows: "
+            f"ppo.max_seq_len) by the step within the episode, and {task}'s episodes run to "
+            f"{episode_length} steps{why}: it would fail with IndexError mid-training. Set "
+            f"ppo.max_seq_len >= {needed} (for this model alone: its entry's ppo) "
+            f"or leave this task out")
 
 
 def custom_model_config(sizes: dict, kwargs: dict) -> dict:

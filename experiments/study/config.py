@@ -24,7 +24,8 @@ from pydantic import (BaseModel, StrictBool, StrictFloat, StrictInt, StrictStr, 
                       create_model)
 
 from experiments.rllib import workers
-from experiments.rllib.popgym_models import check_popgym_model
+from experiments.rllib.defaults import POPGYM_PPO
+from experiments.rllib.popgym_models import check_popgym_model, position_table_problem
 from experiments.study.errors import ConfigError, did_you_mean, messages, parse
 from experiments.study.grid import Trial, expand
 from experiments.study.overrides import YamlLoader, apply_overrides, parse_value, set_key
@@ -75,16 +76,31 @@ def import_modules(study: Study, where: str = "config") -> None:
 def check_models(study: Study, where: str = "config") -> None:
     """Every model entry (at every sweep point) names a registered memory (after `imports`)
     or a POPGym model that runs here, with keywords it accepts; each is built once, small, so
-    bad values fail now."""
+    bad values fail now. A POPGym model with a position table gets one long enough for each
+    of its tasks' episodes (`popgym_models.position_table_problem`)."""
+    import envs
+
     import_modules(study, where)
-    errors, checked = [], set()
+    errors, checked, episode_lengths = [], set(), {}
     for trial in expand(study):
+        at = f"{where} (sweep point {trial.sweep})" if trial.sweep else where
+        path = f"models[{trial.model_index}]"
         key = repr((trial.model_index, trial.model, trial.model_config))
         if key not in checked:
             checked.add(key)
-            at = f"{where} (sweep point {trial.sweep})" if trial.sweep else where
-            errors += _model_problems(trial.model, f"models[{trial.model_index}]", at,
-                                      ModelSizes(**trial.model_config))
+            errors += _model_problems(trial.model, path, at, ModelSizes(**trial.model_config))
+        settings = {**POPGYM_PPO, **trial.ppo}
+        key = repr((trial.model_index, trial.model, trial.task, settings["max_seq_len"],
+                    settings["batch_mode"]))
+        if trial.model.is_popgym and key not in checked and not check_popgym_model(
+                trial.model.name, trial.model.kwargs):
+            checked.add(key)
+            if trial.task not in episode_lengths:
+                episode_lengths[trial.task] = envs.max_episode_length(trial.task)
+            problem = position_table_problem(trial.model.name, trial.task,
+                                             episode_lengths[trial.task],
+                                             settings["max_seq_len"], settings["batch_mode"])
+            errors += [f"{at}: {path}: {problem}"] if problem else []
     if errors:
         raise ConfigError("\n".join(errors))
 
