@@ -118,3 +118,27 @@ def test_cli_rolls_out_a_saved_checkpoint(ray_session, tmp_path, capsys, monkeyp
     assert ENV in capsys.readouterr().out
     assert cli.main(["rollout", str(tmp_path), "--env", ENV]) == 2
     assert "no RLModule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["gru", "popgym:GRU"])
+def test_cli_rolls_out_an_old_stack_checkpoint(ray_session, tmp_path, capsys, name):
+    """Our `memrl_<name>` models and POPGym's, trained on the old stack: the checkpoint's
+    Policy plays as the trained one did, its env read from the checkpoint."""
+    from experiments.rllib.ppo import algorithm_config
+
+    algo = algorithm_config({"name": name, "kwargs": {}, "stack": "old"}, ENV, seed=0,
+                            sizes=SIZES, ppo=dict(train_batch_size_per_learner=128,
+                                                  minibatch_size=64, num_epochs=1,
+                                                  max_seq_len=16)).build_algo()
+    try:
+        algo.train()
+        algo.save(str(tmp_path / "ckpt"))
+        trained = rollout(algo.get_policy(), ENV, episodes=3, greedy=False, seed=4)
+    finally:
+        algo.stop()
+    out = tmp_path / "rollout.json"
+    assert cli.main(["rollout", str(tmp_path / "ckpt"), "--episodes", "3", "--sample",
+                     "--seed", "4", "--json", str(out)]) == 0
+    assert ENV in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["returns"] == trained["returns"] and result["lengths"] == trained["lengths"]

@@ -23,7 +23,9 @@ new-stack modules (`ModuleActor`) and old-stack policies (`PolicyActor`) alike.
 
 A checkpoint is an RLlib algorithm checkpoint folder (`algo.save(path)`, a Tune
 `checkpoint_*` folder) or the folder of one saved RLModule; only the module is restored (no env
-runners, no Ray). Custom env-to-module connectors (e.g. observation filters) are not applied.
+runners, no Ray). An old-stack checkpoint (our `memrl_<name>` models, POPGym's) restores its
+Policy, also without Ray. Custom env-to-module connectors (e.g. observation filters) are not
+applied.
 """
 
 from __future__ import annotations
@@ -46,9 +48,33 @@ import envs
 from memory_models.checks import check_int
 
 __all__ = ["rollout", "play_episodes", "play_episode", "ModuleActor", "PolicyActor",
-           "load_module", "checkpoint_env", "add_parser"]
+           "load_policy", "load_module", "checkpoint_env", "add_parser"]
 
 _MODULE_FILES = ("class_and_ctor_args.pkl", "module_state.pkl")
+_POLICY_STATE = "policy_state.pkl"          # an old-stack Policy's checkpoint
+
+
+def _old_stack_folder(checkpoint: str | Path, policy_id: str = DEFAULT_MODULE_ID) -> Path | None:
+    """The folder of the old-stack Policy `policy_id` in `checkpoint` (an algorithm checkpoint
+    or one Policy's folder), None if it holds none."""
+    path = Path(checkpoint).resolve()
+    for folder in (path / "policies" / policy_id, path):
+        if (folder / _POLICY_STATE).is_file():
+            return folder
+    return None
+
+
+def load_policy(checkpoint: str | Path, policy_id: str = DEFAULT_MODULE_ID):
+    """What acts in `checkpoint`: the old-stack Policy where it holds one (our `memrl_<name>`
+    models, POPGym's), else its RLModule (`load_module`)."""
+    folder = _old_stack_folder(checkpoint, policy_id)
+    if folder is None:
+        return load_module(checkpoint, policy_id)
+    from ray.rllib.policy.policy import Policy
+
+    from experiments.rllib.old_stack import register_old_stack_models
+    register_old_stack_models()                 # "memrl_<name>" names in the saved config
+    return Policy.from_checkpoint(str(folder))
 
 
 def load_module(checkpoint: str | Path, module_id: str = DEFAULT_MODULE_ID) -> RLModule:
@@ -72,14 +98,19 @@ def load_module(checkpoint: str | Path, module_id: str = DEFAULT_MODULE_ID) -> R
 
 
 def checkpoint_env(checkpoint: str | Path) -> str:
-    """The env id an RLlib algorithm checkpoint was trained on (its saved config's `env`)."""
+    """The env id an RLlib algorithm checkpoint was trained on (its saved config's `env`; an
+    old-stack one: its Policy's config)."""
     path = Path(checkpoint).resolve() / "class_and_ctor_args.pkl"
-    env = None
-    if path.is_file():
+    folder = _old_stack_folder(checkpoint)
+    config = None
+    if folder is not None:
+        with open(folder / _POLICY_STATE, "rb") as file:
+            config = pickle.load(file)["policy_spec"]["config"]
+    elif path.is_file():
         with open(path, "rb") as file:
             args, _ = pickle.load(file)["ctor_args_and_kwargs"]
         config = args[0] if args else None
-        env = config.get("env") if isinstance(config, dict) else getattr(config, "env", None)
+    env = config.get("env") if isinstance(config, dict) else getattr(config, "env", None)
     if not isinstance(env, str):
         raise ValueError(f"cannot tell which env {str(checkpoint)!r} was trained on (not an "
                          f"algorithm checkpoint); pass --env ID")
@@ -205,7 +236,7 @@ def rollout(module_or_checkpoint, env_id: str, *, episodes: int = 10, greedy: bo
     env_id = envs.resolve_one(env_id, "rollout's env")
     policy = module_or_checkpoint
     if not isinstance(policy, RLModule) and not hasattr(policy, "compute_actions"):
-        policy = load_module(policy)
+        policy = load_policy(policy)
     envs_ = [envs.make_env(env_id) for _ in range(episodes)]
     expected = getattr(policy, "observation_space", None)
     if expected is not None and expected.shape != envs_[0].observation_space.shape:
@@ -252,7 +283,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Load an RLlib checkpoint and run complete episodes of a POPGym task with "
                     "the memory state reset at each episode start and carried step by step.")
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="RLlib algorithm checkpoint folder (or one saved RLModule)")
+                        help="RLlib algorithm checkpoint folder, new or old API stack (or "
+                             "one saved RLModule)")
     parser.add_argument("--env", metavar="ID",
                         help="POPGym env id, e.g. popgym-RepeatPreviousEasy-v0 (default: the "
                              "env the checkpoint was trained on)")
