@@ -88,6 +88,47 @@ def test_skip_done_leaves_out_the_trials_another_piece_finished(tmp_path, capsys
     assert "--skip-done: " in capsys.readouterr().err
 
 
+def finished_study(folder: Path, overrides: list[str], with_settings: bool = True) -> Path:
+    """A study folder as `memrl train SMOKE --set ...overrides` leaves it, every trial at
+    stop.env_steps (768); without settings in its trial entries as studies before them."""
+    from experiments.study import config
+    from experiments.study.results import RETURN_MEAN, STUDY_FILE, manifest
+
+    study = config.load(SMOKE, overrides, models=False)
+    trials = config.expand(study)
+    written = manifest(study, trials)
+    if not with_settings:
+        for entry in written["trials"]:
+            del entry["ppo"], entry["model_config"]
+    folder.mkdir()
+    (folder / STUDY_FILE).write_text(json.dumps(written))
+    for trial in trials:
+        (folder / trial.name).mkdir()
+        (folder / trial.name / "progress.csv").write_text(
+            f"training_iteration,{ENV_STEPS},{RETURN_MEAN}\n1,768,0.5\n")
+    return folder
+
+
+@pytest.mark.parametrize("with_settings", [True, False])
+def test_skip_done_runs_again_a_trial_finished_with_other_settings(tmp_path, capsys,
+                                                                   with_settings):
+    """A trial of the same name counts as done only if it ran with the same kwargs, ppo and
+    model_config (a study.json without them per trial: its study's own settings)."""
+    from experiments.report.sources import load
+
+    done = finished_study(tmp_path / "done", ["ppo.max_seq_len=64"], with_settings)
+    ppo = load([done]).iterations.drop_duplicates("name")["ppo"]
+    assert [p["max_seq_len"] for p in ppo] == [64, 64]          # what the report records
+    assert cli.main(["train", SMOKE, "--dry-run", "--skip-done", str(done)]) == 0
+    assert "2 trial(s) finished in" in capsys.readouterr().out
+    assert cli.main(["train", SMOKE, "--dry-run", "--skip-done", str(done),
+                     "--set", "ppo.max_seq_len=32"]) == 0
+    out = capsys.readouterr().out
+    assert "RepeatPreviousEasy-gru-s0 finished in" in out
+    assert "with other settings (ppo.max_seq_len 64 -> 32): it runs again" in out
+    assert "0 trial(s) finished in" in out and "left out; 2 to run" in out
+
+
 def test_bad_config_exits_2_naming_the_path(tmp_path, capsys):
     assert cli.main(["train", SMOKE, "--set", "models[1].kwargs.memory_sise=3"]) == 2
     err = capsys.readouterr().err

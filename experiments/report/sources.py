@@ -34,15 +34,18 @@ from experiments.study.results import ENV_STEPS, EVAL_RETURN, RETURN_MEAN, STUDY
 
 ITERATIONS_FILE = "iterations.csv"
 TRIALS_FILE = "trials.csv"
-# a trial's entry in study.json, as read here (older studies lack variant/stack/sweep)
-TRIAL_KEYS = ("name", "task", "model", "label", "variant", "stack", "kwargs", "sweep", "seed")
+# a trial's entry in study.json, as read here (older studies lack variant/stack/sweep and the
+# SETTINGS_KEYS: those are taken from the study's own settings where it validates, else None)
+TRIAL_KEYS = ("name", "task", "model", "label", "variant", "stack", "kwargs", "sweep", "seed",
+              "ppo", "model_config")
+SETTINGS_KEYS = ("ppo", "model_config")
 RESULT_COLUMNS = ("iteration", "env_steps", "return_mean", "eval_return")
 ITERATION_COLUMNS = (*TRIAL_KEYS, *RESULT_COLUMNS)
 # trials.csv as `memrl report` writes it ("trial" is TRIAL_KEYS' "name")
 TRIAL_FILE_COLUMNS = ("trial", "task", "model", "label", "variant", "stack", "seed",
                       "iterations", "env_steps", "mmer", "last_return", "eval_return")
 FINAL_COLUMNS = (*TRIAL_KEYS, "iterations", "env_steps", "mmer", "last_return", "eval_return")
-JSON_KEYS = ("kwargs", "sweep")
+JSON_KEYS = ("kwargs", "sweep", *SETTINGS_KEYS)
 
 
 class ReportError(RuntimeError):
@@ -66,14 +69,40 @@ def with_episodes(iterations: pd.DataFrame) -> pd.DataFrame:
     return iterations.dropna(subset=["env_steps", "return_mean"])
 
 
-def _trial_entries(trials: list[dict]) -> pd.DataFrame:
-    """study.json's trial list as TRIAL_KEYS columns, older studies' missing keys filled."""
-    frame = pd.DataFrame(trials).reindex(columns=list(TRIAL_KEYS))
+def _json_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """The JSON_KEYS columns as dicts: kwargs and sweep {} where missing, the SETTINGS_KEYS
+    None (not known)."""
+    for key in JSON_KEYS:
+        missing = None if key in SETTINGS_KEYS else {}
+        frame[key] = [value if isinstance(value, dict) else missing for value in frame[key]]
+    return frame
+
+
+def _trial_entries(manifest: dict) -> pd.DataFrame:
+    """study.json's trial list as TRIAL_KEYS columns, older studies' missing keys filled (the
+    settings from the study's own, `_study_settings`)."""
+    frame = pd.DataFrame(manifest["trials"]).reindex(columns=list(TRIAL_KEYS))
     frame["variant"] = frame["variant"].fillna(frame["label"])          # before variants
     frame["stack"] = frame["stack"].fillna("new")
-    for key in JSON_KEYS:
-        frame[key] = [value if isinstance(value, dict) else {} for value in frame[key]]
-    return frame
+    if frame[list(SETTINGS_KEYS)].isna().any(axis=None):
+        known = _study_settings(manifest.get("study"))
+        for key in SETTINGS_KEYS:
+            frame[key] = [value if isinstance(value, dict) else known.get(name, {}).get(key)
+                          for name, value in zip(frame["name"], frame[key])]
+    return _json_values(frame)
+
+
+def _study_settings(study: dict | None) -> dict[str, dict]:
+    """{trial name: its trial_settings} of a study.json's study, expanded again ({} if it does
+    not validate: a study of an older format)."""
+    from experiments.study.config import ConfigError, expand, validate
+    from experiments.study.results import trial_settings
+
+    try:
+        return {trial.name: trial_settings(trial)
+                for trial in expand(validate(study, models=False))}
+    except ConfigError:
+        return {}
 
 
 class Loaded(NamedTuple):
@@ -89,7 +118,7 @@ class Loaded(NamedTuple):
 
 def _study_folder(folder: Path, manifest: dict) -> pd.DataFrame:
     """A study folder's iterations, read from its trials' progress.csv."""
-    trials = _trial_entries(manifest["trials"])
+    trials = _trial_entries(manifest)
     files = {name: folder / name / "progress.csv" for name in trials["name"]}
     progress = [read_progress(path).assign(name=name) for name, path in files.items()
                 if path.is_file() and path.stat().st_size]
@@ -106,9 +135,9 @@ def _report_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
     if (folder / ITERATIONS_FILE).is_file():
         iterations = pd.read_csv(folder / ITERATIONS_FILE).reindex(
             columns=list(ITERATION_COLUMNS))
-        for key in JSON_KEYS:
-            iterations[key] = [json.loads(v) if isinstance(v, str) else {}
-                               for v in iterations[key]]
+        iterations = _json_values(iterations.assign(**{
+            key: [json.loads(v) if isinstance(v, str) else None for v in iterations[key]]
+            for key in JSON_KEYS}))
     finals = pd.DataFrame(columns=list(FINAL_COLUMNS))
     if (folder / TRIALS_FILE).is_file():
         finals = pd.read_csv(folder / TRIALS_FILE).rename(columns={"trial": "name"})
@@ -116,9 +145,7 @@ def _report_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
         finals["variant"] = finals.get("variant", finals["label"]).fillna(finals["label"])
         if "stack" not in finals:        # reports before the column: POPGym's run on the old
             finals["stack"] = np.where(finals["model"].str.startswith("popgym:"), "old", "new")
-        finals = finals.reindex(columns=list(FINAL_COLUMNS))
-        for key in JSON_KEYS:
-            finals[key] = [{} for _ in range(len(finals))]
+        finals = _json_values(finals.reindex(columns=list(FINAL_COLUMNS)))
     names = pd.read_csv(folder / TRIALS_FILE, usecols=["trial"])["trial"] \
         if (folder / TRIALS_FILE).is_file() else iterations["name"]
     return iterations, finals, list(pd.unique(names))
@@ -169,11 +196,22 @@ def load(sources: list[str | Path]) -> Loaded:
     return Loaded(study, iterations, finals, list(owner))
 
 
-def finished_trials(folders: list[str | Path], env_steps: int) -> set[str]:
-    """The names of the trials that reached `env_steps` in any of the folders (sources)."""
-    return {name for folder in folders
-            for name, steps in env_steps_reached(load_source(folder)).items()
-            if steps >= env_steps}
+def finished_trials(folders: list[str | Path], env_steps: int) -> dict[str, dict | None]:
+    """The trials that reached `env_steps` in any of the folders (sources): name -> the
+    settings it ran with (`trial_settings`: kwargs, ppo, model_config), None where the source
+    does not say (a trial known by trials.csv only, a report written before settings)."""
+    finished = {}
+    for folder in folders:
+        source = load_source(folder)
+        settings = source.iterations.drop_duplicates("name").set_index("name")
+        for name, steps in env_steps_reached(source).items():
+            if steps < env_steps:
+                continue
+            row = settings.loc[name] if name in settings.index else None
+            known = row is not None and all(row[key] is not None for key in SETTINGS_KEYS)
+            finished[name] = {key: row[key] for key in ("kwargs", *SETTINGS_KEYS)} \
+                if known else None
+    return finished
 
 
 def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:

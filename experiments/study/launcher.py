@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 
 from experiments.study.config import ConfigError, Study, Trial, expand, load
+from experiments.study.results import settings_differences, trial_settings
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -66,6 +67,12 @@ def run(args) -> int:
         except ReportError as error:
             print(f"memrl train: --skip-done: {error}", file=sys.stderr)
             return 2
+        for trial in trials:
+            if skip.get(trial.name) is not None and skip[trial.name] != trial_settings(trial):
+                print(f"memrl train: {trial.name} finished in {', '.join(args.skip_done)} with "
+                      f"other settings ({settings_differences(skip[trial.name], trial_settings(trial))}"
+                      f"): it runs again", flush=True)
+                del skip[trial.name]
         trials = [trial for trial in trials if trial.name not in skip]
         print(f"memrl train: {grid - len(trials)} trial(s) finished in "
               f"{', '.join(args.skip_done)} left out; {len(trials)} to run", flush=True)
