@@ -10,7 +10,8 @@ each model, as a study builds them (`experiments.rllib.ppo.algorithm_config`), f
 weights with the same seeds, end at the same weights. A learning difference between a pair in
 a study is then not in what the two compute nor in how they are trained, but in the initial
 weights the seeds draw. The fused RNNs are covered: POPGym's model and ours hold the same
-parameters in the same order (POPGym's unused `embedding_strength` aside).
+parameters in the same order (POPGym's unused `embedding_strength` aside). The models with a
+position embedding differ in one place, where it enters the network (the last test).
 """
 
 import random
@@ -158,3 +159,59 @@ def test_ppo_from_the_same_weights_ends_at_the_same_weights(ray_session, ours_na
     assert moved > 1e-3                                   # training changed the weights ...
     for mine, original in zip(weights, weights_ref):      # ... the same way (float32 rounding)
         torch.testing.assert_close(mine, original, atol=1e-5, rtol=1e-4)
+
+
+# POPGym's names -> ours for pos_mlp vs POPGym's MLP (the other parameters: the same names)
+POS_MLP_NAMES = {"feature_map.0": "pre.0", "pre.0": "pre.2", "core": "memory.net",
+                 "embedding_strength": "memory.embedding.strength", "actor.0.0": "actor.0",
+                 "actor.0.2": "actor.2", "actor.1": "actor.4", "critic.0.0": "critic.0",
+                 "critic.0.2": "critic.2", "critic.1": "critic.4"}
+
+
+def _our_name(name: str) -> str:
+    stem = max((k for k in POS_MLP_NAMES if name == k or name.startswith(k + ".")), key=len)
+    return POS_MLP_NAMES[stem] + name[len(stem):]
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5])
+def test_a_position_model_equals_popgyms_but_where_the_embedding_enters(strength):
+    """POPGym adds its position embedding to the feature map's output, before the preprocessor
+    (Linear + LeakyReLU; BaseModel.forward); our cells add it at the memory's input, after the
+    preprocessor. With the embedding's strength at 0 the whole networks (pos_mlp, POPGym's MLP)
+    are equal given the same weights, so that placement is their only difference; at POPGym's
+    initial strength 0.5 they differ."""
+    obs_space, action_space = gym.spaces.Box(0.0, 1.0, (OBS,)), gym.spaces.Discrete(ACTIONS)
+    torch.manual_seed(0)
+    max_len = 32
+    theirs = popgym_class("popgym:MLP")(
+        obs_space, action_space, ACTIONS,
+        {"max_seq_len": max_len, "custom_model_config": custom_model_config(SIZES, {})},
+        "theirs").double()
+    ours = old_stack_model_class("pos_mlp")(obs_space, action_space, ACTIONS,
+                                            {"max_seq_len": max_len}, "ours",
+                                            memory_kwargs={"max_len": max_len},
+                                            **SIZES).double()
+    mine = dict(ours.named_parameters())
+    with torch.no_grad():
+        theirs.embedding.weight.copy_(                  # our float64 table (POPGym's: float32)
+            ours.memory.embedding.encode(torch.arange(max_len, dtype=torch.float64)))
+        for name, original in theirs.named_parameters():
+            if name != "embedding.weight":
+                mine[_our_name(name)].copy_(original)
+        ours.memory.embedding.strength.fill_(strength)
+        theirs.embedding_strength.fill_(strength)
+    assert len(mine) == len(list(theirs.parameters())) - 1        # every parameter matched
+
+    generator = torch.Generator().manual_seed(1)
+    seq_lens, t_starts = torch.tensor([MAX_SEQ_LEN, 5, 2, 1]), torch.tensor([0, 3, 7, 20])
+    obs = observations(len(seq_lens) * MAX_SEQ_LEN, generator)
+    with torch.no_grad():
+        logits, values, _ = run(ours, obs, [t_starts[:, None].double()], seq_lens)
+        logits_ref, values_ref, _ = run(theirs, obs, [t_starts[:, None]], seq_lens)
+    valid = (torch.arange(MAX_SEQ_LEN)[None] < seq_lens[:, None]).reshape(-1)
+    differences = [(logits - logits_ref)[valid].abs().max(),
+                   (values - values_ref)[valid].abs().max()]
+    if strength == 0.0:
+        assert max(differences) < 1e-12
+    else:
+        assert min(differences) > 1e-4

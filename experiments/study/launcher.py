@@ -68,10 +68,11 @@ def run(args) -> int:
             print(f"memrl train: --skip-done: {error}", file=sys.stderr)
             return 2
         for trial in trials:
-            if skip.get(trial.name) is not None and skip[trial.name] != trial_settings(trial):
+            recorded = skip.get(trial.name)
+            if recorded is not None and recorded != trial_settings(trial):
+                changes = settings_differences(recorded, trial_settings(trial))
                 print(f"memrl train: {trial.name} finished in {', '.join(args.skip_done)} with "
-                      f"other settings ({settings_differences(skip[trial.name], trial_settings(trial))}"
-                      f"): it runs again", flush=True)
+                      f"other settings ({changes}): it runs again", flush=True)
                 del skip[trial.name]
         trials = [trial for trial in trials if trial.name not in skip]
         print(f"memrl train: {grid - len(trials)} trial(s) finished in "
