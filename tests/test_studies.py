@@ -114,6 +114,11 @@ def test_popgym_position_tables_must_hold_every_step_of_an_episode():
     cartpole("popgym:GRU", max_seq_len=64)              # no position table
     cartpole("frame_conv", max_seq_len=64)              # ours: positions past the table go on
     study(models=["popgym:FastWeightProgrammer"])       # RepeatPreviousEasy fits SMOKE's 64
+    from experiments.rllib.ppo import algorithm_config     # the Python API refuses it too
+    with pytest.raises(ValueError, match="popgym:Framestack indexes its position table"):
+        algorithm_config({"name": "popgym:Framestack", "kwargs": {}, "stack": "old"},
+                         "PositionOnlyCartPoleEasy", seed=0, sizes={},
+                         ppo={"max_seq_len": 128})
 
 
 def test_mixed_study_trains_evaluates_and_reports(tmp_path, ray_session):

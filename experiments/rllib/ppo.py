@@ -26,7 +26,9 @@ import envs
 
 from .batching import CompleteEpisodesEnvRunner, PPOLearner
 from .old_stack import CUSTOM_MODEL_CONFIG_KEYS, old_stack_ppo_config, register_old_stack_models
-from .popgym_models import custom_model_config, is_popgym, popgym_class
+from .defaults import POPGYM_PPO
+from .popgym_models import (custom_model_config, is_popgym, popgym_class,
+                            position_table_problem)
 from .rl_module import memory_module_spec
 from .seeding import check_layout, rllib_seed
 from .settings import register_rllib_envs, split_ppo_settings
@@ -91,6 +93,12 @@ def algorithm_config(model: dict, task: str, *, seed: int, ppo: dict, sizes: dic
                             model_config=sizes, **common)
         return config.learners(num_gpus_per_learner=num_gpus) if num_gpus else config
     if is_popgym(model["name"]):
+        settings = {**POPGYM_PPO, **ppo}
+        problem = position_table_problem(model["name"], common["env"],
+                                         envs.max_episode_length(common["env"]),
+                                         settings["max_seq_len"], settings["batch_mode"])
+        if problem:
+            raise ValueError(problem)
         custom_model = popgym_class(model["name"])
         custom_config = custom_model_config(sizes, model["kwargs"])
     else:
