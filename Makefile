@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch
-	$(PIP) -e ".[dev,baselines,navigation,wandb]"
+	$(PIP) -e ".[dev,baselines,navigation,wandb,references,minigrid]"
 	touch $@
 
 test: install
