@@ -20,6 +20,7 @@ from .event_ssm import EventSSM
 from .ffm import FFM
 from .lru import LRU
 from .min_gru import MinGRU
+from .mamba import Mamba, Mamba2
 from .rtu import RTU
 from .rnns import Elman, IndRNN
 from .windows import FrameConv, FrameStack, PosMLP
@@ -31,7 +32,7 @@ __all__ = [
     "GRU", "LSTM", "MLP",
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",
     "DISCRETIZATIONS", "LRNN", "LTI_LRNN", "LTV_LRNN", "S4D", "EventSSM",
-    "FFM", "LRU", "MinGRU", "RTU",
+    "FFM", "LRU", "MinGRU", "Mamba", "Mamba2", "RTU",
     "Elman", "IndRNN", "PosMLP", "FrameStack", "FrameConv",
     "FastWeightProgrammer", "LinearAttention",
 ]
