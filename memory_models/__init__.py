@@ -25,6 +25,7 @@ from .rtu import RTU
 from .rnns import Elman, IndRNN
 from .windows import FrameConv, FrameStack, PosMLP
 from .fast_weights import FastWeightProgrammer, LinearAttention
+from .attention import Transformer
 
 __all__ = [
     "RecurrentMemory", "State", "scan_episodes_as_rows", "DeepMemory",
@@ -35,4 +36,5 @@ __all__ = [
     "FFM", "LRU", "MinGRU", "Mamba", "Mamba2", "RTU",
     "Elman", "IndRNN", "PosMLP", "FrameStack", "FrameConv",
     "FastWeightProgrammer", "LinearAttention",
+    "Transformer",
 ]

@@ -3,7 +3,7 @@
 import memory_models
 
 SMALL_MEMORY = {"memory_size": 5, "state_size": 4, "theta": 7.0, "seq_len": 8, "context_size": 3,
-                "stack_size": 2, "key_size": 4}
+                "stack_size": 2, "key_size": 4, "window": 4}
 
 
 def small_memory_kwargs(name: str, **override) -> dict:

@@ -1,0 +1,219 @@
+"""transformer: a pre-LayerNorm transformer block over a sliding window of the episode.
+
+One block, multi-head causal self-attention in which step t attends to the steps
+max(t − W + 1, episode start) .. t, then a position-wise MLP, both with residuals:
+
+    u_t = W_in x_t + b_in                                              (B, H)
+    q_t, k_t, v_t = split(W_qkv LN₁(u_t) + b_qkv)                      (B, n, d) each
+    s_{t,j} = q_t·k_j / √d − m_h (t − j) + log ω_j,   j ∈ S_t          (B, n)   per key j
+    o_t = Σ_{j ∈ S_t} softmax_j(s_{t,j}) v_j                           (B, n, d)
+    a_t = u_t + W_o o_t + b_o                                          (B, H)   residual 1
+    y_t = a_t + W_2 GELU(W_1 LN₂(a_t) + b_1) + b_2                     (B, H)   residual 2
+
+H = hidden_size, n = heads (default: the largest of 4, 2, 1 dividing H), d = H / n,
+W = window, M = mlp_size (default 4H; W_1: M × H, W_2: H × M). S_t = the steps j with
+t − W < j ≤ t of t's episode: the window. LN₁, LN₂ affine LayerNorms. ω_j ∈ {0, 1} is the
+validity of key j (1 for every step of the current chunk; the state's flag for a cached key),
+so log ω_j = −inf takes a slot out: softmax_j is the softmax weighted by ω.
+
+Positions: ALiBi (Press et al. 2022), a bias −m_h (t − j) on the score that is linear in the
+offset t − j, with the fixed slopes m_h = 2^(−8 (h + 1) / n) of the paper (h = 0 .. n−1).
+Chosen over rotary because the bias depends on the offset alone and not on the keys: the
+cache holds the keys as they were computed (rotary would rotate each cached key by its
+offset again at every step), the bias joins the window and episode mask in the one additive
+mask of scaled_dot_product_attention, and each head's slope is a recency scale from ~W steps
+(the smallest slope) to a few steps (the largest), a prior that suits the recent past of a
+POMDP. No elapsed time: the offset counts steps, `integration_timesteps` are ignored (an
+offset in elapsed time would be new, and is left out).
+
+State (a window of keys and values, W − 1 slots, the oldest first):
+
+    keys    (B, W − 1, H)   k of the last W − 1 steps (heads side by side), 0 in an empty slot
+    values  (B, W − 1, H)   v of the same steps
+    valid   (B, W − 1)      ω: 1 where the slot holds a step of the current episode, else 0
+
+The initial state is all zeros (an empty window); a reset empties the window before x_t.
+After `lengths[b]` steps the state is the window of the last W − 1 steps before that point.
+
+Parallel form (`sliding_window_attention`): the chunk's queries against [cached keys; chunk
+keys] under one additive mask (within W, causal, same episode, log ω, ALiBi), computed by
+torch.nn.functional.scaled_dot_product_attention in blocks of Q = min(T, W) queries, each
+against the W − 1 + Q keys before and in its block, so the cost is linear in T:
+O(T (W + Q) H) and a mask of (B, T / Q, n, Q, W − 1 + Q). `step` is the same with T = 1.
+The per-step reference (a loop over t, written out) is in tests/test_transformer.py.
+Computes in all four float dtypes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checks import check_int
+from .interface import RecurrentMemory, State
+from .registry import register
+
+HEAD_CANDIDATES = (4, 2, 1)
+
+
+def default_heads(hidden_size: int) -> int:
+    """The largest of HEAD_CANDIDATES that divides hidden_size."""
+    return next(n for n in HEAD_CANDIDATES if hidden_size % n == 0)
+
+
+def check_heads(heads: int, width: int, what: str) -> None:
+    """heads must be a positive int dividing `width` (named `what` in the message)."""
+    check_int("heads", heads)
+    if width % heads:
+        divisors = [n for n in range(1, width + 1) if width % n == 0]
+        raise ValueError(f"heads must divide {what} = {width} (allowed: {divisors}), "
+                         f"got {heads}")
+
+
+def log_weights(weights: Tensor) -> Tensor:
+    """log ω where ω > 0, −inf where ω ≤ 0 (a slot out of the window); its gradient is finite
+    (1/ω) where ω > 0 and 0 elsewhere."""
+    tiny = torch.finfo(weights.dtype).tiny
+    return torch.where(weights > 0, weights.clamp(min=tiny).log(),
+                       torch.full_like(weights, -torch.inf))
+
+
+def episode_of_slots(resets: Tensor, cache_slots: int) -> Tensor:
+    """(B, W − 1 + T) long: the episode index of each slot of [cache; chunk], 0 for the cached
+    steps and for the chunk's steps before its first reset, +1 at each reset."""
+    episode = resets.long().cumsum(1)                                       # (B, T)
+    return F.pad(episode, (cache_slots, 0))
+
+
+def sliding_window_attention(queries: Tensor, keys: Tensor, values: Tensor, cache_weight: Tensor,
+                             resets: Tensor, window: int,
+                             position_bias: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Each query t of the chunk attends to the keys t − W < j ≤ t of its episode.
+
+    queries (B, T, n, d): the chunk's; keys, values (B, W − 1 + T, n, d): [cache; chunk];
+    cache_weight (B, W − 1): ω of the cached slots (the chunk's are 1); resets (B, T) bool.
+    position_bias(query_blocks (B, N, n, Q, d), offsets (Q, W − 1 + Q) long in [0, W − 1])
+    -> an additive score term broadcastable to (B, N, n, Q, W − 1 + Q) (the ALiBi or the
+    Transformer-XL term), added with the mask to the scaled scores.
+    Returns the attention outputs (B, T, n, d), softmax(q k / √d + bias + mask) v.
+    """
+    batch, steps, heads, head_size = queries.shape
+    cache = window - 1
+    block = min(steps, window)                                   # Q queries per block
+    blocks = -(-steps // block)                                  # N
+    pad = blocks * block - steps                                 # padded steps: see themselves
+    span = cache + block                                         # keys per block
+    episode = episode_of_slots(F.pad(resets, (0, pad)), cache)                # (B, W−1+T')
+    weight = F.pad(torch.cat([cache_weight, cache_weight.new_ones(batch, steps)], 1), (0, pad),
+                   value=1.0)                                                 # (B, W−1+T')
+    keys, values = (F.pad(kv, (0, 0, 0, 0, 0, pad)) for kv in (keys, values))
+
+    def blocks_of(slots: Tensor) -> Tensor:      # (B, W−1+T', ...) -> (B, N, span, ...)
+        return slots.unfold(1, span, block).movedim(-1, 2)
+
+    query_blocks = F.pad(queries, (0, 0, 0, 0, 0, pad)).view(
+        batch, blocks, block, heads, head_size).transpose(2, 3)           # (B, N, n, Q, d)
+    key_blocks = blocks_of(keys).transpose(2, 3)                           # (B, N, n, span, d)
+    value_blocks = blocks_of(values).transpose(2, 3)
+    # offset t − j of query i (slot W − 1 + i of its block) and key j of the block
+    position = torch.arange(span, device=queries.device)
+    offsets = cache + position[:block, None] - position[None, :]          # (Q, span)
+    in_window = (offsets >= 0) & (offsets < window)
+    key_episode = blocks_of(episode)                                       # (B, N, span)
+    query_episode = key_episode[:, :, cache:]                              # (B, N, Q)
+    same = (query_episode[..., :, None] == key_episode[..., None, :]) & in_window  # (B,N,Q,span)
+    mask = torch.where(same, blocks_of(log_weights(weight))[:, :, None, :],
+                       torch.full((), -torch.inf, dtype=queries.dtype, device=queries.device))
+    mask = mask[:, :, None] + position_bias(query_blocks, offsets.clamp(0, cache))
+    flat = batch * blocks
+    out = F.scaled_dot_product_attention(
+        query_blocks.reshape(flat, heads, block, head_size),
+        key_blocks.reshape(flat, heads, span, head_size),
+        value_blocks.reshape(flat, heads, span, head_size),
+        attn_mask=mask.reshape(flat, -1, block, span))                     # (B·N, n, Q, d)
+    out = out.view(batch, blocks, heads, block, head_size).transpose(2, 3)
+    return out.reshape(batch, blocks * block, heads, head_size)[:, :steps]
+
+
+def window_after(slots: dict[str, Tensor], cache_weight: Tensor, resets: Tensor,
+                 lengths: Tensor, window: int) -> dict[str, Tensor]:
+    """The window state after lengths[b] steps: the last W − 1 slots of [cache; chunk] up to
+    that step, zeroed (and ω = 0) where they belong to an earlier episode than its last step.
+
+    slots: name -> (B, W − 1 + T, ...) [cache; chunk] entries; cache_weight (B, W − 1);
+    resets (B, T); lengths (B,). Returns {name: (B, W − 1, ...)} and "valid": (B, W − 1)."""
+    batch, steps = resets.shape
+    cache = window - 1
+    episode = episode_of_slots(resets, cache)                               # (B, W−1+T)
+    weight = torch.cat([cache_weight, cache_weight.new_ones(batch, steps)], 1)
+    index = lengths[:, None] + torch.arange(cache, device=resets.device)    # (B, W−1)
+    last = episode.gather(1, (lengths[:, None] + cache - 1).clamp(min=0))   # (B, 1)
+    if steps:
+        last = torch.where(lengths[:, None] > 0, last, 0)
+    keep = episode.gather(1, index) == last                                 # (B, W−1)
+    state = {}
+    for name, value in slots.items():
+        kept = value.gather(1, index.view(batch, cache, *[1] * (value.ndim - 2)).expand(
+            batch, cache, *value.shape[2:]))
+        state[name] = torch.where(keep.view(batch, cache, *[1] * (value.ndim - 2)), kept, 0)
+    state["valid"] = torch.where(keep, weight.gather(1, index), 0)
+    return state
+
+
+def alibi_slopes(heads: int) -> Tensor:
+    """m_h = 2^(−8 (h + 1) / n), h = 0 .. n − 1 (ALiBi's geometric slopes), float64 (n,)."""
+    return 2.0 ** (-8.0 * torch.arange(1, heads + 1, dtype=torch.float64) / heads)
+
+
+@register("transformer")
+class Transformer(RecurrentMemory):
+    """A pre-LayerNorm transformer block over a sliding window of W steps (module doc)."""
+
+    def __init__(self, input_size: int, hidden_size: int, window: int = 64,
+                 heads: int | None = None, mlp_size: int | None = None):
+        super().__init__(input_size, hidden_size)
+        check_int("window", window, why=" (steps each step attends to, itself included)")
+        heads = default_heads(hidden_size) if heads is None else heads
+        check_heads(heads, hidden_size, "hidden_size")
+        mlp_size = 4 * hidden_size if mlp_size is None else mlp_size
+        check_int("mlp_size", mlp_size, why=" (width of the position-wise MLP)")
+        self.window, self.heads, self.mlp_size = window, heads, mlp_size
+        self.head_size = hidden_size // heads
+        self.input = nn.Linear(input_size, hidden_size)                   # W_in, b_in
+        self.attention_norm = nn.LayerNorm(hidden_size)                   # LN₁
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)                # W_qkv, b_qkv
+        self.attention_out = nn.Linear(hidden_size, hidden_size)          # W_o, b_o
+        self.mlp_norm = nn.LayerNorm(hidden_size)                         # LN₂
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, mlp_size), nn.GELU(),
+                                 nn.Linear(mlp_size, hidden_size))        # W_1, b_1, W_2, b_2
+        self.register_buffer("slopes", alibi_slopes(heads).float())       # m_h (n,)
+
+    def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device, dtype = self._defaults(device, dtype)
+        cache = self.window - 1
+        zeros = torch.zeros(batch_size, cache, self.hidden_size, device=device, dtype=dtype)
+        return {"keys": zeros, "values": zeros.clone(),
+                "valid": torch.zeros(batch_size, cache, device=device, dtype=dtype)}
+
+    def alibi(self, query_blocks: Tensor, offsets: Tensor) -> Tensor:
+        """−m_h (t − j): (n, Q, span), to broadcast over (B, N)."""
+        return -self.slopes.to(query_blocks.dtype)[:, None, None] * offsets.to(query_blocks.dtype)
+
+    def _scan(self, x, state, resets, integration_timesteps, lengths):
+        batch, steps = x.shape[:2]
+        if steps == 0:
+            return x.new_zeros(batch, 0, self.hidden_size), dict(state)
+        split = (batch, -1, self.heads, self.head_size)
+        u = self.input(x)                                                  # (B, T, H)
+        q, k, v = self.qkv(self.attention_norm(u)).chunk(3, dim=-1)        # (B, T, H) each
+        keys = torch.cat([state["keys"], k], 1)                            # (B, W−1+T, H)
+        values = torch.cat([state["values"], v], 1)
+        o = sliding_window_attention(q.reshape(split), keys.view(split), values.view(split),
+                                     state["valid"], resets, self.window, self.alibi)
+        a = u + self.attention_out(o.reshape(batch, steps, self.hidden_size))
+        y = a + self.mlp(self.mlp_norm(a))                                 # (B, T, H)
+        return y, window_after({"keys": keys, "values": values}, state["valid"], resets,
+                               lengths, self.window)
