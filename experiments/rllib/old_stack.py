@@ -167,7 +167,7 @@ def old_stack_ppo_config(*, env: str, custom_model, custom_model_config: dict, s
     dropped. `seed` is the trial's seed: RLlib gets `seeding.rllib_seed(seed)`, whose env
     seeds no other trial seed shares.
     """
-    register_rllib_envs()
+    register_rllib_envs(env)
     check_layout(num_env_runners, num_envs_per_env_runner)
     max_seq_len, env_runner_args, training = split_ppo_settings(ppo)
     training["train_batch_size"] = training.pop("train_batch_size_per_learner")

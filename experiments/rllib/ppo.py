@@ -51,8 +51,8 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
     Sampling and minibatches follow RLlib's old stack (`batching.CompleteEpisodesEnvRunner`,
     `batching.PPOLearner`).
     """
-    register_rllib_envs()
     env_id = envs.resolve_one(env)
+    register_rllib_envs(env_id)
     check_layout(num_env_runners, num_envs_per_env_runner)
     model_config = dict(model_config or {})
     for key in ("memory", "memory_kwargs", "max_seq_len"):

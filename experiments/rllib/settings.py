@@ -1,6 +1,6 @@
 """What every PPO config of memrl starts from, on either API stack.
 
-    register_rllib_envs()        every POPGym id (and event-time variant) known to RLlib / Tune
+    register_rllib_envs()        every env id (envs.task_ids) known to RLlib / Tune
     split_ppo_settings(ppo)      POPGYM_PPO updated by `ppo` -> (max_seq_len, env_runners()
                                  arguments, training() arguments); unknown keys refused
 """
@@ -27,11 +27,12 @@ _TRAINING_DEFAULTS = {k: v for k, v in POPGYM_PPO.items()
                                    "num_envs_per_env_runner")}
 
 
-def register_rllib_envs() -> None:
-    """ray.tune.register_env for every POPGym id and its event-time variant (creator:
-    envs.make_env); idempotent."""
-    envs.register_envs()
-    for env_id in envs.list_envs() + envs.list_envs("event_time"):
+def register_rllib_envs(*names: str) -> None:
+    """ray.tune.register_env for every id of envs.task_ids(*names) (POPGym's and their
+    event-time variants, T-Maze's ladder, MiniGrid Memory, and a T-Maze at another L named in
+    `names`; creator: envs.make_env); idempotent."""
+    envs.register_envs(*names)
+    for env_id in envs.task_ids(*names):
         if not _global_registry.contains(ENV_CREATOR, env_id):
             register_env(env_id, functools.partial(envs.make_env, env_id))
 
