@@ -22,6 +22,7 @@ from .lru import LRU
 from .min_gru import MinGRU
 from .mamba import Mamba, Mamba2
 from .rtu import RTU
+from .shm import SHM
 from .rnns import Elman, IndRNN
 from .windows import FrameConv, FrameStack, PosMLP
 from .fast_weights import FastWeightProgrammer, LinearAttention
@@ -33,7 +34,7 @@ __all__ = [
     "GRU", "LSTM", "MLP",
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",
     "DISCRETIZATIONS", "LRNN", "LTI_LRNN", "LTV_LRNN", "S4D", "EventSSM",
-    "FFM", "LRU", "MinGRU", "Mamba", "Mamba2", "RTU",
+    "FFM", "LRU", "MinGRU", "Mamba", "Mamba2", "RTU", "SHM",
     "Elman", "IndRNN", "PosMLP", "FrameStack", "FrameConv",
     "FastWeightProgrammer", "LinearAttention",
     "Transformer",
