@@ -52,7 +52,8 @@ up to the mode's saturation −1/A). τ ≡ 1 is the synchronous block exactly. 
 per observation (the last K−1 observations, whatever time separates them).
 
 Parallel forms: Mamba's SSM is ops.scan's `linear_scan` over (B, T, E, N) with decays
-exp(Δ_t τ_t A); Mamba-2's is ops.ssd's chunked SSD. `scan_impl="sequential"` runs each over its
+exp(Δ_t τ_t A); Mamba-2's is ops.ssd's chunked SSD (`scan_impl="parallel"`, the default of
+both). `scan_impl="sequential"` runs each over its
 reference loop instead, and Mamba-2's `chunk_size` sets the SSD's steps per chunk (implementation
 options, for tests and benchmarks: they change how it computes, not what). Computes in all four float dtypes (Mamba-2's
 RMSNorm takes its mean square in float32 at least: in float16 its gradient overflows).
@@ -69,7 +70,7 @@ from torch import Tensor, nn
 from .checks import check_int
 from .interface import RecurrentMemory, State
 from .ops.scan import SCAN_IMPLS, check_scan_impl
-from .ops.ssd import check_ssd_impl, ssd_chunked, ssd_sequential
+from .ops.ssd import ssd_chunked, ssd_sequential
 from .registry import register
 
 NO_RESET = torch.iinfo(torch.long).max // 2        # episode position of steps before any reset
@@ -268,7 +269,7 @@ class Mamba2(_ConvMemory):
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
                  expand: int = 2, head_size: int | None = None, conv_kernel: int = 4,
-                 scan_impl: str = "chunked", chunk_size: int = 64):
+                 scan_impl: str = "parallel", chunk_size: int = 64):
         super().__init__(input_size, hidden_size)
         check_int("state_size", state_size, why=" (modes N per channel)")
         check_expand(expand)
@@ -281,7 +282,7 @@ class Mamba2(_ConvMemory):
             divisors = [d for d in range(1, channels + 1) if channels % d == 0]
             raise ValueError(f"head_size must divide the channels expand · hidden_size = "
                              f"{channels} (one of {divisors}), got {head_size}")
-        check_ssd_impl(scan_impl)
+        check_scan_impl(scan_impl)
         check_int("chunk_size", chunk_size, why=" (steps per chunk of the SSD)")
         heads = channels // head_size
         self.state_size, self.expand, self.conv_kernel = state_size, expand, conv_kernel
@@ -319,8 +320,8 @@ class Mamba2(_ConvMemory):
         """W_out (g ⊙ RMSNorm((h C + D ⊙ x) ⊙ SiLU(z))) (..., hidden) for ssm = h C (..., M, P);
         RMSNorm(o) = o / sqrt(mean(o²) + ε) over the E channels, the mean in float32 or wider."""
         o = torch.addcmul(ssm, self.D[:, None], x).flatten(-2) * F.silu(z)    # (..., E)
-        mean_square = o.float().square().mean(-1, keepdim=True)     # float32 at least: in
-        normed = o * torch.rsqrt(mean_square + self.norm_eps).to(o.dtype)   # float16 it overflows
+        wide = o.to(torch.promote_types(o.dtype, torch.float32))   # in float16 it overflows
+        normed = o * torch.rsqrt(wide.square().mean(-1, keepdim=True) + self.norm_eps).to(o.dtype)
         return self.out_proj(normed * self.norm_weight)
 
     # ------------------------------------------------------------------ interface
@@ -335,7 +336,7 @@ class Mamba2(_ConvMemory):
         conv_out, conv_state = self._conv_scan(conv_in, state, episode_positions(resets),
                                                lengths)
         log_decay, u, B, C, xs = self.ssm_inputs(conv_out, low, integration_timesteps)
-        if self.scan_impl == "chunked":
+        if self.scan_impl == "parallel":
             ssm, h = ssd_chunked(log_decay, u, B, C, state["h"], resets, lengths,
                                  self.chunk_size)
         else:

@@ -106,12 +106,3 @@ def ssd_sequential(log_decay: Tensor, u: Tensor, B: Tensor, C: Tensor, initial: 
     y = (h @ C[:, :, None, :, None])[..., 0]                               # (Bt, T, M, P)
     return y, (h[:, -1] if u.shape[1] else initial)
 
-
-SSD_IMPLS = ("chunked", "sequential")
-
-
-def check_ssd_impl(name: str) -> None:
-    """A cell's `scan_impl` option for the SSD: "chunked" (training) or "sequential" (the
-    reference loop, for tests and benchmarks)."""
-    if name not in SSD_IMPLS:
-        raise ValueError(f"scan_impl must be one of {SSD_IMPLS}, got {name!r}")
