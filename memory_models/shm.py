@@ -53,12 +53,17 @@ Parallel form: M_t = a_t ⊙ M_{t-1} + b_t with a_t = C_t, b_t = U_t, (B, T, d, 
 the resettable associative scan of memory_models.ops.scan (`linear_scan`; resets fold in as
 a zero decay, lengths as the identity); `scan_impl="sequential"` runs the reference loop
 (an implementation option for tests and benchmarks). The elements take B·T·d² floats each
-(157 × 53 × 32² float32: 34 MB), which bounds the default d: memory_size = None takes
-min(32, max(4, hidden_size // 8)) (32 at hidden 256; the paper's POPGym runs used H = 72).
+and the scan's passes over them bound the speed: at hidden 256, d = 32 measured 1.1x GRU's
+time at B=16/T=1024 and 2x at the learner minibatch (157 × 53), d = 16 a fifth and a quarter
+of it (benchmarks/results/cells_shm_rtu.md). memory_size = None takes
+min(16, round(sqrt(hidden_size))): 16 at hidden 256, as POPGym's fast-weight memory (fwp's
+key size round(sqrt(hidden_size))); the paper's POPGym runs used H = 72.
 Computes in float32 and float64 (the counter is exact there).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -73,8 +78,8 @@ EPSILON = 1e-5          # of the key and query sum-normalisation
 
 
 def default_memory_size(hidden_size: int) -> int:
-    """d for memory_size=None: min(32, max(4, hidden_size // 8))."""
-    return min(32, max(4, hidden_size // 8))
+    """d for memory_size=None: min(16, round(sqrt(hidden_size)))."""
+    return min(16, round(math.sqrt(hidden_size)))
 
 
 @register("shm")
@@ -91,7 +96,7 @@ class SHM(RecurrentMemory):
         if memory_size is None:
             memory_size = default_memory_size(hidden_size)
         check_int("memory_size", memory_size,
-                  why=" (d of the d x d memory, or None: min(32, max(4, hidden_size // 8)))")
+                  why=" (d of the d x d memory, or None: min(16, round(sqrt(hidden_size))))")
         check_int("num_thetas", num_thetas, why=" (L, the calibration vectors cycled through)")
         check_scan_impl(scan_impl)
         self.memory_size, self.num_thetas, self.scan_impl = memory_size, num_thetas, scan_impl

@@ -131,7 +131,7 @@ def test_theta_cycles_through_the_table_by_the_position_in_the_episode():
 def test_defaults_follow_hidden_size():
     assert dict(memory_size=None, num_thetas=128).items() <= \
         memory_models.keywords("shm").items()
-    for hidden, d in ((4, 4), (6, 4), (64, 8), (128, 16), (256, 32), (1024, 32)):
+    for hidden, d in ((4, 2), (6, 2), (64, 8), (128, 11), (256, 16), (1024, 16)):
         cell = memory_models.make("shm", input_size=8, hidden_size=hidden)
         assert cell.memory_size == d
         state = cell.initial_state(2)
