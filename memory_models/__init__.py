@@ -27,6 +27,7 @@ from .rnns import Elman, IndRNN
 from .windows import FrameConv, FrameStack, PosMLP
 from .fast_weights import FastWeightProgrammer, LinearAttention
 from .attention import Transformer
+from .gtrxl import GTrXL
 
 __all__ = [
     "RecurrentMemory", "State", "scan_episodes_as_rows", "DeepMemory",
@@ -37,5 +38,5 @@ __all__ = [
     "FFM", "LRU", "MinGRU", "Mamba", "Mamba2", "RTU", "SHM",
     "Elman", "IndRNN", "PosMLP", "FrameStack", "FrameConv",
     "FastWeightProgrammer", "LinearAttention",
-    "Transformer",
+    "Transformer", "GTrXL",
 ]
