@@ -20,6 +20,9 @@ the study (its label, with the swept values when the study sweeps).
     OUT/eval.md            studies with `eval:`: the last evaluation's mean return per
                            (model, task), mean ± std over seeds, beside MMER (+ eval.csv)
     OUT/curves_<task>.png  return vs env steps, every model, mean ± std shaded
+    OUT/horizon.md         studies whose tasks are one env at several lengths L (T-Maze):
+                           score against L, the longest L each model solves, BPTT and window
+                           (+ horizon.csv, horizon.png; experiments.report.horizon)
     OUT/iterations.csv, OUT/study.json   every trial's iterations and the study's settings:
                            OUT is itself a source for a later report (commit it)
 
@@ -40,7 +43,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
-from experiments.report import aggregate
+from experiments.report import aggregate, horizon
 from experiments.report.sources import (FINAL_COLUMNS, ITERATIONS_FILE, TRIAL_FILE_COLUMNS,
                                         TRIAL_KEYS, TRIALS_FILE, ReportError, load,
                                         with_episodes, write_iterations)
@@ -93,6 +96,9 @@ def run(args) -> int:
     print(f"evaluation: {paths['eval']}\n            {paths['eval_csv']}" if paths["eval"]
           else f"evaluation: none, {paths['eval_note']}")
     print("plots:      " + "\n            ".join(str(p) for p in paths["plots"]))
+    if paths["horizon"]:
+        print("horizon:    " + "\n            ".join(
+            str(p) for p in (paths["horizon"], paths["horizon_csv"], paths["horizon_plot"]) if p))
     return 0
 
 
@@ -319,4 +325,5 @@ def report(sources: str | Path | list, out: str | Path | None = None,
             path = out / f"curves_{short_task(task)}.png"
             plot_task(task, curves, path)
             paths["plots"].append(path)
+    paths.update(horizon.write(trials, study, out, title))
     return paths

@@ -1,0 +1,259 @@
+"""The horizon report of `memrl report`: how far back each memory remembers, when a study's
+tasks form a length family (one env at several lengths L, e.g. `tmaze-Passive-L10-v0` ...
+`tmaze-Passive-L1000-v0`; tasks whose id holds `-L<digits>`, grouped by the rest of the id).
+
+    OUT/horizon.md    per family: score against L per model (mean [95% CI] over seeds, n),
+                      the longest L each model solves, the settings that bound the answer
+                      (ppo.max_seq_len, a windowed memory's `window`, the budget per L)
+    OUT/horizon.csv   one row per (family, model, L): n, mean, CI, min, max, solved
+    OUT/horizon.png   score against L (log axis), one line per model with its 95% CIs as error
+                      bars, one panel per family with two lengths or more; the chance level
+                      (T-Maze: 0.5) and the threshold dashed
+
+The score of a trial is its last evaluation's mean return (a study with `eval:`; greedy, many
+episodes) when the family's trials have evaluations (a trial without one yet is left out of n),
+else its MMER. The report says which: MMER
+is the max over training of a mean over one iteration's episodes, and at long L an iteration
+holds few episodes (4096 steps / (L + 1)), so MMER rises above the policy's success rate by
+chance (at chance level 0.5, four episodes all succeed one iteration in 16). On T-Maze the
+return is at most the success rate (goal +1 on success only, penalties <= 0): a score s means
+a success rate of at least s.
+
+Solved: a model solves L when EVERY seed's score is >= SOLVED_AT (0.9), not the mean. The
+longest L solved is the largest such L ("—" if none); the table marks each solved L.
+The 95% CI over seeds is Student's t interval, mean ± t(0.975, n-1) · std / √n (none for one
+seed). A family with one length gets a note in horizon.md and no plot. Files are written
+whole or not at all (each to a temporary name first, then renamed); a stale horizon.png of an
+earlier report is removed when no family has a plot.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from experiments.rllib.defaults import POPGYM_PPO
+from experiments.study.results import short_task
+
+__all__ = ["SOLVED_AT", "CHANCE_LEVELS", "Family", "length_families", "horizon_frame",
+           "markdown", "plot", "write"]
+
+SOLVED_AT = 0.9
+# family name prefix -> the score of a policy without memory of the cue
+CHANCE_LEVELS = {"tmaze-": 0.5}
+# <head>-L<length><tail>: tmaze-Passive-L30-v0 -> head "tmaze-Passive", tail "-v0"
+_LENGTH = re.compile(r"^(?P<head>.+)-L(?P<length>\d+)(?P<tail>(?:-.+)?)$")
+FILES = ("horizon.md", "horizon.csv", "horizon.png")
+
+
+class Family(NamedTuple):
+    """One env at several lengths: its name (`tmaze-Passive-L*`) and {L: task id}, by L."""
+    name: str
+    tasks: dict[int, str]
+
+
+def length_families(tasks) -> list[Family]:
+    """The length families among `tasks` (in order of first appearance), each with its
+    tasks sorted by L; tasks without `-L<digits>` in their id belong to none."""
+    families: dict[str, dict[int, str]] = {}
+    for task in tasks:
+        match = _LENGTH.match(short_task(task))
+        if match:
+            name = f"{match['head']}-L*{match['tail']}"
+            families.setdefault(name, {})[int(match["length"])] = task
+    return [Family(name, dict(sorted(lengths.items()))) for name, lengths in families.items()]
+
+
+def chance_level(family: Family) -> float | None:
+    return next((level for prefix, level in CHANCE_LEVELS.items()
+                 if family.name.startswith(prefix)), None)
+
+
+def _score_column(trials: pd.DataFrame) -> str:
+    """eval_return when a trial has an evaluation (the study has `eval:`), else mmer."""
+    return "eval_return" if trials["eval_return"].notna().any() else "mmer"
+
+
+def t_interval(values: np.ndarray) -> tuple[float, float]:
+    """Student's t 95% interval of the mean of `values` (NaN, NaN for fewer than 2)."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    from scipy import stats
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return values.mean() - half, values.mean() + half
+
+
+def horizon_frame(trials: pd.DataFrame, family: Family, score: str) -> pd.DataFrame:
+    """Per (model, L) of `family`, every pair in study order: n, mean, ci_low, ci_high, min,
+    max of the seeds' `score`, and `solved` (every seed >= SOLVED_AT, n >= 1)."""
+    models = list(trials["variant"].unique())
+    rows = []
+    for model in models:
+        for length, task in family.tasks.items():
+            values = trials.loc[(trials["variant"] == model) & (trials["task"] == task),
+                                score].dropna().to_numpy(dtype=float)
+            low, high = t_interval(values)
+            rows.append({"family": family.name, "model": model, "L": length, "task": task,
+                         "n": len(values), "mean": values.mean() if len(values) else math.nan,
+                         "ci_low": low, "ci_high": high,
+                         "min": values.min() if len(values) else math.nan,
+                         "max": values.max() if len(values) else math.nan,
+                         "solved": bool(len(values)) and bool((values >= SOLVED_AT).all())})
+    return pd.DataFrame(rows)
+
+
+def longest_solved(frame: pd.DataFrame) -> dict[str, int | None]:
+    """model -> the largest L it solves (None if none)."""
+    solved = frame[frame["solved"]]
+    return {model: (int(solved.loc[solved["model"] == model, "L"].max())
+                    if (solved["model"] == model).any() else None)
+            for model in frame["model"].unique()}
+
+
+def _setting(trials: pd.DataFrame, model: str, read) -> str:
+    """The distinct values `read(trial row)` takes over `model`'s trials, "/"-joined."""
+    values = [read(row) for row in trials[trials["variant"] == model].itertuples()]
+    distinct = list(dict.fromkeys(str(v) for v in values))
+    return " / ".join(distinct) if distinct else "—"
+
+
+def _bptt(row) -> str:
+    ppo = row.ppo if isinstance(row.ppo, dict) else None
+    return "?" if ppo is None else ppo.get("max_seq_len", POPGYM_PPO["max_seq_len"])
+
+
+def _window(row) -> str:
+    return row.kwargs.get("window", "—") if isinstance(row.kwargs, dict) else "—"
+
+
+def _budget(trials: pd.DataFrame, task: str, stop: int | None) -> str:
+    """`stop` env steps (the study's) and the env steps the trials of `task` reached."""
+    reached = trials.loc[trials["task"] == task, "env_steps"].dropna()
+    reached = reached[reached > 0]
+    span = "—" if reached.empty else (f"{int(reached.min()):,}" if reached.min() == reached.max()
+                                      else f"{int(reached.min()):,}–{int(reached.max()):,}")
+    return f"{span}" if stop is None else f"{span} (stop {int(stop):,})"
+
+
+def _cell(row) -> str:
+    if not row.n:
+        return "—"
+    interval = "" if row.n < 2 else f" [{row.ci_low:.2f}, {row.ci_high:.2f}]"
+    return f"{row.mean:.2f}{interval} ({row.n}){' ✓' if row.solved else ''}"
+
+
+def markdown(families: list[tuple[Family, pd.DataFrame]], single: list[Family],
+             trials: pd.DataFrame, score: str, title: str, stop: int | None) -> str:
+    what = ("the last evaluation's mean return (a trial not yet evaluated is left out)"
+            if score == "eval_return" else
+            "MMER (max over training of an iteration's mean return; biased upward at long L, "
+            "where an iteration holds few episodes: add `eval:` to the study)")
+    lines = [f"# Horizon: {title}", "",
+             f"Score: {what}; mean [95% t-interval] over seeds (n seeds). ✓: solved, every "
+             f"seed's score >= {SOLVED_AT}. Longest L: the largest L solved. BPTT: "
+             f"ppo.max_seq_len (the trained gradient reaches at most that many steps back); "
+             f"window: the memory's `window` keyword, if any.", ""]
+    for family, frame in families:
+        lengths = list(family.tasks)
+        chance = chance_level(family)
+        lines += [f"## {family.name}", ""]
+        if chance is not None:
+            lines += [f"Chance level (no memory of the cue): {chance}.", ""]
+        header = ["model", "BPTT", "window", *(f"L={n}" for n in lengths), "longest L solved"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        longest = longest_solved(frame)
+        for model in frame["model"].unique():
+            cells = [_cell(row) for row in frame[frame["model"] == model].itertuples()]
+            best = longest[model]
+            lines.append("| " + " | ".join([model, _setting(trials, model, _bptt),
+                                            _setting(trials, model, _window), *cells,
+                                            "—" if best is None else str(best)]) + " |")
+        lines += ["", "Budget per L (env steps the trials reached; the study's stop):", "",
+                  "| L | task | env steps |", "|---|---|---|"]
+        lines += [f"| {n} | {short_task(task)} | {_budget(trials, task, stop)} |"
+                  for n, task in family.tasks.items()]
+        lines.append("")
+    for family in single:
+        (length, task), = family.tasks.items()
+        lines += [f"## {family.name}", "",
+                  f"One length only (L = {length}, {short_task(task)}): no horizon to plot. "
+                  f"A horizon needs the family at two lengths or more.", ""]
+    return "\n".join(lines)
+
+
+def plot(families: list[tuple[Family, pd.DataFrame]], title: str, path: Path) -> None:
+    """horizon.png: one panel per family, score against L per model with CI error bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4 * len(families), 4.4), dpi=110)
+    FigureCanvasAgg(figure)
+    for index, (family, frame) in enumerate(families):
+        axes = figure.add_subplot(1, len(families), index + 1)
+        for model, rows in frame.groupby("model", sort=False):
+            rows = rows[rows["n"] > 0]
+            errors = np.abs(np.stack([rows["mean"] - rows["ci_low"],
+                                      rows["ci_high"] - rows["mean"]]).astype(float))
+            axes.errorbar(rows["L"], rows["mean"], yerr=np.nan_to_num(errors), marker="o",
+                          capsize=3, label=model)
+        chance = chance_level(family)
+        if chance is not None:
+            axes.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance})")
+        axes.axhline(SOLVED_AT, color="black", linestyle="--", linewidth=0.8,
+                     label=f"solved ({SOLVED_AT})")
+        axes.set_xscale("log")
+        axes.minorticks_off()
+        axes.set_xticks(list(family.tasks), [str(n) for n in family.tasks])
+        axes.set_title(f"{title}: {family.name}")
+        axes.set_xlabel("length L")
+        axes.set_ylabel("score (mean, 95% CI over seeds)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def write(trials: pd.DataFrame, study: dict | None, out: Path, title: str) -> dict:
+    """The horizon files of `trials` (write.trial_table's rows) into `out` when their tasks
+    hold a length family; returns {"horizon": md path or None, "horizon_csv": ...,
+    "horizon_plot": png path or None}. Nothing is written without a family."""
+    paths = {"horizon": None, "horizon_csv": None, "horizon_plot": None}
+    found = length_families(trials["task"].unique())
+    if not found:
+        return paths
+    in_families = trials[trials["task"].isin([t for f in found for t in f.tasks.values()])]
+    score = _score_column(in_families)
+    plotted = [(family, horizon_frame(trials, family, score)) for family in found
+               if len(family.tasks) > 1]
+    single = [family for family in found if len(family.tasks) == 1]
+    stop = ((study or {}).get("stop") or {}).get("env_steps")
+    text = markdown(plotted, single, trials, score, title, stop)
+    frames = [frame for _, frame in plotted]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["family", "model", "L", "task", "n", "mean", "ci_low", "ci_high", "min",
+                 "max", "solved"])
+    targets = {"horizon": out / "horizon.md", "horizon_csv": out / "horizon.csv"}
+    if plotted:
+        targets["horizon_plot"] = out / "horizon.png"
+    temporary = {key: path.with_name(f".{path.name}.tmp") for key, path in targets.items()}
+    try:
+        temporary["horizon"].write_text(text)
+        table.to_csv(temporary["horizon_csv"], index=False)
+        if plotted:
+            plot(plotted, title, temporary["horizon_plot"])
+    except BaseException:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+        raise
+    for key, path in temporary.items():
+        os.replace(path, targets[key])
+        paths[key] = targets[key]
+    if not plotted:
+        (out / "horizon.png").unlink(missing_ok=True)            # an earlier report's
+    return paths
