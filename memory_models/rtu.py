@@ -19,7 +19,9 @@ h_t = h¹_t + i h²_t and λ = r e^{iθ} = exp(−exp(ν) + i exp(θ_log)):
 which is the recurrence of memory_models.lru (the same λ, the same γ) without LRU's readout
 C, D: the output is the trace itself through f. The paper trains RTUs with RTRL, which a
 diagonal recurrence makes cheap; here they are trained by BPTT as every other cell (the
-gradient is the same, RTRL is not asked for).
+gradient is the same, RTRL is not asked for). The paper's other kind, the non-linear RTU
+(f inside the recurrence: h_t = f(...), memorax's RTUCell), is sequential by nature and is
+not built here.
 
 Initialisation as the authors' code ("exp_exp" parameterisation, LRU's ring init): |λ|²
 uniform on [r_min², r_max²], arg λ uniform on (0, max_phase]; W¹, W² ~ N(0, 1/input_size)

@@ -42,7 +42,10 @@ authors' released code draws `uniform_(0, 1).long()`, which is always 0: it trai
 θ_t = Θ[0] only; memorax draws at random given an rng, else uses Θ[0].) The counter is the
 state {"t": (B, 1)} in the model's dtype, kept mod L; a counter that is not an integer (never
 produced by the cell) interpolates linearly between neighbouring rows, so θ is a continuous
-function of it. tests/test_shm.py checks float32 against float64 at T = 1024 (random inputs:
+function of it. `theta_draw="random"` is the paper's draw, for comparison: a fresh draw at
+every call, so that cell is random (a loop of `step` differs from `scan`, the interface laws
+do not hold for it, and PPO's learner recomputes the rollout's outputs with other
+calibrations). tests/test_shm.py checks float32 against float64 at T = 1024 (random inputs:
 finite, close) and a constant input over 1024 steps (finite: entries of 1e5 to 1e8 at the
 default L = 128 over a few seeds, where one fixed θ overflows float32).
 
@@ -75,6 +78,7 @@ from .registry import register
 from .windows import positions_in_episode
 
 EPSILON = 1e-5          # of the key and query sum-normalisation
+THETA_DRAWS = ("cycle", "random")
 
 
 def default_memory_size(hidden_size: int) -> int:
@@ -91,13 +95,17 @@ class SHM(RecurrentMemory):
     implementation_options = ("scan_impl",)
 
     def __init__(self, input_size: int, hidden_size: int, memory_size: int | None = None,
-                 num_thetas: int = 128, scan_impl: str = "parallel"):
+                 num_thetas: int = 128, theta_draw: str = "cycle", scan_impl: str = "parallel"):
         super().__init__(input_size, hidden_size)
         if memory_size is None:
             memory_size = default_memory_size(hidden_size)
         check_int("memory_size", memory_size,
                   why=" (d of the d x d memory, or None: min(16, round(sqrt(hidden_size))))")
         check_int("num_thetas", num_thetas, why=" (L, the calibration vectors cycled through)")
+        if theta_draw not in THETA_DRAWS:
+            raise ValueError(f"theta_draw must be one of {THETA_DRAWS} (how θ_t is taken from "
+                             f"the table), got {theta_draw!r}")
+        self.theta_draw = theta_draw
         check_scan_impl(scan_impl)
         self.memory_size, self.num_thetas, self.scan_impl = memory_size, num_thetas, scan_impl
         d = memory_size
@@ -109,7 +117,11 @@ class SHM(RecurrentMemory):
     # ------------------------------------------------------------------ the equations
     def calibration_vectors(self, positions: Tensor) -> Tensor:
         """θ = Θ[p mod L] (..., d) for positions p (...): row p mod L at an integer p, linear
-        between rows ⌊p⌋ and ⌊p⌋ + 1 (mod L) otherwise."""
+        between rows ⌊p⌋ and ⌊p⌋ + 1 (mod L) otherwise; theta_draw="random": a row drawn
+        uniformly for each position (torch's global generator), whatever p."""
+        if self.theta_draw == "random":
+            return self.thetas[torch.randint(self.num_thetas, positions.shape,
+                                             device=positions.device)]
         below = torch.floor(positions.detach())
         weight = (positions - below)[..., None]
         row = torch.remainder(below.long(), self.num_thetas)

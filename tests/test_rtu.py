@@ -60,6 +60,21 @@ def test_parallel_scan_equals_sequential_loop(dtype):
     assert_parallel_equals_sequential(RTU, dtype, r_min=0.5, activation="tanh", **SMALL)
 
 
+def test_parallel_equals_sequential_with_resets_at_the_edges():
+    """Resets at t = 0 and t = T - 1, T = 1 and T = 2, random Δt, from a carried state."""
+    cells = [build(scan_impl=impl) for impl in ("parallel", "sequential")]
+    for steps in (1, 2, 9):
+        x = torch.randn(2, steps, 3, dtype=torch.float64)
+        dt = torch.rand(2, steps, dtype=torch.float64) * 2
+        resets = torch.zeros(2, steps, dtype=torch.bool)
+        resets[0, 0] = resets[1, -1] = True
+        state = {"h": torch.randn(2, 4, 2, dtype=torch.float64)}
+        (y1, s1), (y2, s2) = [cell.scan(x, state, resets=resets, integration_timesteps=dt)
+                              for cell in cells]
+        torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(s1["h"], s2["h"], rtol=1e-12, atol=1e-12)
+
+
 def test_elapsed_time_is_a_power_of_lambda():
     """Δt = 1 is the synchronous RTU; Δt = 2 is two unit steps whose first has input x = 0
     (W x = 0 exactly: no bias), λ^2 = λ·λ; the input term is not scaled by Δt."""

@@ -27,8 +27,9 @@ def integer_state(cell, batch):
     return state
 
 
-def written_out(cell, x, resets, state):
-    """The paper's equations as a loop from state = (M, p), θ_t = Θ[p_t mod L]."""
+def written_out(cell, x, resets, state, rows=None):
+    """The paper's equations as a loop from state = (M, p), θ_t = Θ[p_t mod L] (or Θ[rows[:, t]]
+    for given rows (B, T): the draws of theta_draw="random")."""
     d = cell.memory_size
     W = cell.projections.weight
     W_v, W_c, W_k, W_q, w_eta = W[:d], W[d:2 * d], W[2 * d:3 * d], W[3 * d:4 * d], W[4 * d]
@@ -44,7 +45,7 @@ def written_out(cell, x, resets, state):
         k = k / (1e-5 + k.sum(-1, keepdim=True))
         q = q / (1e-5 + q.sum(-1, keepdim=True))
         eta = torch.sigmoid(x_hat @ w_eta)
-        theta = cell.thetas[p % cell.num_thetas]
+        theta = cell.thetas[p % cell.num_thetas if rows is None else rows[:, t]]
         C = 1 + torch.tanh(torch.einsum("bi,bj->bij", theta, v_c))
         U = torch.einsum("bi,bj->bij", eta[:, None] * v, k)
         M = C * M + U
@@ -74,6 +75,43 @@ def test_scan_equals_the_papers_equations_written_out():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_parallel_scan_equals_sequential_loop(dtype):
     assert_parallel_equals_sequential(SHM, dtype, **SMALL)
+
+
+def test_parallel_equals_sequential_with_resets_at_the_edges():
+    """Resets at t = 0 and t = T - 1, T = 1 and T = 2, from a carried state."""
+    cells = [build(scan_impl=impl) for impl in ("parallel", "sequential")]
+    for steps in (1, 2, 9):
+        x = torch.randn(2, steps, 3, dtype=torch.float64)
+        resets = torch.zeros(2, steps, dtype=torch.bool)
+        resets[0, 0] = resets[1, -1] = True
+        state = integer_state(cells[0], 2)
+        (y1, s1), (y2, s2) = [cell.scan(x, state, resets=resets) for cell in cells]
+        torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+        for k in s1:
+            torch.testing.assert_close(s1[k], s2[k], rtol=1e-12, atol=1e-12)
+
+
+def test_random_draw_is_the_papers():
+    """theta_draw="random": θ_t = Θ[j_t], j_t uniform on the L rows for every row and step
+    (torch's generator: the same seed, the same draws), whatever the position; the loop of the
+    equations with those draws equals scan; two calls differ; every row is drawn."""
+    cell = build(theta_draw="random", num_thetas=5)
+    x = torch.randn(2, 11, 3, dtype=torch.float64)
+    resets = torch.zeros(2, 11, dtype=torch.bool)
+    resets[1, 4] = True
+    state = integer_state(cell, 2)
+    torch.manual_seed(7)
+    rows = torch.randint(5, (2, 11))
+    torch.manual_seed(7)
+    y, final = cell.scan(x, state, resets=resets)
+    y_ref, final_ref = written_out(cell, x, resets, state, rows=rows)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for k in final:
+        torch.testing.assert_close(final[k], final_ref[k], rtol=1e-10, atol=1e-10)
+    assert not torch.equal(cell.scan(x, state)[0], cell.scan(x, state)[0])
+    drawn = cell.calibration_vectors(torch.zeros(5000, dtype=torch.float64))
+    counts = (drawn[:, None] == cell.thetas[None]).all(-1).sum(0)
+    assert counts.sum() == 5000 and counts.min() > 800
 
 
 def test_ignores_integration_timesteps():
@@ -129,7 +167,7 @@ def test_theta_cycles_through_the_table_by_the_position_in_the_episode():
 
 
 def test_defaults_follow_hidden_size():
-    assert dict(memory_size=None, num_thetas=128).items() <= \
+    assert dict(memory_size=None, num_thetas=128, theta_draw="cycle").items() <= \
         memory_models.keywords("shm").items()
     for hidden, d in ((4, 2), (6, 2), (64, 8), (128, 11), (256, 16), (1024, 16)):
         cell = memory_models.make("shm", input_size=8, hidden_size=hidden)
@@ -144,6 +182,7 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
     for kw, match in [(dict(memory_size=0), "memory_size must be a positive int"),
                       (dict(memory_size=2.5), "memory_size must be a positive int"),
                       (dict(num_thetas=0), "num_thetas must be a positive int"),
+                      (dict(theta_draw="uniform"), r"theta_draw must be one of \('cycle', "),
                       (dict(scan_impl="fast"), "scan_impl must be one of")]:
         with pytest.raises(ValueError, match=match):
             SHM(**{**SMALL, **kw})
