@@ -11,7 +11,7 @@ max(t − W + 1, episode start) .. t, then a position-wise MLP, both with residu
     y_t = a_t + W_2 GELU(W_1 LN₂(a_t) + b_1) + b_2                     (B, H)   residual 2
 
 H = hidden_size, n = heads (default: the largest of 4, 2, 1 dividing H), d = H / n,
-W = window, M = mlp_size (default 4H; W_1: M × H, W_2: H × M). S_t = the steps j with
+W = window, M = mlp_size (default H, as gtrxl's; W_1: M × H, W_2: H × M). S_t = the steps j with
 t − W < j ≤ t of t's episode: the window. LN₁, LN₂ affine LayerNorms. ω_j ∈ {0, 1} is the
 validity of key j (1 for every step of the current chunk; the state's flag for a cached key),
 so log ω_j = −inf takes a slot out: softmax_j is the softmax weighted by ω.
@@ -109,13 +109,17 @@ def sliding_window_attention(queries: Tensor, keys: Tensor, values: Tensor, cach
     episode = episode_of_slots(F.pad(resets, (0, pad)), cache)                # (B, W−1+T')
     weight = F.pad(torch.cat([cache_weight, cache_weight.new_ones(batch, steps)], 1), (0, pad),
                    value=1.0)                                                 # (B, W−1+T')
-    keys, values = (F.pad(kv, (0, 0, 0, 0, 0, pad)) for kv in (keys, values))
+    if pad:
+        queries, keys, values = (F.pad(t, (0, 0, 0, 0, 0, pad))
+                                 for t in (queries, keys, values))
 
     def blocks_of(slots: Tensor) -> Tensor:      # (B, W−1+T', ...) -> (B, N, span, ...)
+        if blocks == 1:                          # a view (T <= W: the learner's, a step's)
+            return slots[:, None]
         return slots.unfold(1, span, block).movedim(-1, 2)
 
-    query_blocks = F.pad(queries, (0, 0, 0, 0, 0, pad)).view(
-        batch, blocks, block, heads, head_size).transpose(2, 3)           # (B, N, n, Q, d)
+    query_blocks = queries.reshape(batch, blocks, block, heads, head_size).transpose(2, 3)
+    #                                                                       (B, N, n, Q, d)
     key_blocks = blocks_of(keys).transpose(2, 3)                           # (B, N, n, span, d)
     value_blocks = blocks_of(values).transpose(2, 3)
     # offset t − j of query i (slot W − 1 + i of its block) and key j of the block
@@ -129,6 +133,9 @@ def sliding_window_attention(queries: Tensor, keys: Tensor, values: Tensor, cach
                        torch.full((), -torch.inf, dtype=queries.dtype, device=queries.device))
     mask = mask[:, :, None] + position_bias(query_blocks, offsets.clamp(0, cache))
     flat = batch * blocks
+    if blocks == 1:                              # views in (B, n, ·, d), no copies
+        query_blocks, key_blocks, value_blocks = (b[:, 0] for b in (query_blocks, key_blocks,
+                                                                    value_blocks))
     out = F.scaled_dot_product_attention(
         query_blocks.reshape(flat, heads, block, head_size),
         key_blocks.reshape(flat, heads, span, head_size),
@@ -178,7 +185,7 @@ class Transformer(RecurrentMemory):
         check_int("window", window, why=" (steps each step attends to, itself included)")
         heads = default_heads(hidden_size) if heads is None else heads
         check_heads(heads, hidden_size, "hidden_size")
-        mlp_size = 4 * hidden_size if mlp_size is None else mlp_size
+        mlp_size = hidden_size if mlp_size is None else mlp_size
         check_int("mlp_size", mlp_size, why=" (width of the position-wise MLP)")
         self.window, self.heads, self.mlp_size = window, heads, mlp_size
         self.head_size = hidden_size // heads

@@ -76,22 +76,25 @@ def xavier_linear(in_size: int, out_size: int, bias: bool = False) -> nn.Linear:
 
 
 class GRUGate(nn.Module):
-    """gate(h, x) = (1 − g) ⊙ h + g ⊙ ĥ (module doc), RLlib's GRUGate; h, x (..., H)."""
+    """gate(h, x) = (1 − g) ⊙ h + g ⊙ ĥ (module doc), RLlib's GRUGate; h, x (..., H).
+    The three input and three state matrices side by side (in × out), one matmul each."""
 
     def __init__(self, size: int, gate_bias: float):
         super().__init__()
-        self.input_weights = nn.Parameter(torch.empty(3, size, size))   # W_r, W_g, W_h (in, out)
-        self.state_weights = nn.Parameter(torch.empty(3, size, size))   # U_r, U_g, U_h (in, out)
-        for weight in (*self.input_weights, *self.state_weights):
-            nn.init.xavier_uniform_(weight)
+        self.input_weights = nn.Parameter(torch.empty(size, 3 * size))   # [W_r W_g W_h]
+        self.state_weights = nn.Parameter(torch.empty(size, 3 * size))   # [U_r U_g U_h]
+        for weights in (self.input_weights, self.state_weights):
+            for block in weights.detach().split(size, dim=1):
+                nn.init.xavier_uniform_(block)                          # each H × H, as RLlib
         self.gate_bias = nn.Parameter(torch.full((size,), float(gate_bias)))   # b_g
 
     def forward(self, h: Tensor, x: Tensor) -> Tensor:
-        w_r, w_g, w_h = self.input_weights
-        u_r, u_g, u_h = self.state_weights
-        r = torch.sigmoid(x @ w_r + h @ u_r)
-        g = torch.sigmoid(x @ w_g + h @ u_g - self.gate_bias)
-        candidate = torch.tanh(x @ w_h + (r * h) @ u_h)
+        size = h.shape[-1]
+        x_r, x_g, x_h = (x @ self.input_weights).split(size, dim=-1)
+        h_r, h_g = (h @ self.state_weights[:, :2 * size]).split(size, dim=-1)
+        r = torch.sigmoid(x_r + h_r)
+        g = torch.sigmoid(x_g + h_g - self.gate_bias)
+        candidate = torch.tanh(x_h + (r * h) @ self.state_weights[:, 2 * size:])
         return torch.lerp(h, candidate, g)                              # (1 − g) h + g ĥ
 
 

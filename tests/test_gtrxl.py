@@ -44,7 +44,7 @@ def rllib_gtrxl(input_size, hidden, heads, head_size, mlp, memory, max_seq_len):
 
 def paired(net, cell: GTrXL, get=lambda p: p) -> list:
     """(our parameter, get(RLlib's parameter)) for each pair (module doc of gtrxl.py); the
-    gates' three matrices stacked."""
+    gates' three matrices side by side."""
     mha, mlp = net.attention_layers[0], net.attention_layers[1]
     attention = mha._layer
     pairs = [(cell.input.weight, get(net.linear_layer._model[0].weight)),
@@ -61,10 +61,10 @@ def paired(net, cell: GTrXL, get=lambda p: p) -> list:
              (cell.mlp[2].weight, get(mlp._layer[2]._model[0].weight))]
     for ours, gate in ((cell.attention_gate, mha._fan_in_layer),
                        (cell.mlp_gate, mlp._fan_in_layer)):
-        pairs += [(ours.input_weights, torch.stack([get(gate._w_r), get(gate._w_z),
-                                                    get(gate._w_h)])),
-                  (ours.state_weights, torch.stack([get(gate._u_r), get(gate._u_z),
-                                                    get(gate._u_h)])),
+        pairs += [(ours.input_weights, torch.cat([get(gate._w_r), get(gate._w_z),
+                                                  get(gate._w_h)], dim=1)),
+                  (ours.state_weights, torch.cat([get(gate._u_r), get(gate._u_z),
+                                                  get(gate._u_h)], dim=1)),
                   (ours.gate_bias, get(gate._bias_z))]
     return pairs
 

@@ -179,7 +179,7 @@ def test_ignores_integration_timesteps():
 @pytest.mark.parametrize("hidden", [4, 12, 20, 64, 100, 256])
 def test_defaults_follow_hidden_size(hidden):
     cell = memory_models.make("transformer", input_size=3, hidden_size=hidden)
-    assert cell.window == 64 and hidden % cell.heads == 0 and cell.mlp_size == 4 * hidden
+    assert cell.window == 64 and hidden % cell.heads == 0 and cell.mlp_size == hidden
     assert cell.heads == (4 if hidden % 4 == 0 else 2 if hidden % 2 == 0 else 1)
     y, state = cell.scan(torch.randn(2, 5, 3), cell.initial_state(2))
     assert y.shape == (2, 5, hidden) and state["keys"].shape == (2, 63, hidden)
