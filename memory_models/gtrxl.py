@@ -19,8 +19,8 @@ Transformer-XL relative multi-head attention over a memory of the unit's previou
                  g = σ(x W_g + h U_g − b_g),  ĥ = tanh(x W_h + (r ⊙ h) U_h)
 
 H = hidden_size (RLlib's attention_dim), n = heads (default: the largest of 4, 2, 1 dividing
-H), d = head_size (default H / n), M = mlp_size (position_wise_mlp_dim; default H),
-W = window. c, p (n × d) are Transformer-XL's u and v biases; φ(δ) = [sin(δ f), cos(δ f)],
+H), d = head_dim (default H / n), M = mlp_size (RLlib's position_wise_mlp_dim; default
+H), W = window. c, p (n × d) are Transformer-XL's u and v biases; φ(δ) = [sin(δ f), cos(δ f)],
 f_i = 10000^(−2i / H), RLlib's RelativePositionEmbedding; W_R is its `_pos_proj`. None of
 the projections in the unit has a bias, as RLlib's. b_g = gate_bias (2.0, RLlib's
 init_gru_gate_bias): g starts near σ(−2) ≈ 0.12, so each gate starts near the identity
@@ -110,31 +110,31 @@ class GTrXL(RecurrentMemory):
     """One GTrXL unit (RLlib's GTrXLNet) over a sliding window of W steps (module doc)."""
 
     def __init__(self, input_size: int, hidden_size: int, window: int = 64,
-                 heads: int | None = None, head_size: int | None = None,
+                 heads: int | None = None, head_dim: int | None = None,
                  mlp_size: int | None = None, gate_bias: float = 2.0):
         super().__init__(input_size, hidden_size)
         check_int("window", window, why=" (steps each step attends to, itself included)")
         if heads is None:
             heads = default_heads(hidden_size)
-        if head_size is None:
-            check_heads(heads, hidden_size, "hidden_size (or give head_size)")
-            head_size = hidden_size // heads
+        if head_dim is None:
+            check_heads(heads, hidden_size, "hidden_size (or give head_dim)")
+            head_dim = hidden_size // heads
         check_int("heads", heads)
-        check_int("head_size", head_size, why=" (width of one attention head)")
+        check_int("head_dim", head_dim, why=" (width of one attention head)")
         mlp_size = hidden_size if mlp_size is None else mlp_size
         check_int("mlp_size", mlp_size, why=" (width of the position-wise MLP)")
         if isinstance(gate_bias, bool) or not isinstance(gate_bias, (int, float)) \
                 or not math.isfinite(gate_bias):
             raise ValueError(f"gate_bias must be a finite number (the GRU gates' initial "
                              f"bias b_g), got {gate_bias!r}")
-        self.window, self.heads, self.head_size, self.mlp_size = window, heads, head_size, mlp_size
-        width = heads * head_size
+        self.window, self.heads, self.head_size, self.mlp_size = window, heads, head_dim, mlp_size
+        width = heads * head_dim
         self.input = xavier_linear(input_size, hidden_size, bias=True)   # W_in, b_in
         self.attention_norm = nn.LayerNorm(hidden_size)                  # LN₁
         self.qkv = xavier_linear(hidden_size, 3 * width)                 # W_q, W_k, W_v
         self.position = xavier_linear(hidden_size, width)                # W_R
-        self.content_bias = nn.Parameter(torch.empty(heads, head_size))   # c
-        self.position_bias = nn.Parameter(torch.empty(heads, head_size))  # p
+        self.content_bias = nn.Parameter(torch.empty(heads, head_dim))   # c
+        self.position_bias = nn.Parameter(torch.empty(heads, head_dim))  # p
         nn.init.xavier_uniform_(self.content_bias)
         nn.init.xavier_uniform_(self.position_bias)
         self.attention_out = xavier_linear(width, hidden_size)           # W_o

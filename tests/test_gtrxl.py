@@ -88,7 +88,7 @@ def rllib_forward(net, x, memory):
 def ours_and_rllib(window, tau, steps, heads=2, head_size=3, hidden=8, mlp=5, input_size=3):
     torch.manual_seed(0)
     net = rllib_gtrxl(input_size, hidden, heads, head_size, mlp, tau, steps)
-    cell = GTrXL(input_size, hidden, window=window, heads=heads, head_size=head_size,
+    cell = GTrXL(input_size, hidden, window=window, heads=heads, head_dim=head_size,
                  mlp_size=mlp).double()
     copy_rllib_weights(net, cell)
     return cell, net
@@ -222,7 +222,7 @@ def per_step_reference(cell: GTrXL, x, state, resets, lengths):
 ])
 def test_scan_equals_per_step_reference(window, steps, reset_steps):
     torch.manual_seed(0)
-    cell = GTrXL(3, 8, window=window, heads=2, head_size=3, mlp_size=5).double()
+    cell = GTrXL(3, 8, window=window, heads=2, head_dim=3, mlp_size=5).double()
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(3, steps, 3, generator=generator, dtype=torch.float64)
     resets = torch.zeros(3, steps, dtype=torch.bool)
@@ -288,9 +288,9 @@ def test_defaults_follow_hidden_size(hidden):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"window": 0}, r"window must be a positive int"),
-    ({"heads": 5}, r"heads must divide hidden_size \(or give head_size\) = 6 "
+    ({"heads": 5}, r"heads must divide hidden_size \(or give head_dim\) = 6 "
                    r"\(allowed: \[1, 2, 3, 6\]\), got 5"),
-    ({"heads": 5, "head_size": 0}, r"head_size must be a positive int"),
+    ({"heads": 5, "head_dim": 0}, r"head_dim must be a positive int"),
     ({"mlp_size": -1}, r"mlp_size must be a positive int"),
     ({"gate_bias": float("nan")}, r"gate_bias must be a finite number"),
 ])
@@ -299,8 +299,8 @@ def test_bad_keywords_fail_clearly(kwargs, message):
         memory_models.make("gtrxl", input_size=4, hidden_size=6, **kwargs)
 
 
-def test_heads_need_not_divide_hidden_with_a_head_size():
+def test_heads_need_not_divide_hidden_with_a_head_dim():
     """As RLlib's num_heads x head_dim: any width of the heads."""
-    cell = memory_models.make("gtrxl", input_size=4, hidden_size=6, heads=5, head_size=2)
+    cell = memory_models.make("gtrxl", input_size=4, hidden_size=6, heads=5, head_dim=2)
     y, _ = cell.scan(torch.randn(2, 3, 4), cell.initial_state(2))
     assert y.shape == (2, 3, 6)
