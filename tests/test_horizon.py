@@ -17,6 +17,8 @@ PASSIVE = {10: "tmaze-Passive-L10-v0", 30: "tmaze-Passive-L30-v0", 100: "tmaze-P
 MODELS = {"gru-bptt8": ("gru", {}, {"max_seq_len": 8}),
           "win": ("transformer", {"window": 16}, {}),
           "lru": ("lru", {}, {})}
+# a budget per L, as the pieces of a study set it (the protocol's batch where not set)
+BATCH = {10: 1408, 100: 12928}
 # (label, L) -> the last evaluation's return of seeds 0, 1, 2 (None: none yet)
 EVAL = {("gru-bptt8", 10): [1.0, 0.95, 0.92], ("gru-bptt8", 30): [1.0, 0.85, 0.95],
         ("gru-bptt8", 100): [0.5, 0.55, 0.45],
@@ -41,9 +43,11 @@ def make_study(folder, tasks=PASSIVE, evaluation=True, name="horizon-toy"):
         for label, (model, kwargs, ppo) in MODELS.items():
             for seed in range(3):
                 trial = f"{task[:-3]}-{label}-s{seed}"
+                batch = {"train_batch_size_per_learner": BATCH[length]} \
+                    if length in BATCH and (length, label) != (10, "lru") else {}
                 trials.append({"index": len(trials), "name": trial, "task": task, "model": model,
-                               "label": label, "kwargs": kwargs, "seed": seed, "ppo": ppo,
-                               "model_config": {}})
+                               "label": label, "kwargs": kwargs, "seed": seed,
+                               "ppo": {**ppo, **batch}, "model_config": {}})
                 final = EVAL[label, length][seed]
                 write_progress(folder / trial / "progress.csv", [0.3, 0.6, 0.4 + seed / 10],
                                final if evaluation else None, 1000 * length)
@@ -86,9 +90,9 @@ def test_table_scores_cis_solved_lengths_and_bounding_settings(tmp_path):
     assert rows["lru"][-1] == "100" and rows["lru"][5].endswith("(2) ✓")
     assert "every seed's score >= 0.9" in text and "Chance level (no memory of the cue): 0.5" in text
     assert "last evaluation's mean return" in text
-    # the budget per L: env steps reached and the study's stop
-    assert rows["100"] == ["100", "tmaze-Passive-L100", "300,000 (stop 300,000)"]
-    assert rows["10"] == ["10", "tmaze-Passive-L10", "30,000 (stop 300,000)"]
+    # the budget per L: env steps reached, train batch (lru at 10: the protocol's 65,536)
+    assert rows["100"] == ["100", "tmaze-Passive-L100", "300,000", "12,928"]
+    assert rows["10"] == ["10", "tmaze-Passive-L10", "30,000", "1,408 / 65,536"]
     table = pd.read_csv(paths["horizon_csv"])
     assert len(table) == 9 and set(table["L"]) == {10, 30, 100}
     assert table.set_index(["model", "L"]).loc[("win", 30), "solved"] == False  # noqa: E712

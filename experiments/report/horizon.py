@@ -4,7 +4,9 @@ tasks form a length family (one env at several lengths L, e.g. `tmaze-Passive-L1
 
     OUT/horizon.md    per family: score against L per model (mean [95% CI] over seeds, n),
                       the longest L each model solves, the settings that bound the answer
-                      (ppo.max_seq_len, a windowed memory's `window`, the budget per L)
+                      (ppo.max_seq_len, a windowed memory's `window`, the budget per L: env
+                      steps reached and PPO train batch, read from the trials, so a study run
+                      in pieces with a budget each reports each L's own)
     OUT/horizon.csv   one row per (family, model, L): n, mean, CI, min, max, solved
     OUT/horizon.png   score against L (log axis), one line per model with its 95% CIs as error
                       bars, one panel per family with two lengths or more; the chance level
@@ -132,13 +134,24 @@ def _window(row) -> str:
     return row.kwargs.get("window", "—") if isinstance(row.kwargs, dict) else "—"
 
 
-def _budget(trials: pd.DataFrame, task: str, stop: int | None) -> str:
-    """`stop` env steps (the study's) and the env steps the trials of `task` reached."""
+def _reached(trials: pd.DataFrame, task: str) -> str:
+    """The env steps the trials of `task` reached (min–max when they differ)."""
     reached = trials.loc[trials["task"] == task, "env_steps"].dropna()
     reached = reached[reached > 0]
-    span = "—" if reached.empty else (f"{int(reached.min()):,}" if reached.min() == reached.max()
-                                      else f"{int(reached.min()):,}–{int(reached.max()):,}")
-    return f"{span}" if stop is None else f"{span} (stop {int(stop):,})"
+    if reached.empty:
+        return "—"
+    low, high = int(reached.min()), int(reached.max())
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def _batch(trials: pd.DataFrame, task: str) -> str:
+    """ppo.train_batch_size_per_learner of the trials of `task` (distinct values)."""
+    values = [row.ppo.get("train_batch_size_per_learner",
+                          POPGYM_PPO["train_batch_size_per_learner"])
+              if isinstance(row.ppo, dict) else "?"
+              for row in trials[trials["task"] == task].itertuples()]
+    return " / ".join(dict.fromkeys(f"{v:,}" if isinstance(v, int) else str(v)
+                                    for v in values)) or "—"
 
 
 def _cell(row) -> str:
@@ -149,7 +162,7 @@ def _cell(row) -> str:
 
 
 def markdown(families: list[tuple[Family, pd.DataFrame]], single: list[Family],
-             trials: pd.DataFrame, score: str, title: str, stop: int | None) -> str:
+             trials: pd.DataFrame, score: str, title: str) -> str:
     what = ("the last evaluation's mean return (a trial not yet evaluated is left out)"
             if score == "eval_return" else
             "MMER (max over training of an iteration's mean return; biased upward at long L, "
@@ -174,10 +187,11 @@ def markdown(families: list[tuple[Family, pd.DataFrame]], single: list[Family],
             lines.append("| " + " | ".join([model, _setting(trials, model, _bptt),
                                             _setting(trials, model, _window), *cells,
                                             "—" if best is None else str(best)]) + " |")
-        lines += ["", "Budget per L (env steps the trials reached; the study's stop):", "",
-                  "| L | task | env steps |", "|---|---|---|"]
-        lines += [f"| {n} | {short_task(task)} | {_budget(trials, task, stop)} |"
-                  for n, task in family.tasks.items()]
+        lines += ["", "Budget per L: the env steps its trials reached, and their PPO train "
+                  "batch (ppo.train_batch_size_per_learner):", "",
+                  "| L | task | env steps | train batch |", "|---|---|---|---|"]
+        lines += [f"| {n} | {short_task(task)} | {_reached(trials, task)} | "
+                  f"{_batch(trials, task)} |" for n, task in family.tasks.items()]
         lines.append("")
     for family in single:
         (length, task), = family.tasks.items()
@@ -221,7 +235,8 @@ def plot(families: list[tuple[Family, pd.DataFrame]], title: str, path: Path) ->
 
 def write(trials: pd.DataFrame, study: dict | None, out: Path, title: str) -> dict:
     """The horizon files of `trials` (write.trial_table's rows) into `out` when their tasks
-    hold a length family; returns {"horizon": md path or None, "horizon_csv": ...,
+    hold a length family (`study`: the study's settings, unused: the settings that matter are
+    each trial's own, as pieces of a study may differ); returns {"horizon": md path or None, "horizon_csv": ...,
     "horizon_plot": png path or None}. Nothing is written without a family."""
     paths = {"horizon": None, "horizon_csv": None, "horizon_plot": None}
     found = length_families(trials["task"].unique())
@@ -232,8 +247,7 @@ def write(trials: pd.DataFrame, study: dict | None, out: Path, title: str) -> di
     plotted = [(family, horizon_frame(trials, family, score)) for family in found
                if len(family.tasks) > 1]
     single = [family for family in found if len(family.tasks) == 1]
-    stop = ((study or {}).get("stop") or {}).get("env_steps")
-    text = markdown(plotted, single, trials, score, title, stop)
+    text = markdown(plotted, single, trials, score, title)
     frames = [frame for _, frame in plotted]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["family", "model", "L", "task", "n", "mean", "ci_low", "ci_high", "min",
