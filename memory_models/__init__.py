@@ -26,6 +26,7 @@ from .shm import SHM
 from .rnns import Elman, IndRNN
 from .windows import FrameConv, FrameStack, PosMLP
 from .fast_weights import FastWeightProgrammer, LinearAttention
+from .delta_net import DeltaNet, GatedDeltaNet
 from .attention import Transformer
 from .gtrxl import GTrXL
 
@@ -38,5 +39,6 @@ __all__ = [
     "FFM", "LRU", "MinGRU", "Mamba", "Mamba2", "RTU", "SHM",
     "Elman", "IndRNN", "PosMLP", "FrameStack", "FrameConv",
     "FastWeightProgrammer", "LinearAttention",
+    "DeltaNet", "GatedDeltaNet",
     "Transformer", "GTrXL",
 ]
