@@ -20,6 +20,7 @@ from .event_ssm import EventSSM
 from .ffm import FFM
 from .lru import LRU
 from .min_gru import MinGRU
+from .xlstm import MLSTM, SLSTM
 from .mamba import Mamba, Mamba2
 from .rtu import RTU
 from .shm import SHM
@@ -36,7 +37,7 @@ __all__ = [
     "GRU", "LSTM", "MLP",
     "LMUCell", "LMU", "LMUFFT", "leCunUniform",
     "DISCRETIZATIONS", "LRNN", "LTI_LRNN", "LTV_LRNN", "S4D", "EventSSM",
-    "FFM", "LRU", "MinGRU", "Mamba", "Mamba2", "RTU", "SHM",
+    "FFM", "LRU", "MinGRU", "MLSTM", "SLSTM", "Mamba", "Mamba2", "RTU", "SHM",
     "Elman", "IndRNN", "PosMLP", "FrameStack", "FrameConv",
     "FastWeightProgrammer", "LinearAttention",
     "DeltaNet", "GatedDeltaNet",

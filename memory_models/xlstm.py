@@ -1,0 +1,331 @@
+"""xLSTM's two cells, after Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory" (NeurIPS
+2024, arXiv 2405.04517): `mlstm` (matrix memory, parallel in time) and `slstm` (scalar memory
+with recurrent connections, sequential).
+
+Both gate their memory with an exponential input gate i = exp(ĩ) and a forget gate
+f = σ(f̃) (`forget_gate="sigmoid"`, the default, as the xlstm package) or f = exp(f̃) ("exp"),
+so log f = log σ(f̃) or f̃. The exponentials are kept in range by a stabiliser m, the log of the
+scale the stored memory is kept at: the stored (C, n) or (c, n) are the paper's times e^{−m}.
+m is part of the state, so `step` and `scan` (and scans split anywhere) agree exactly.
+
+mLSTM: NH heads (`heads`, default the largest of 4, 2, 1 that divides H = hidden_size) of
+size D = H / NH; per step, x_t (B, I):
+
+    q_t = W_q x_t + b_q,   k_t = (W_k x_t + b_k) / √D,   v_t = W_v x_t + b_v    (B, NH, D)
+    ĩ_t = W_i x_t + b_i,   f̃_t = W_f x_t + b_f                                  (B, NH)
+    o_t = σ(W_o x_t + b_o)                                                      (B, H)
+    m_t = max(log f_t + m_{t-1}, ĩ_t)                                           (B, NH)
+    C_t = e^{log f_t + m_{t-1} − m_t} C_{t-1} + e^{ĩ_t − m_t} k_t v_tᵀ           (B, NH, D, D)
+    n_t = e^{log f_t + m_{t-1} − m_t} n_{t-1} + e^{ĩ_t − m_t} k_t                (B, NH, D)
+    h̃_t = C_tᵀ q_t / max(|n_tᵀ q_t|, e^{−m_t})                                 (B, NH, D)
+    y_t = o_t ⊙ h̃_t  (heads concatenated)                                      (B, H)
+
+(`mlstm_step`.) With the paper's unstabilised memory e^{m} C this is its
+h̃ = C q / max(|nᵀ q|, 1): the output does not depend on the stabiliser (the xlstm package adds
+1e-6 to the denominator, which does; we do not). C is stored as Σ k vᵀ (key rows), as the xlstm
+package's backends. State {"C": (B, NH, D, D), "n": (B, NH, D), "m": (B, NH)}, all zero
+initially (the xlstm package's initial m = 0). The paper's cell: the xLSTM block's up-projection,
+convolution, output norm and skip are not part of it (`layers: N` stacks cells in residual
+blocks as for every cell).
+
+Chunkwise parallel form (`mlstm_chunk`, chunks of L = chunk_size steps; the state carried
+from chunk to chunk). Within a chunk, with local steps t, j and b_t = Σ_{s ≤ t} log f_s:
+
+    log D_tj = b_t − b_j + ĩ_j       j ≤ t in the same episode segment, else −∞  (B, NH, L, L)
+    a_t = m_in + b_t                 t before the chunk's first reset (the carried state),
+          b_t − b_{r−1}              t in the segment that starts with a reset at r (m = 0)
+    m_t = max(a_t, max_j log D_tj)   (= the recurrence's max, unrolled)
+    h̃_t = [Σ_j e^{log D_tj − m_t} (q_t·k_j) v_j + e^{a_t − m_t} C_inᵀ q_t]
+          / max(|Σ_j e^{log D_tj − m_t} (q_t·k_j) + e^{a_t − m_t} n_inᵀ q_t|, e^{−m_t})
+
+where the e^{a_t − m_t} terms are those of the carried state (C_in, n_in, m_in), zero after a
+reset; the chunk's last row gives the state carried on. Past lengths[b] a step is the
+identity (log f = 0, ĩ = −∞). `scan_impl="sequential"` runs the recurrence step by step (the
+reference, an implementation option with `chunk_size`).
+
+sLSTM: NH heads (`heads`, as mLSTM's) of size D, a block-diagonal recurrent matrix R (one
+D × 4D block per head); per step:
+
+    [ĩ, f̃, z̃, õ]_t = W x_t + b + R h_{t-1}                                    (B, NH, 4, D)
+    m_t = max(log f_t + m_{t-1}, ĩ_t)                                          (B, H)
+    c_t = e^{log f_t + m_{t-1} − m_t} c_{t-1} + e^{ĩ_t − m_t} tanh(z̃_t)
+    n_t = e^{log f_t + m_{t-1} − m_t} n_{t-1} + e^{ĩ_t − m_t}
+    h_t = σ(õ_t) ⊙ c_t / n_t = y_t                                              (B, H)
+
+(`slstm_step`.) State {"h", "c", "n", "m"} (B, H) each, zero initially. Sequential by nature:
+a loop over t, the input terms W x + b of all steps one matmul before it.
+
+Initialisation (the xlstm package's, but for the weights): projections as nn.Linear's default;
+forget-gate biases spaced linearly in [3, 6] (over heads for mLSTM, over each head's units for
+sLSTM); mLSTM's input-gate biases N(0, 0.1²); sLSTM's R uniform in ±1/√D (nn.LSTM's rule per
+head; the xlstm package starts R at zero).
+
+No elapsed time: the gates have no unit of time, so both ignore `integration_timesteps`.
+Both compute in float32 and float64 (half precision is refused: the exponential gates and
+their stabiliser are not computed in it here).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checks import check_int
+from .interface import RecurrentMemory, State
+from .ops.scan import check_scan_impl
+from .ops.slstm_scan import slstm_scan
+from .registry import register
+
+HEAD_CANDIDATES = (4, 2, 1)         # default heads: the largest of these dividing hidden_size
+FORGET_GATES = ("sigmoid", "exp")
+SLSTM_SCAN_IMPLS = ("fused", "sequential")
+SLSTM_STATE = ("h", "c", "n", "m")
+
+
+def default_heads(hidden_size: int) -> int:
+    """The largest of HEAD_CANDIDATES that divides hidden_size."""
+    return next(h for h in HEAD_CANDIDATES if hidden_size % h == 0)
+
+
+def check_heads(heads, hidden_size: int) -> int:
+    """heads (None: default_heads) must be a positive int dividing hidden_size; -> heads."""
+    if heads is None:
+        return default_heads(hidden_size)
+    check_int("heads", heads)
+    if hidden_size % heads:
+        divisors = [d for d in range(1, hidden_size + 1) if hidden_size % d == 0]
+        raise ValueError(f"heads must divide hidden_size={hidden_size} (one of {divisors}), "
+                         f"got {heads!r}")
+    return heads
+
+
+def check_forget_gate(forget_gate) -> None:
+    if forget_gate not in FORGET_GATES:
+        raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
+
+
+def log_forget(preactivation: Tensor, forget_gate: str) -> Tensor:
+    """log f: log σ(f̃) for "sigmoid", f̃ itself for "exp"."""
+    return F.logsigmoid(preactivation) if forget_gate == "sigmoid" else preactivation
+
+
+# ---------------------------------------------------------------------- mLSTM
+def mlstm_step(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor, C: Tensor,
+               n: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step of the stabilised recurrence: q, k, v (B, NH, D), ĩ, log f (B, NH), state
+    C (B, NH, D, D), n (B, NH, D), m (B, NH) -> h̃ (B, NH, D), C, n, m."""
+    m_new = torch.maximum(log_f + m, igate)                                    # (B, NH)
+    decay, gain = torch.exp(log_f + m - m_new), torch.exp(igate - m_new)       # (B, NH)
+    C = decay[..., None, None] * C + gain[..., None, None] * (k[..., :, None] * v[..., None, :])
+    n = decay[..., None] * n + gain[..., None] * k                             # (B, NH, D)
+    numerator = (q[..., None, :] @ C)[..., 0, :]                               # (B, NH, D)
+    denominator = torch.maximum((q * n).sum(-1).abs(), torch.exp(-m_new))      # (B, NH)
+    return numerator / denominator[..., None], C, n, m_new
+
+
+def mlstm_chunk(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor,
+                C: Tensor, n: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One chunk of L steps in parallel (module docstring): q, k, v (B, NH, L, D), ĩ, log f
+    (B, NH, L), resets (B, L) bool, carried C, n, m -> h̃ (B, NH, L, D), and the state after
+    the chunk's last step."""
+    steps = q.shape[2]
+    cumulative = log_f.cumsum(-1)                                              # b_t (B, NH, L)
+    causal = torch.ones(steps, steps, dtype=torch.bool, device=q.device).tril()
+    if bool(resets.any()):
+        time = torch.arange(steps, device=q.device)
+        segment = resets.long().cumsum(1)                   # (B, L); 0: the carried state's
+        start = torch.cummax(torch.where(resets, time, 0), 1).values   # its segment's first step
+        before_start = (cumulative - log_f).gather(-1, start[:, None].expand_as(log_f))
+        carried = (segment == 0)[:, None]                                      # (B, 1, L)
+        carry_log = torch.where(carried, m[..., None], 0.0) + cumulative - before_start
+        keep = (causal & (segment[:, :, None] == segment[:, None, :]))[:, None]  # (B, 1, L, L)
+    else:
+        carried, carry_log, keep = None, m[..., None] + cumulative, causal
+    log_D = (cumulative[..., :, None] - cumulative[..., None, :] + igate[..., None, :])
+    log_D = log_D.masked_fill(~keep, -math.inf)                                # (B, NH, L, L)
+    m_t = torch.maximum(carry_log, log_D.amax(-1))                             # (B, NH, L)
+    weights = torch.exp(log_D - m_t[..., None])                                # (B, NH, L, L)
+    carry = torch.exp(carry_log - m_t)                                         # (B, NH, L)
+    if carried is not None:
+        carry = torch.where(carried, carry, 0.0)
+    scores = (q @ k.transpose(-1, -2)) * weights                               # (B, NH, L, L)
+    carry_q = carry[..., None] * q                                             # (B, NH, L, D)
+    numerator = scores @ v + carry_q @ C                                       # (B, NH, L, D)
+    qn = scores.sum(-1) + (carry_q @ n[..., None])[..., 0]                     # (B, NH, L)
+    h = numerator / torch.maximum(qn.abs(), torch.exp(-m_t))[..., None]
+    last_k = k * weights[..., -1, :, None]                                     # (B, NH, L, D)
+    C_out = last_k.transpose(-1, -2) @ v + carry[..., -1, None, None] * C
+    n_out = last_k.sum(-2) + carry[..., -1, None] * n
+    return h, C_out, n_out, m_t[..., -1]
+
+
+@register("mlstm")
+class MLSTM(RecurrentMemory):
+    """xLSTM's mLSTM cell: multi-head matrix memory, exponential gates, stabiliser in the state."""
+
+    dtypes = (torch.float32, torch.float64)
+    implementation_options = ("scan_impl", "chunk_size")
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int | None = None,
+                 forget_gate: str = "sigmoid", scan_impl: str = "parallel",
+                 chunk_size: int = 64):
+        super().__init__(input_size, hidden_size)
+        self.heads = check_heads(heads, hidden_size)
+        check_forget_gate(forget_gate)
+        check_scan_impl(scan_impl)
+        check_int("chunk_size", chunk_size, why=" (steps per chunk of the parallel form)")
+        self.forget_gate, self.scan_impl, self.chunk_size = forget_gate, scan_impl, chunk_size
+        self.head_size = hidden_size // self.heads
+        # [W_q; W_k; W_v; W_i; W_f; W_o]: (3H + 2NH + H) outputs
+        self.projection = nn.Linear(input_size, 4 * hidden_size + 2 * self.heads)
+        with torch.no_grad():
+            igate_bias, fgate_bias = self.projection.bias[3 * hidden_size:][:2 * self.heads] \
+                .view(2, self.heads)
+            igate_bias.normal_(0.0, 0.1)
+            fgate_bias.copy_(torch.linspace(3.0, 6.0, self.heads))
+
+    def inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """q, k (scaled by 1/√D), v (..., NH, D), ĩ, log f (..., NH), o (..., H) of x (..., I)."""
+        H, NH, D = self.hidden_size, self.heads, self.head_size
+        qkv, igate, fgate, out = self.projection(x).split([3 * H, NH, NH, H], -1)
+        q, k, v = qkv.unflatten(-1, (3, NH, D)).unbind(-3)
+        return (q, k / math.sqrt(D), v, igate, log_forget(fgate, self.forget_gate),
+                torch.sigmoid(out))
+
+    def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device, dtype = self._defaults(device, dtype)
+        NH, D = self.heads, self.head_size
+        return {"C": torch.zeros(batch_size, NH, D, D, device=device, dtype=dtype),
+                "n": torch.zeros(batch_size, NH, D, device=device, dtype=dtype),
+                "m": torch.zeros(batch_size, NH, device=device, dtype=dtype)}
+
+    def _scan(self, x, state, resets, integration_timesteps, lengths):
+        batch, steps = x.shape[:2]
+        if steps == 0:
+            return x.new_zeros(batch, 0, self.hidden_size), state
+        q, k, v, igate, log_f, out = self.inputs(x)      # (B, T, NH, D) x3, (B, T, NH) x2
+        run = self._sequential if self.scan_impl == "sequential" else self._chunkwise
+        h, final = run(q, k, v, igate, log_f, state, resets, lengths)          # (B, T, NH, D)
+        return out * h.flatten(-2), final
+
+    def _chunkwise(self, q, k, v, igate, log_f, state, resets, lengths):
+        steps = q.shape[1]
+        if bool((lengths < steps).any()):               # past the length: identity steps
+            valid = torch.arange(steps, device=q.device) < lengths[:, None]       # (B, T)
+            igate = igate.masked_fill(~valid[..., None], -math.inf)
+            log_f = log_f.masked_fill(~valid[..., None], 0.0)
+            resets = resets & valid
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))                       # (B, NH, T, D)
+        igate, log_f = igate.transpose(1, 2), log_f.transpose(1, 2)            # (B, NH, T)
+        C, n, m = state["C"], state["n"], state["m"]
+        outputs = []
+        for start in range(0, steps, self.chunk_size):
+            chunk = slice(start, start + self.chunk_size)
+            h, C, n, m = mlstm_chunk(q[:, :, chunk], k[:, :, chunk], v[:, :, chunk],
+                                     igate[..., chunk], log_f[..., chunk], resets[:, chunk],
+                                     C, n, m)
+            outputs.append(h)
+        return torch.cat(outputs, 2).transpose(1, 2), {"C": C, "n": n, "m": m}
+
+    def _sequential(self, q, k, v, igate, log_f, state, resets, lengths):
+        outputs = []
+        for t in range(q.shape[1]):
+            before = self.reset_state(state, resets[:, t])
+            h, C, n, m = mlstm_step(q[:, t], k[:, t], v[:, t], igate[:, t], log_f[:, t],
+                                    before["C"], before["n"], before["m"])
+            active = t < lengths                                                # (B,)
+            state = {key: torch.where(active.view(-1, *[1] * (new.ndim - 1)), new, state[key])
+                     for key, new in (("C", C), ("n", n), ("m", m))}
+            outputs.append(h)
+        return torch.stack(outputs, 1), state
+
+    def _step(self, x_t, state, reset, integration_timestep):
+        q, k, v, igate, log_f, out = self.inputs(x_t)
+        state = self.reset_state(state, reset)
+        h, C, n, m = mlstm_step(q, k, v, igate, log_f, state["C"], state["n"], state["m"])
+        return out * h.flatten(-2), {"C": C, "n": n, "m": m}
+
+
+# ---------------------------------------------------------------------- sLSTM
+def slstm_step(from_x: Tensor, recurrent: Tensor, h: Tensor, c: Tensor, n: Tensor, m: Tensor,
+               forget_gate: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step: from_x = W x_t + b (B, NH, 4D), recurrent = R (NH, D, 4D), state h, c, n, m
+    (B, H) -> the new h, c, n, m (h is the output)."""
+    batch, heads, _ = from_x.shape
+    size = recurrent.shape[1]
+    from_h = torch.bmm(h.view(batch, heads, size).transpose(0, 1), recurrent)   # (NH, B, 4D)
+    igate, fgate, cell_input, ogate = (g.reshape(batch, heads * size)          # (B, H) each
+                                       for g in (from_x + from_h.transpose(0, 1))
+                                       .view(batch, heads, 4, size).unbind(2))
+    log_f = log_forget(fgate, forget_gate)
+    m_new = torch.maximum(log_f + m, igate)
+    decay, gain = torch.exp(log_f + m - m_new), torch.exp(igate - m_new)
+    c = decay * c + gain * torch.tanh(cell_input)
+    n = decay * n + gain
+    return torch.sigmoid(ogate) * c / n, c, n, m_new
+
+
+@register("slstm")
+class SLSTM(RecurrentMemory):
+    """xLSTM's sLSTM cell: scalar memory, exponential gates, block-diagonal recurrence."""
+
+    dtypes = (torch.float32, torch.float64)
+    implementation_options = ("scan_impl",)
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int | None = None,
+                 forget_gate: str = "sigmoid", scan_impl: str = "fused"):
+        super().__init__(input_size, hidden_size)
+        self.heads = check_heads(heads, hidden_size)
+        check_forget_gate(forget_gate)
+        if scan_impl not in SLSTM_SCAN_IMPLS:
+            raise ValueError(f"scan_impl must be one of {SLSTM_SCAN_IMPLS}, got {scan_impl!r}")
+        self.forget_gate, self.scan_impl = forget_gate, scan_impl
+        self.head_size = D = hidden_size // self.heads
+        # W x + b in (NH, 4, D) order: per head [ĩ; f̃; z̃; õ]
+        self.input_projection = nn.Linear(input_size, 4 * hidden_size)
+        self.recurrent = nn.Parameter(torch.empty(self.heads, D, 4 * D).uniform_(
+            -1 / math.sqrt(D), 1 / math.sqrt(D)))                               # R (NH, D, 4D)
+        with torch.no_grad():
+            self.input_projection.bias.view(self.heads, 4, D)[:, 1].copy_(
+                torch.linspace(3.0, 6.0, D))
+
+    def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device, dtype = self._defaults(device, dtype)
+        return {k: torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+                for k in SLSTM_STATE}
+
+    def from_x(self, x: Tensor) -> Tensor:
+        """W x + b (..., NH, 4D) of x (..., I)."""
+        return self.input_projection(x).unflatten(-1, (self.heads, 4 * self.head_size))
+
+    def _scan(self, x, state, resets, integration_timesteps, lengths):
+        if self.scan_impl == "sequential":
+            return self._sequential(x, state, resets, lengths)
+        from_x = self.from_x(x.transpose(0, 1))                               # (T, B, NH, 4D)
+        y, *final = slstm_scan(from_x, self.recurrent, *(state[k] for k in SLSTM_STATE),
+                               resets, lengths, self.forget_gate)
+        return y, dict(zip(SLSTM_STATE, final))
+
+    def _sequential(self, x, state, resets, lengths):
+        """The reference: slstm_step through autograd, a loop over t; past the length the
+        state is held (and is the output, as the fused loop's)."""
+        from_x = self.from_x(x)                                               # (B, T, NH, 4D)
+        outputs = []
+        for t in range(x.shape[1]):
+            before = self.reset_state(state, resets[:, t])
+            new = slstm_step(from_x[:, t], self.recurrent, *(before[k] for k in SLSTM_STATE),
+                             self.forget_gate)
+            active = (t < lengths)[:, None]
+            state = {k: torch.where(active, v, state[k]) for k, v in zip(SLSTM_STATE, new)}
+            outputs.append(state["h"])
+        y = torch.stack(outputs, 1) if outputs else x.new_zeros(*x.shape[:2], self.hidden_size)
+        return y, state
+
+    def _step(self, x_t, state, reset, integration_timestep):
+        state = self.reset_state(state, reset)
+        new = slstm_step(self.from_x(x_t), self.recurrent, *(state[k] for k in SLSTM_STATE),
+                         self.forget_gate)
+        return new[0], dict(zip(SLSTM_STATE, new))
