@@ -58,8 +58,11 @@ def _message(where: str, error: dict, model: type[BaseModel], prefix: tuple) -> 
 
 
 def _keys(model: type[BaseModel]) -> list[str]:
-    """A section's keys as the file writes them (a field's alias, else its name)."""
-    return sorted(field.alias or name for name, field in model.model_fields.items())
+    """A section's keys as the file writes them (a field's alias, else its name), less the
+    keys the loader sets itself (the section's `internal_keys`)."""
+    internal = getattr(model, "internal_keys", frozenset())
+    return sorted(field.alias or name for name, field in model.model_fields.items()
+                  if name not in internal)
 
 
 def _section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:

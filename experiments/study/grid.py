@@ -61,10 +61,19 @@ def expand(study: Study) -> list[Trial]:
             model = variant.models[i]
             for seed in study.seeds:
                 trials.append(Trial(len(trials), task, model, seed, i,
-                                    ppo={**variant.ppo, **model.ppo},
+                                    ppo=trial_ppo(variant.ppo, model.ppo, dict(values)),
                                     model_config=dict(variant.sizes),
                                     sweep=dict(values)))
     return trials
+
+
+def trial_ppo(study_ppo: dict, model_ppo: dict, sweep: dict) -> dict:
+    """A trial's PPO overrides: the study's, then its model's own, then the swept values: a
+    swept `ppo.KEY` wins over the model's own `ppo: {KEY: ...}` it sweeps past, so a trial
+    named `...-lr=0.0005-...` trains with lr 5e-4."""
+    swept = {key.removeprefix("ppo."): value for key, value in sweep.items()
+             if key.startswith("ppo.")}
+    return {**study_ppo, **model_ppo, **swept}
 
 
 def _apply_sweep(study: Study, values: dict[str, Any]) -> Study:

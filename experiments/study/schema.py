@@ -13,6 +13,7 @@ settings:
       - {name: lmu, label: LMU-64, kwargs: {memory_size: 64, theta: 64.0}}   # ... or a mapping
       - {name: gru, label: GRU-old, stack: old}    # our GRU on RLlib's old API stack
       - {name: "popgym:GRU"}          # POPGym's own model (old API stack)
+      - {name: "rllib:GTrXL"}         # RLlib's own GTrXL (old API stack), gtrxl's keywords
       - {name: s4d, ppo: {lr: 1.0e-4}}             # PPO overrides for this model only
     seeds: [0, 1, 2]
     sweep: {ppo.lr: [1.0e-4, 5.0e-4]}            # multiplies the grid (ppo.*, model_config.*,
@@ -40,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       PlainSerializer, StrictBool, StrictFloat, StrictInt, StrictStr,
@@ -49,6 +50,7 @@ from pydantic_core import PydanticCustomError
 
 from experiments.rllib.defaults import POPGYM_PPO, POPGYM_SIZES
 from experiments.rllib.popgym_models import canonical_name, is_popgym
+from experiments.rllib import rllib_models
 from experiments.rllib.seeding import MAX_ENV_RUNNERS, MAX_ENVS_PER_ENV_RUNNER, MAX_SEED
 
 __all__ = ["PPOSettings", "ModelSizes", "ModelEntry", "Resources", "Stop", "Checkpoint", "Eval",
@@ -125,6 +127,8 @@ SizeOverrides = Annotated[ModelSizes, AfterValidator(_set_keys), PlainSerializer
 # --------------------------------------------------------------------------- models
 def _known_popgym(name: str) -> str:
     """popgym:<Class> as POPGym spells it; an unknown class is an error listing the valid."""
+    if rllib_models.is_rllib(name):
+        return rllib_models.canonical_name(name)
     return canonical_name(name) if is_popgym(name) else name
 
 
@@ -146,9 +150,10 @@ class ModelEntry(Section):
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return data
         data = dict(data)
-        if is_popgym(data["name"]):
+        if is_popgym(data["name"]) or rllib_models.is_rllib(data["name"]):
             with contextlib.suppress(ValueError):      # unknown: the name's own error says so
-                data["name"] = canonical_name(data["name"])
+                data["name"] = (rllib_models.canonical_name if rllib_models.is_rllib(
+                    data["name"]) else canonical_name)(data["name"])
             if data.get("stack", "new") == "new":
                 data["stack"] = "old"
         if data.get("label", "") == "":
@@ -253,6 +258,7 @@ class Study(Section):
     eval: Eval | None = None
     logging: Logging = Logging()
     base_dir: StrictStr = "."                   # the study file's folder (set by `load`)
+    internal_keys: ClassVar[frozenset[str]] = frozenset({"base_dir"})   # not the file's to set
 
     @model_validator(mode="after")
     def _models_distinct_and_swept_models_exist(self) -> Study:
@@ -272,6 +278,10 @@ class Study(Section):
             if index is not None and index >= len(self.models):
                 raise ValueError(f"sweep.{key}: models[{index}] does not exist (the study "
                                  f"has {len(self.models)} models)")
+            own = key.split(".", 1)[1]
+            if index is not None and key.split(".")[1] == "ppo" and own in self.sweep:
+                raise ValueError(f"sweep.{key} and sweep.{own} both sweep {own}: a trial "
+                                 f"could train with only one of them; sweep one")
         return self
 
     @property
