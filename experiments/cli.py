@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module, which exposes `add_parser(subparsers)`; the parser it
 adds sets `func(args) -> int` as its default. Only the chosen subcommand's module is imported
-(`memrl --help`, `memrl train --dry-run` and `memrl report` load neither Ray nor PyTorch).
+(`memrl --help` and `memrl report` load neither Ray nor PyTorch, `memrl train --dry-run` no
+Ray).
 """
 
 from __future__ import annotations

@@ -153,7 +153,9 @@ def run_memrl(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedPro
                           env={**os.environ, **(env or {})})
 
 
-def test_help_dry_run_and_report_load_neither_ray_nor_torch(tmp_path):
+def test_help_and_report_load_neither_ray_nor_torch_dry_run_no_ray(tmp_path):
+    """--help and report start without Ray or PyTorch; --dry-run checks the memory names and
+    keywords as a run does (PyTorch) but starts no Ray."""
     probe = ("import sys; from experiments import cli\n"
              "try:\n    code = cli.main(sys.argv[1:])\nexcept SystemExit as exit:\n"
              "    code = exit.code\n"
@@ -168,11 +170,12 @@ def test_help_dry_run_and_report_load_neither_ray_nor_torch(tmp_path):
     (folder / "T-gru-s0" / "progress.csv").write_text(
         "training_iteration,num_env_steps_sampled_lifetime,env_runners/episode_return_mean\n"
         "1,100,0.5\n")
-    for args in (["--help"], ["train", str(ROOT / "configs" / "quickstart.yaml"), "--dry-run"],
-                 ["report", str(folder)]):
+    for args, heavy in ((["--help"], []), (["report", str(folder)], []),
+                        (["train", str(ROOT / "configs" / "quickstart.yaml"), "--dry-run"],
+                         ["torch"])):
         done = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
-        assert "HEAVY [] CODE 0" in done.stdout, (args, done.stdout, done.stderr)
+        assert f"HEAVY {heavy} CODE 0" in done.stdout, (args, done.stdout, done.stderr)
 
 
 def test_models_lists_the_lineup_without_ray_and_shows_own_memories():

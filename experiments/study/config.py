@@ -9,8 +9,8 @@ Every error is a `ConfigError` naming its path in the file
 (`models[2].kwargs.memory_sise: unknown key; allowed: [...]`). The schema is
 `experiments.study.schema`, the grid `experiments.study.grid`, the dotted keys
 `experiments.study.overrides`. Memory names and keywords need PyTorch, so `check_models` checks
-them (part of `load`/`validate` unless `models=False`: `memrl train --dry-run` skips them to
-start fast).
+them (part of `load`/`validate` unless `models=False`: `memrl report` re-reads a study's
+settings without them).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pydantic import (BaseModel, StrictBool, StrictFloat, StrictInt, StrictStr, 
 from experiments.rllib import workers
 from experiments.rllib.defaults import POPGYM_PPO
 from experiments.rllib.popgym_models import check_popgym_model, position_table_problem
+from experiments.rllib.rllib_models import check_rllib_model, is_rllib
 from experiments.study.errors import ConfigError, did_you_mean, messages, parse
 from experiments.study.grid import Trial, expand
 from experiments.study.overrides import YamlLoader, apply_overrides, parse_value, set_key
@@ -111,16 +112,23 @@ def _model_problems(model: ModelEntry, path: str, where: str, sizes: ModelSizes)
     if model.is_popgym:
         problem = check_popgym_model(model.name, model.kwargs)
         return [f"{where}: {path}: {problem}"] if problem else []
+    if is_rllib(model.name):
+        problem = check_rllib_model(model.name, model.kwargs, sizes.hidden_size)
+        return [f"{where}: {path}: {problem}"] if problem else []
     if model.name not in memory_models.available():
         close = difflib.get_close_matches(model.name, memory_models.available(), n=2)
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         return [f"{where}: {path}.name: unknown memory model {model.name!r}{hint}; "
-                f"available: {memory_models.available()} and popgym:<Model>"]
+                f"available: {memory_models.available()}, popgym:<Model> and rllib:GTrXL"]
     try:
         memory_models.check_kwargs(model.name, model.kwargs)     # the registry's one check
     except memory_models.UnknownKeywordError as error:
-        return [f"{where}: {path}.kwargs.{key}: unknown key{did_you_mean(key, error.valid)}; "
-                f"allowed: {error.valid}" for key in error.unknown]
+        return [f"{where}: {path}.kwargs.{key}: " + (
+                f"the memory's width is the study's `model_config: {{hidden_size: ...}}` "
+                f"(its input, the network's pre_size); not a model keyword"
+                if key in ("hidden_size", "input_size") else
+                f"unknown key{did_you_mean(key, error.valid)}; allowed: {error.valid}")
+                for key in error.unknown]
     kwargs_model = _kwargs_model(model.name, memory_models.keywords(model.name))
     try:
         kwargs_model(**model.kwargs)

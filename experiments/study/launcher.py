@@ -12,8 +12,8 @@ experiment state, and one folder per trial named `Trial.name` (`RepeatPreviousEa
 holding `progress.csv`, `result.json`, `params.pkl` and checkpoints. `memrl report` reads it.
 
 Ray Tune runs the trials (experiments.study.tuning), each with its own complete config
-(experiments.study.trials). This module imports neither Ray nor PyTorch: `memrl train --dry-run`
-starts at once.
+(experiments.study.trials). This module imports neither Ray nor PyTorch; `memrl train --dry-run`
+imports PyTorch only to check the memory names and keywords, as a run does, and starts no Ray.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def add_parser(subparsers) -> None:
                              "reached): the next piece of a study whose earlier pieces ran on "
                              "another machine; `memrl report` joins the pieces; repeatable")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the expanded trial list and exit (checks the file but not "
-                             "the memory names and keywords, which need PyTorch)")
+                        help="check the file as a run does (schema, memory names and "
+                             "keywords, POPGym models), print the expanded trial list and exit "
+                             "without starting Ray")
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's own logs and warnings on the console (by default they "
                              "go to <output>/<name>/logs/)")
@@ -54,7 +55,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     try:
-        study = load(args.config, args.overrides, models=not args.dry_run)
+        study = load(args.config, args.overrides)
         trials = expand(study)
     except ConfigError as error:
         print(f"memrl train: {error}", file=sys.stderr)

@@ -25,8 +25,15 @@ YamlLoader.add_implicit_resolver(
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value as YAML: `1e-4` -> 0.0001, `[0, 1]` -> list, `gru` -> "gru"."""
-    return yaml.load(text, Loader=YamlLoader)
+    """A `--set` value as YAML: `1e-4` -> 0.0001, `[0, 1]` -> list, `gru` -> "gru"; text that
+    is not valid YAML (`[0,1`) is a ConfigError."""
+    try:
+        return yaml.load(text, Loader=YamlLoader)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"value {text!r} is not valid YAML ({problem}); e.g. a list "
+                          f"[0, 1] or a quoted string 'x', the whole KEY=VALUE quoted for the "
+                          f"shell") from None
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> Any:
@@ -36,7 +43,11 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. ppo.lr=1e-4")
-        set_key(raw, key, parse_value(text))
+        try:
+            value = parse_value(text)
+        except ConfigError as error:
+            raise ConfigError(f"--set {key}: {error}") from None
+        set_key(raw, key, value)
     return raw
 
 
