@@ -23,6 +23,7 @@ from .interface import RecurrentMemory
 
 _MODELS: dict[str, type[RecurrentMemory]] = {}
 SHARED_KEYWORDS = {"layers": 1}     # taken by every name; make handles them, not the cells
+SIZE_KEYWORDS = ("input_size", "hidden_size")     # make's required sizes
 
 
 class UnknownKeywordError(TypeError, ValueError):
@@ -87,15 +88,23 @@ def check_kwargs(name: str, kwargs) -> None:
     valid = sorted(keywords(name))
     unknown = sorted(set(kwargs) - set(valid), key=str)
     if unknown:
-        raise UnknownKeywordError(f"memory model {name!r} got unknown keyword(s) {unknown}; "
-                                  f"valid keywords: {valid}", unknown, valid)
+        close = {key: difflib.get_close_matches(str(key), [*SIZE_KEYWORDS, *valid], n=1)
+                 for key in unknown}
+        hints = [f"{key!r} -> {match[0]!r}" for key, match in close.items() if match]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise UnknownKeywordError(f"memory model {name!r} got unknown keyword(s) {unknown}"
+                                  f"{hint}; valid keywords: {valid}", unknown, valid)
 
 
-def make(name: str, *, input_size: int, hidden_size: int, layers: int = 1,
-         **kwargs) -> RecurrentMemory:
+def make(name: str, *, input_size: int | None = None, hidden_size: int | None = None,
+         layers: int = 1, **kwargs) -> RecurrentMemory:
     """Build the memory registered as `name`, or `layers` > 1 residual blocks of it (a
-    DeepMemory); unknown keywords list the valid ones."""
+    DeepMemory); unknown keywords (a misspelled size too) list the valid ones."""
     check_kwargs(name, kwargs)
+    missing = [key for key, value in zip(SIZE_KEYWORDS, (input_size, hidden_size))
+               if value is None]
+    if missing:
+        raise TypeError(f"make({name!r}) needs {' and '.join(missing)} (the widths of x and y)")
     check_int("layers", layers, why=" (residual blocks of the memory; 1: the plain cell)")
     if layers == 1:
         return get(name)(input_size=input_size, hidden_size=hidden_size, **kwargs)

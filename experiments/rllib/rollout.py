@@ -48,7 +48,7 @@ import envs
 from memory_models.checks import check_int
 
 __all__ = ["rollout", "play_episodes", "play_episode", "ModuleActor", "PolicyActor",
-           "load_policy", "load_module", "checkpoint_env", "add_parser"]
+           "load_policy", "load_module", "checkpoint_env", "checkpoint_folder", "add_parser"]
 
 _MODULE_FILES = ("class_and_ctor_args.pkl", "module_state.pkl")
 _POLICY_STATE = "policy_state.pkl"          # an old-stack Policy's checkpoint
@@ -79,10 +79,7 @@ def load_policy(checkpoint: str | Path, policy_id: str = DEFAULT_MODULE_ID):
 
 def load_module(checkpoint: str | Path, module_id: str = DEFAULT_MODULE_ID) -> RLModule:
     """The RLModule saved in `checkpoint` (algorithm checkpoint or RLModule folder)."""
-    path = Path(checkpoint).resolve()        # RLlib reads it through pyarrow: absolute only
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} is not a folder (expected an RLlib "
-                                f"algorithm checkpoint, e.g. the folder given to algo.save())")
+    path = checkpoint_folder(checkpoint)     # RLlib reads it through pyarrow: absolute only
     candidates = [path / "learner_group" / "learner" / "rl_module" / module_id,   # algorithm
                   path / "rl_module" / module_id,                              # learner
                   path / module_id,                                            # MultiRLModule
@@ -97,10 +94,21 @@ def load_module(checkpoint: str | Path, module_id: str = DEFAULT_MODULE_ID) -> R
                             f"{', '.join(str(c.relative_to(path)) for c in candidates)}")
 
 
+def checkpoint_folder(checkpoint: str | Path) -> Path:
+    """The checkpoint's absolute path; FileNotFoundError if it does not exist or is a file."""
+    path = Path(checkpoint).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} is not a folder (expected an RLlib "
+                                f"algorithm checkpoint, e.g. the folder given to algo.save())")
+    return path
+
+
 def checkpoint_env(checkpoint: str | Path) -> str:
     """The env id an RLlib algorithm checkpoint was trained on (its saved config's `env`; an
     old-stack one: its Policy's config)."""
-    path = Path(checkpoint).resolve() / "class_and_ctor_args.pkl"
+    path = checkpoint_folder(checkpoint) / "class_and_ctor_args.pkl"
     folder = _old_stack_folder(checkpoint)
     config = None
     if folder is not None:
@@ -161,24 +169,44 @@ class ModuleActor:
 
 
 class PolicyActor:
-    """An old-stack Policy (our "memrl_<name>" models, POPGym's) acting on a batch of envs.
+    """An old-stack Policy (our "memrl_<name>" models, POPGym's, RLlib's GTrXL) acting on a
+    batch of envs.
 
     state: the policy's state list, [(n, ...)] numpy arrays ([] for a memoryless model)."""
 
     def __init__(self, policy, greedy: bool):
         self.policy, self.greedy = policy, greedy
+        self.memory = _attention_memory(policy)
 
     def initial_state(self, n: int):
+        if self.memory:              # RLlib's attention net: each unit's memory, zeros
+            return [np.zeros((n, *shape), dtype=np.float32) for shape in self.memory]
         return [np.repeat(np.asarray(s)[None], n, axis=0) for s in self.policy.get_initial_state()]
 
     def act(self, obs: np.ndarray, state) -> tuple[np.ndarray, object, np.ndarray]:
-        actions, state, info = self.policy.compute_actions(
+        actions, state_out, info = self.policy.compute_actions(
             obs, state_batches=state or None, explore=not self.greedy)
-        return np.asarray(actions), list(state), np.asarray(info.get("action_dist_inputs", []))
+        state = ([np.concatenate([m[:, 1:], np.asarray(o)[:, None]], 1)    # drop the oldest
+                  for m, o in zip(state, state_out)] if self.memory else list(state_out))
+        return np.asarray(actions), state, np.asarray(info.get("action_dist_inputs", []))
 
     @staticmethod
     def rows(state, keep: np.ndarray):
         return [s[keep] for s in state]
+
+
+def _attention_memory(policy) -> list[tuple[int, int]]:
+    """(τ, dim) of each unit's memory where `policy` runs RLlib's attention net (rllib:GTrXL;
+    its state_in_i is the last τ state_out_i, its view requirement shift "-τ:-1", and its
+    get_initial_state is empty), else []."""
+    requirements = getattr(getattr(policy, "model", None), "view_requirements", {})
+    memory = []
+    for i in range(len(requirements)):
+        requirement = requirements.get(f"state_in_{i}")
+        if requirement is None or not isinstance(requirement.shift, str):
+            break
+        memory.append((-int(requirement.shift.split(":")[0]), requirement.space.shape[0]))
+    return memory
 
 
 def play_episodes(actor, envs_: list[gym.Env], seeds: list[int]) -> list[dict]:
