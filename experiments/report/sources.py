@@ -19,6 +19,12 @@ the later source). The first source with a study.json names the study and its se
     iterations (ITERATION_COLUMNS): one row per (trial, training iteration); a trial without
         results yet is one row of NaN results
     finals (FINAL_COLUMNS): one row per trial known only by trials.csv
+    evaluations (EVALUATION_COLUMNS): a report folder's eval.csv rows, per (model, task), for
+        the evaluations its trials.csv does not hold per trial (reports written before the
+        eval_return column): the evaluation table carries them over as they were
+
+A report folder written before trials.csv had the `stack` column (or the settings) takes them
+from its study.json's trial list where it has one, as a study folder's do.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ TRIAL_FILE_COLUMNS = ("trial", "task", "model", "label", "variant", "stack", "se
                       "iterations", "env_steps", "mmer", "last_return", "eval_return")
 FINAL_COLUMNS = (*TRIAL_KEYS, "iterations", "env_steps", "mmer", "last_return", "eval_return")
 JSON_KEYS = ("kwargs", "sweep", *SETTINGS_KEYS)
+EVAL_FILE = "eval.csv"
+EVALUATION_COLUMNS = ("model", "task", "eval_seeds", "eval_mean", "eval_std")
 
 
 class ReportError(RuntimeError):
@@ -108,12 +116,14 @@ def _study_settings(study: dict | None) -> dict[str, dict]:
 class Loaded(NamedTuple):
     """One source, or the sources as one study: the study's settings (of the first source
     with a study.json; None for a source without one, {"name": the first folder's name} for
-    sources without any), iterations, finals, and every trial's name in the sources' order
-    (a study's trial list, a report's trials.csv, then first appearance over the sources)."""
+    sources without any), iterations, finals, every trial's name in the sources' order
+    (a study's trial list, a report's trials.csv, then first appearance over the sources) and
+    the evaluations carried over from older reports (module docstring)."""
     study: dict | None
     iterations: pd.DataFrame
     finals: pd.DataFrame
     names: list[str]
+    evaluations: pd.DataFrame
 
 
 def _study_folder(folder: Path, manifest: dict) -> pd.DataFrame:
@@ -128,9 +138,11 @@ def _study_folder(folder: Path, manifest: dict) -> pd.DataFrame:
         columns=list(ITERATION_COLUMNS))
 
 
-def _report_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def _report_folder(folder: Path, manifest: dict | None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, list[str], pd.DataFrame]:
     """A report folder's iterations (iterations.csv, if written), finals (the trials of
-    trials.csv without iterations) and trial names (trials.csv's order)."""
+    trials.csv without iterations; columns it lacks from the manifest's trial list, if any),
+    trial names (trials.csv's order) and carried evaluations (module docstring)."""
     iterations = pd.DataFrame(columns=list(ITERATION_COLUMNS))
     if (folder / ITERATIONS_FILE).is_file():
         iterations = pd.read_csv(folder / ITERATIONS_FILE).reindex(
@@ -143,12 +155,28 @@ def _report_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
         finals = pd.read_csv(folder / TRIALS_FILE).rename(columns={"trial": "name"})
         finals = finals[~finals["name"].isin(iterations["name"])].copy()
         finals["variant"] = finals.get("variant", finals["label"]).fillna(finals["label"])
-        if "stack" not in finals:        # reports before the column: POPGym's run on the old
+        entries = _trial_entries(manifest).set_index("name") \
+            if manifest and manifest.get("trials") else None
+        for key in ("stack", *JSON_KEYS):       # reports before these columns
+            if key not in finals and entries is not None:
+                finals[key] = [entries[key].get(name) for name in finals["name"]]
+        if "stack" not in finals:               # and no trial list: POPGym's ran on the old
             finals["stack"] = np.where(finals["model"].str.startswith("popgym:"), "old", "new")
         finals = _json_values(finals.reindex(columns=list(FINAL_COLUMNS)))
     names = pd.read_csv(folder / TRIALS_FILE, usecols=["trial"])["trial"] \
         if (folder / TRIALS_FILE).is_file() else iterations["name"]
-    return iterations, finals, list(pd.unique(names))
+    return iterations, finals, list(pd.unique(names)), _carried_evaluations(folder, finals)
+
+
+def _carried_evaluations(folder: Path, finals: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the folder's eval.csv for (model, task) pairs whose trials it knows by
+    their final numbers without a per-trial evaluation."""
+    if not (folder / EVAL_FILE).is_file() or finals.empty:
+        return pd.DataFrame(columns=list(EVALUATION_COLUMNS))
+    rows = pd.read_csv(folder / EVAL_FILE).reindex(columns=list(EVALUATION_COLUMNS))
+    unevaluated = finals[finals["eval_return"].isna()]
+    pairs = set(zip(unevaluated["variant"], unevaluated["task"]))
+    return rows[[pair in pairs for pair in zip(rows["model"], rows["task"])]]
 
 
 def load_source(source: str | Path) -> Loaded:
@@ -158,11 +186,15 @@ def load_source(source: str | Path) -> Loaded:
         if (folder / STUDY_FILE).is_file() else None
     study = (manifest or {}).get("study")
     if (folder / ITERATIONS_FILE).is_file() or (folder / TRIALS_FILE).is_file():
-        return Loaded(study, *_report_folder(folder))
+        return Loaded(study, *_report_folder(folder, manifest))
     if manifest is not None:
         iterations = _study_folder(folder, manifest)
         return Loaded(study, iterations, pd.DataFrame(columns=list(FINAL_COLUMNS)),
-                      [trial["name"] for trial in manifest["trials"]])
+                      [trial["name"] for trial in manifest["trials"]],
+                      pd.DataFrame(columns=list(EVALUATION_COLUMNS)))
+    if not folder.exists():
+        raise ReportError(f"{folder} does not exist; give a study folder (`memrl train` writes "
+                          f"<output>/<name>/) or a folder `memrl report` wrote")
     raise ReportError(f"{folder} is not a memrl study folder (no {STUDY_FILE}) nor a "
                       f"report folder (no {ITERATIONS_FILE} or {TRIALS_FILE}); run "
                       f"`memrl train CONFIG` first")
@@ -184,16 +216,18 @@ def load(sources: list[str | Path]) -> Loaded:
         for name, steps in env_steps_reached(source).items():
             if name not in reached or steps >= reached[name]:
                 owner[name], reached[name] = i, steps
-    iterations = _concat([it[it["name"].map(owner) == i]
-                          for i, (_, it, _, _) in enumerate(loaded)], ITERATION_COLUMNS)
-    finals = _concat([fi[fi["name"].map(owner) == i]
-                      for i, (_, _, fi, _) in enumerate(loaded)], FINAL_COLUMNS)
+    iterations = _concat([source.iterations[source.iterations["name"].map(owner) == i]
+                          for i, source in enumerate(loaded)], ITERATION_COLUMNS)
+    finals = _concat([source.finals[source.finals["name"].map(owner) == i]
+                      for i, source in enumerate(loaded)], FINAL_COLUMNS)
+    evaluations = _concat([source.evaluations for source in loaded], EVALUATION_COLUMNS)
+    evaluations = evaluations.drop_duplicates(["model", "task"], keep="last")
     if with_episodes(iterations).empty and finals["mmer"].isna().all():
         raise ReportError(f"no trial in {', '.join(map(str, sources))} has reported an "
                           f"episode return yet")
     study = next((source.study for source in loaded if source.study),
                  {"name": Path(sources[0]).name})
-    return Loaded(study, iterations, finals, list(owner))
+    return Loaded(study, iterations, finals, list(owner), evaluations)
 
 
 def finished_trials(folders: list[str | Path], env_steps: int) -> dict[str, dict | None]:

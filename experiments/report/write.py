@@ -23,8 +23,9 @@ the study (its label, with the swept values when the study sweeps).
     OUT/horizon.md         studies whose tasks are one env at several lengths L (T-Maze):
                            score against L, the longest L each model solves, BPTT and window
                            (+ horizon.csv, horizon.png; experiments.report.horizon)
-    OUT/iterations.csv, OUT/study.json   every trial's iterations and the study's settings:
-                           OUT is itself a source for a later report (commit it)
+    OUT/iterations.csv, OUT/study.json   every trial's iterations and the study's settings
+                           (and the report's --models and --against): OUT is itself a source
+                           for a later report (commit it)
 
 OUT is `--out`, by default SOURCE/report of the first source.
 
@@ -95,7 +96,8 @@ def run(args) -> int:
         str(p) for p in (paths["aggregate"], paths["aggregate_csv"], paths["profile"]) if p))
     print(f"evaluation: {paths['eval']}\n            {paths['eval_csv']}" if paths["eval"]
           else f"evaluation: none, {paths['eval_note']}")
-    print("plots:      " + "\n            ".join(str(p) for p in paths["plots"]))
+    print("plots:      " + ("\n            ".join(str(p) for p in paths["plots"])
+                             or f"none, {paths['plots_note']}"))
     if paths["horizon"]:
         print("horizon:    " + "\n            ".join(
             str(p) for p in (paths["horizon"], paths["horizon_csv"], paths["horizon_plot"]) if p))
@@ -169,16 +171,25 @@ def cell(stats: dict) -> str:
 
 
 # --------------------------------------------------------------------------- evaluation
-def eval_frame(trials: pd.DataFrame, mmer: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task) with an evaluation: eval_seeds/mean/std of the last evaluation's mean
-    return over seeds, and the MMER of mmer_frame beside it."""
+def eval_frame(trials: pd.DataFrame, mmer: pd.DataFrame,
+               carried: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (model, task) with an evaluation, in the trials' order: eval_seeds/mean/std of the
+    last evaluation's mean return over seeds (of `carried`, an older report's eval.csv rows,
+    for a pair whose trials have no per-trial evaluation), and the MMER of mmer_frame beside
+    it."""
     evaluated = trials.dropna(subset=["eval_return"])
     stats = seed_stats(evaluated["eval_return"], [evaluated["variant"], evaluated["task"]])
+    stats = stats[["n", "mean", "std"]].add_prefix("eval_").rename(
+        columns={"eval_n": "eval_seeds"})
+    if carried is not None and len(carried):
+        carried = carried.set_index(["model", "task"])[list(stats.columns)]
+        stats = pd.concat([stats, carried[~carried.index.isin(stats.index)]])
+    pairs = pd.MultiIndex.from_frame(trials[["variant", "task"]]).unique()
+    stats = stats.reindex([pair for pair in pairs if pair in stats.index])
+    stats["eval_seeds"] = stats["eval_seeds"].astype(int)
     stats.index.names = ["model", "task"]
-    return (stats[["n", "mean", "std"]].add_prefix("eval_")
-            .rename(columns={"eval_n": "eval_seeds"})
-            .join(mmer[["n", "mean", "std"]].add_prefix("mmer_")
-                  .rename(columns={"mmer_n": "mmer_seeds"})))
+    return stats.join(mmer[["n", "mean", "std"]].add_prefix("mmer_")
+                      .rename(columns={"mmer_n": "mmer_seeds"}))
 
 
 def eval_markdown(frame: pd.DataFrame, settings: dict | None, title: str) -> str:
@@ -281,7 +292,7 @@ def report(sources: str | Path | list, out: str | Path | None = None,
             not (out / TRIALS_FILE).is_file():
         raise ReportError(f"--out {out} is a study folder: write the report elsewhere (the "
                           f"default is {out / 'report'})")
-    study, iterations, finals, names = load(sources)
+    study, iterations, finals, names, carried = load(sources)
     title = study["name"]
     trials = pd.concat([frame for frame in (trial_table(iterations),
                                             finals.reindex(columns=list(FINAL_COLUMNS)))
@@ -299,7 +310,7 @@ def report(sources: str | Path | list, out: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
 
     paths = {"table": out / "mmer.md", "csv": out / "mmer.csv", "trials": out / TRIALS_FILE,
-             "eval": None, "eval_csv": None, "eval_note": None, "plots": []}
+             "eval": None, "eval_csv": None, "eval_note": None, "plots": [], "plots_note": None}
     paths["table"].write_text(markdown(models, tasks, mmer.to_dict("index"), title))
     mmer.set_axis(["seeds", "mmer_mean", "mmer_std", "mmer_min", "mmer_max"], axis=1).to_csv(
         paths["csv"])
@@ -308,11 +319,12 @@ def report(sources: str | Path | list, out: str | Path | None = None,
     write_iterations(iterations, out / ITERATIONS_FILE)
     (out / STUDY_FILE).write_text(json.dumps(
         {"study": study, "sources": [str(source) for source in sources],
-         **({"models": list(only)} if only else {})}, indent=1))
+         **({"models": list(only)} if only else {}),
+         **({"against": list(against)} if against else {})}, indent=1))
     paths.update(aggregate.write(complete_runs(trials), trials, out, title, reps, against))
 
-    if trials["eval_return"].notna().any():
-        evaluation = eval_frame(trials, mmer)
+    evaluation = eval_frame(trials, mmer, carried)
+    if len(evaluation):
         paths["eval"], paths["eval_csv"] = out / "eval.md", out / "eval.csv"
         paths["eval"].write_text(eval_markdown(evaluation, study.get("eval"), title))
         evaluation.to_csv(paths["eval_csv"])
@@ -326,4 +338,7 @@ def report(sources: str | Path | list, out: str | Path | None = None,
             plot_task(task, curves, path)
             paths["plots"].append(path)
     paths.update(horizon.write(trials, study, out, title))
+    if not paths["plots"]:
+        paths["plots_note"] = ("the trials are known by their final numbers only (trials.csv "
+                               "of a report written before iterations.csv): no curves to draw")
     return paths
