@@ -51,11 +51,14 @@ memory held, not make the new observation louder (with ZOH its weight would grow
 up to the mode's saturation −1/A). τ ≡ 1 is the synchronous block exactly. The conv window is
 per observation (the last K−1 observations, whatever time separates them).
 
-Parallel forms: Mamba's SSM is ops.scan's `linear_scan` over (B, T, E, N) with decays
-exp(Δ_t τ_t A); Mamba-2's is ops.ssd's chunked SSD (`scan_impl="parallel"`, the default of
-both). `scan_impl="sequential"` runs each over its
-reference loop instead, and Mamba-2's `chunk_size` sets the SSD's steps per chunk (implementation
-options, for tests and benchmarks: they change how it computes, not what). Computes in all four float dtypes (Mamba-2's
+Fast forms: Mamba's SSM is ops.selective_scan's fused loop over t (`scan_impl="fused"`, the
+default: one step's decays exp(Δ_t τ_t A) formed and consumed in cache, a hand-written
+backward pass); `scan_impl="parallel"` materialises the (B, T, E, N) decays and inputs and runs
+ops.scan's parallel `linear_scan` over them (slower on the CPU, see benchmarks/results/
+cells_mamba.md). Mamba-2's is ops.ssd's chunked SSD (`scan_impl="parallel"`, its default),
+chunks of at most `chunk_size` steps. `scan_impl="sequential"` runs either over its reference
+loop (implementation options, for tests and benchmarks: they change how it computes, not
+what). Computes in all four float dtypes (Mamba-2's
 RMSNorm takes its mean square in float32 at least: in float16 its gradient overflows).
 """
 
@@ -69,7 +72,8 @@ from torch import Tensor, nn
 
 from .checks import check_int
 from .interface import RecurrentMemory, State
-from .ops.scan import SCAN_IMPLS, check_scan_impl
+from .ops.scan import check_scan_impl
+from .ops.selective_scan import SELECTIVE_SCAN_IMPLS, check_selective_scan_impl
 from .ops.ssd import ssd_chunked, ssd_sequential
 from .registry import register
 
@@ -93,15 +97,46 @@ def causal_conv(u: Tensor, window: Tensor, weight: Tensor, bias: Tensor,
     inputs before u, oldest first), weight (C, K) (nn.Conv1d's layout: w_{K-1} takes u_t),
     bias (C,). Tap j (lag j) is dropped where positions[b, t] < j: it would reach back across
     the start of the episode that t is in."""
-    steps, kernel = u.shape[1], weight.shape[1]
+    kernel = weight.shape[1]
     padded = torch.cat([window, u], 1) if kernel > 1 else u               # (B, K-1+T, C)
-    out = torch.addcmul(bias, padded[:, kernel - 1:], weight[:, -1])      # lag 0: u_t itself
-    for k in range(kernel - 1):
-        tap = padded[:, k:k + steps] * weight[:, k]                      # lag K-1-k
-        if positions is not None:
-            tap = tap * (positions >= kernel - 1 - k)[..., None]
-        out = out + tap
-    return out
+    keep = None
+    if positions is not None:                                             # (B, T, K): tap k
+        lags = torch.arange(kernel - 1, -1, -1, device=u.device)          # has lag K-1-k
+        keep = (positions[..., None] >= lags).to(u.dtype)
+    return _CausalConv.apply(padded, weight, bias, keep)
+
+
+class _CausalConv(torch.autograd.Function):
+    """out_t = b + Σ_k w_k ⊙ p_{t+k} (⊙ keep_{t,k}) over padded p (B, K-1+T, C): K in-place
+    multiply-adds into one buffer, no graph per tap; the gradients are the same sums
+    transposed: ∂p_{t+k} += w_k ⊙ g_t (⊙ keep), ∂w_k = Σ_{b,t} g_t ⊙ p_{t+k} (⊙ keep),
+    ∂b = Σ g. Not itself differentiable."""
+
+    @staticmethod
+    def forward(ctx, padded: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None):
+        kernel = weight.shape[1]
+        steps = padded.shape[1] - kernel + 1
+        out = torch.addcmul(bias, padded[:, kernel - 1:], weight[:, -1])   # lag 0: kept
+        for k in range(kernel - 1):
+            tap = padded[:, k:k + steps]
+            out.addcmul_(tap if keep is None else tap * keep[..., k, None], weight[:, k])
+        ctx.save_for_backward(padded, weight, keep)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        padded, weight, keep = ctx.saved_tensors
+        kernel = weight.shape[1]
+        steps = padded.shape[1] - kernel + 1
+        grad_padded = torch.zeros_like(padded) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.empty_like(weight)
+        for k in range(kernel):
+            g = grad if keep is None or k == kernel - 1 else grad * keep[..., k, None]
+            if grad_padded is not None:
+                grad_padded[:, k:k + steps].addcmul_(g, weight[:, k])
+            grad_weight[:, k] = (g * padded[:, k:k + steps]).sum((0, 1))
+        return grad_padded, grad_weight, grad.sum((0, 1)), None
 
 
 def window_after(u: Tensor, window: Tensor, positions: Tensor | None,
@@ -184,7 +219,7 @@ class Mamba(_ConvMemory):
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
                  expand: int = 2, conv_kernel: int = 4, dt_rank: int | None = None,
-                 scan_impl: str = "parallel"):
+                 scan_impl: str = "fused"):
         super().__init__(input_size, hidden_size)
         check_int("state_size", state_size, why=" (modes N per channel)")
         check_expand(expand)
@@ -192,7 +227,7 @@ class Mamba(_ConvMemory):
         dt_rank = math.ceil(hidden_size / 16) if dt_rank is None else dt_rank
         check_int("dt_rank", dt_rank, why=" (rank of the step size Δ's projection; "
                                           "None: ceil(hidden_size / 16))")
-        check_scan_impl(scan_impl)
+        check_selective_scan_impl(scan_impl)
         channels = expand * hidden_size
         self.state_size, self.expand, self.conv_kernel = state_size, expand, conv_kernel
         self.dt_rank, self.channels, self.scan_impl = dt_rank, channels, scan_impl
@@ -219,17 +254,13 @@ class Mamba(_ConvMemory):
                                               -1)
         return F.softplus(self.dt_proj(low_rank)), B, C
 
-    def elements(self, c: Tensor, step: Tensor, B: Tensor,
-                 integration_timesteps: Tensor) -> tuple[Tensor, Tensor]:
-        """(a, b) of h_t = a_t ⊙ h_{t-1} + b_t: exp(Δ τ A), (Δ ⊙ c) ⊗ B, (..., E, N) each."""
-        A = -torch.exp(self.A_log)                                           # (E, N)
-        a = torch.exp((step * integration_timesteps[..., None])[..., None] * A)
-        b = (step * c)[..., None] * B[..., None, :]
-        return a, b
+    def ssm_inputs(self, c: Tensor, step: Tensor,
+                   integration_timesteps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """δ = Δ τ (..., E) (decay exp(δ ⊗ A)), A = −exp(A_log) (E, N), the input Δ ⊙ c (..., E)."""
+        return step * integration_timesteps[..., None], -torch.exp(self.A_log), step * c
 
-    def readout(self, h: Tensor, c: Tensor, z: Tensor, C: Tensor) -> Tensor:
-        """W_out ((h C + D ⊙ c) ⊙ SiLU(z)) (..., hidden) for h (..., E, N)."""
-        ssm = (h @ C[..., None])[..., 0]                                     # (..., E)
+    def readout(self, ssm: Tensor, c: Tensor, z: Tensor) -> Tensor:
+        """W_out ((h C + D ⊙ c) ⊙ SiLU(z)) (..., hidden) for ssm = h C (..., E)."""
         return self.out_proj(torch.addcmul(ssm, self.D, c) * F.silu(z))
 
     # ------------------------------------------------------------------ interface
@@ -242,18 +273,19 @@ class Mamba(_ConvMemory):
         u, z = self.in_proj(x).chunk(2, -1)                                  # (B, T, E)
         c, conv_state = self._conv_scan(u, state, episode_positions(resets), lengths)
         step, B, C = self.selection(c)
-        a, b = self.elements(c, step, B, integration_timesteps)              # (B, T, E, N)
-        h = SCAN_IMPLS[self.scan_impl](a, b, state["h"], resets, lengths)
-        final = h[:, -1] if x.shape[1] else state["h"]
-        return self.readout(h, c, z, C), {"h": final, **conv_state}
+        delta, A, inputs = self.ssm_inputs(c, step, integration_timesteps)
+        ssm, h = SELECTIVE_SCAN_IMPLS[self.scan_impl](delta, A, inputs, B, C, state["h"],
+                                                      resets, lengths)
+        return self.readout(ssm, c, z), {"h": h, **conv_state}
 
     def _step(self, x_t, state, reset, integration_timestep):
         u, z = self.in_proj(x_t).chunk(2, -1)                                # (B, E)
         c, conv_state = self._conv_step(u, state, reset)
         step, B, C = self.selection(c)
-        a, b = self.elements(c, step, B, integration_timestep)               # (B, E, N)
-        h = torch.addcmul(b, a, state["h"].masked_fill(reset[:, None, None], 0))
-        return self.readout(h, c, z, C), {"h": h, **conv_state}
+        delta, A, inputs = self.ssm_inputs(c, step, integration_timestep)
+        h = state["h"].masked_fill(reset[:, None, None], 0)                  # (B, E, N)
+        h = torch.addcmul(inputs[..., None] * B[:, None], torch.exp(delta[..., None] * A), h)
+        return self.readout((h @ C[..., None])[..., 0], c, z), {"h": h, **conv_state}
 
 
 # ---------------------------------------------------------------------- Mamba-2

@@ -88,9 +88,15 @@ def test_mamba2_scan_equals_the_papers_equations_written_out(chunk_size):
 
 
 # ---------------------------------------------------------------------- fast == reference
+def fused_as_parallel(scan_impl, **kw):
+    """Mamba with its fused loop where the check asks for the parallel form."""
+    return Mamba(scan_impl="fused" if scan_impl == "parallel" else scan_impl, **kw)
+
+
+@pytest.mark.parametrize("cell_class", [Mamba, fused_as_parallel], ids=["parallel", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_mamba_parallel_scan_equals_sequential_loop(dtype):
-    assert_parallel_equals_sequential(Mamba, dtype, **SMALL)
+def test_mamba_fast_scans_equal_sequential_loop(dtype, cell_class):
+    assert_parallel_equals_sequential(cell_class, dtype, **SMALL)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 11, 64])
@@ -226,6 +232,9 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
             cls(3, 4, expand=1.5)
         with pytest.raises(ValueError, match="scan_impl must be one of"):
             cls(3, 4, scan_impl="chunky")
+    with pytest.raises(ValueError, match=r"scan_impl must be one of \('fused', 'parallel', "
+                                         r"'sequential'\)"):
+        Mamba(3, 4, scan_impl="chunked")
     with pytest.raises(ValueError, match="dt_rank must be a positive int"):
         Mamba(3, 4, dt_rank=0)
     with pytest.raises(ValueError, match=r"head_size must divide the channels expand · "

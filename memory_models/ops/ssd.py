@@ -12,7 +12,7 @@ heads), initial h_{-1} (Bt, M, P, N); y (Bt, T, M, P), final the state after len
 resets (Bt, T) bool: h := 0 before step t (as ops.scan); lengths (Bt,) long: steps past the
 length change nothing (the outputs there are finite and ignored).
 
-The chunked form cuts time into chunks of L = chunk_size steps; with l_t the cumulative log
+The chunked form cuts time into equal chunks of L ≤ chunk_size steps; with l_t the cumulative log
 decay inside a chunk (l_t = Σ_{r ≤ t} log a_r, r from the chunk's first step),
 
     y_t = Σ_{s ≤ t in chunk} exp(l_t − l_s) (C_t·B_s) u_s        intra-chunk: (L, L) matmuls
@@ -52,48 +52,49 @@ def ssd_chunked(log_decay: Tensor, u: Tensor, B: Tensor, C: Tensor, initial: Ten
         resets = None if resets is None else resets & valid
     if resets is not None and not bool(resets.any()):
         resets = None
-    size = min(chunk_size, steps)
-    chunks = math.ceil(steps / size)
+    chunks = math.ceil(steps / chunk_size)
+    size = math.ceil(steps / chunks)                  # equal chunks of at most chunk_size steps
     pad = chunks * size - steps                       # identity steps after the end
     if pad:
         log_decay, B, C = (F.pad(t, (0, 0, 0, pad)) for t in (log_decay, B, C))
         u = F.pad(u, (0, 0, 0, 0, 0, pad))
         resets = None if resets is None else F.pad(resets, (0, pad))
 
-    log_decay = log_decay.view(batch, chunks, size, heads).transpose(-1, -2)   # (Bt, c, M, L)
-    u = u.view(batch, chunks, size, heads, width).transpose(2, 3)           # (Bt, c, M, L, P)
+    cumulative = log_decay.view(batch, chunks, size, heads).cumsum(2)      # l_t (Bt, c, L, M)
+    u = u.view(batch, chunks, size, heads, width)                          # (Bt, c, L, M, P)
     B, C = B.view(batch, chunks, size, -1), C.view(batch, chunks, size, -1)  # (Bt, c, L, N)
-    cumulative = log_decay.cumsum(-1)                                      # l_t (Bt, c, M, L)
     pairs = torch.ones(size, size, dtype=torch.bool, device=u.device).tril()       # s ≤ t
     if resets is not None:
         segment = resets.view(batch, chunks, size).long().cumsum(-1)                # (Bt, c, L)
         pairs = pairs & (segment[..., :, None] == segment[..., None, :])        # (Bt, c, L, L)
-        from_entry = (segment == 0)[:, :, None]             # t before the chunk's first reset
-        to_exit = (segment == segment[..., -1:])[:, :, None]   # s in the chunk's last segment
+        from_entry = (segment == 0)[..., None]              # t before the chunk's first reset
+        to_exit = (segment == segment[..., -1:])[..., None]    # s in the chunk's last segment
         passes_on = (segment[..., -1] == 0)[..., None]      # (Bt, c, 1): no reset in the chunk
         pairs = pairs[:, :, None]                                           # (Bt, c, 1, L, L)
 
-    # intra-chunk: y_t = Σ_s exp(l_t − l_s) (C_t·B_s) u_s
-    exponent = cumulative[..., :, None] - cumulative[..., None, :]         # (Bt, c, M, L, L)
+    # intra-chunk: y_t = Σ_s exp(l_t − l_s) (C_t·B_s) u_s, per head
+    per_head = cumulative.transpose(-1, -2)                                # (Bt, c, M, L)
+    exponent = per_head[..., :, None] - per_head[..., None, :]             # (Bt, c, M, L, L)
     decay = torch.exp(exponent.masked_fill(~pairs, -math.inf))
-    y = (decay * (C @ B.transpose(-1, -2))[:, :, None]) @ u                 # (Bt, c, M, L, P)
+    y = (decay * (C @ B.transpose(-1, -2))[:, :, None]) @ u.transpose(2, 3)   # (Bt, c, M, L, P)
 
     # each chunk's own contribution to its exit state, and its decay of the entering state
-    to_end = torch.exp(cumulative[..., -1:] - cumulative)                  # (Bt, c, M, L)
-    through = torch.exp(cumulative[..., -1])                               # (Bt, c, M)
+    to_end = torch.exp(cumulative[:, :, -1:] - cumulative)                 # (Bt, c, L, M)
+    through = torch.exp(cumulative[:, :, -1])                              # (Bt, c, M)
     if resets is not None:
         to_end, through = to_end * to_exit, through * passes_on
-    own = (u * to_end[..., None]).transpose(-1, -2) @ B[:, :, None]        # (Bt, c, M, P, N)
+    own = (u * to_end[..., None]).flatten(-2).transpose(-1, -2) @ B        # (Bt, c, M·P, N)
+    own = own.view(batch, chunks, heads, width, -1)                        # (Bt, c, M, P, N)
     exits = linear_scan(through[..., None, None], own, initial)            # S_c (Bt, c, M, P, N)
     entries = torch.cat([initial[:, None], exits[:, :-1]], 1)              # S_{c-1}
 
     # the entering state: exp(l_t) S_{c-1} C_t
-    from_start = torch.exp(cumulative)                                     # (Bt, c, M, L)
+    from_start = torch.exp(cumulative)                                     # (Bt, c, L, M)
     if resets is not None:
         from_start = from_start * from_entry
-    y = y + (C[:, :, None] @ entries.transpose(-1, -2)) * from_start[..., None]
-    y = y.transpose(2, 3).reshape(batch, chunks * size, heads, width)[:, :steps]
-    return y, exits[:, -1]
+    entering = C @ entries.flatten(2, 3).transpose(-1, -2)                 # (Bt, c, L, M·P)
+    y = y.transpose(2, 3) + entering.view(u.shape) * from_start[..., None]  # (Bt, c, L, M, P)
+    return y.reshape(batch, chunks * size, heads, width)[:, :steps], exits[:, -1]
 
 
 def ssd_sequential(log_decay: Tensor, u: Tensor, B: Tensor, C: Tensor, initial: Tensor,

@@ -1,0 +1,137 @@
+"""Mamba's selective scan, fused over time: the recurrence with a decay per channel and mode
+that depends on the input, without materialising the decays or the input terms.
+
+    h_t = exp(δ_t ⊗ A) ⊙ h_{t-1} + u_t ⊗ B_t        (Bt, E, N)
+    y_t = h_t C_t                                     (Bt, E)
+
+    selective_scan(delta, A, u, B, C, initial, resets, lengths)    -> (y, final)   fused loop
+    selective_scan_materialized(..., scan=linear_scan)              -> (y, final)   via ops.scan
+
+delta (Bt, T, E) ≥ 0 (Mamba's Δ_t times the elapsed time), A (E, N), u (Bt, T, E) (Δ_t ⊙ c_t),
+B and C (Bt, T, N), initial h_{-1} (Bt, E, N); y (Bt, T, E), final the state after
+lengths[b] steps. resets (Bt, T) bool: h := 0 before step t; past a row's length the steps are
+the identity (δ = 0, u = 0), so its final state is the one after lengths[b] steps.
+
+`selective_scan` is a loop over t of whole-batch ops on (Bt, E, N) tensors (one step's
+decays and inputs, formed and consumed at once, stay in cache) in a custom autograd Function:
+the forward pass keeps the states h_t (one (Bt, T, E, N) tensor, the only one of that size),
+the backward pass runs the loop backwards in time,
+
+    g_t = ∂L/∂h_t = g_{t+1} ⊙ a_{t+1} + ∂L/∂y_t ⊗ C_t   (a_{t+1} zero after a reset at t+1)
+    ∂L/∂u_t = g_t B_t   ∂L/∂B_t = u_tᵀ g_t   ∂L/∂C_t = ∂L/∂y_tᵀ h_t
+    ∂L/∂δ_t = Σ_n (g_t ⊙ h_{t-1} ⊙ a_t ⊙ A)   ∂L/∂A = Σ_{b,t} g_t ⊙ h_{t-1} ⊙ a_t ⊙ δ_t
+
+recomputing each a_t = exp(δ_t ⊗ A) from δ_t. `selective_scan_materialized` forms
+exp(δ ⊗ A) and u ⊗ B as (Bt, T, E, N) tensors and runs ops.scan over them under autograd:
+with ops.scan's parallel `linear_scan` it is the textbook parallel form (2-3x slower than the
+fused loop on the CPU at Mamba's sizes, with several such tensors stored for the backward
+pass); with `linear_scan_sequential` it is the plain reference of the tests.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from .scan import linear_scan, linear_scan_sequential
+
+
+def fold_lengths(delta: Tensor, u: Tensor, resets: Tensor | None, lengths: Tensor | None):
+    """Past a row's length: δ = 0 and u = 0 (the identity step), no resets."""
+    steps = delta.shape[1]
+    if lengths is None or not bool((lengths < steps).any()):
+        return delta, u, resets
+    valid = torch.arange(steps, device=delta.device) < lengths[:, None]        # (Bt, T)
+    resets = None if resets is None else resets & valid
+    return delta * valid[..., None], u * valid[..., None], resets
+
+
+def selective_scan(delta: Tensor, A: Tensor, u: Tensor, B: Tensor, C: Tensor, initial: Tensor,
+                   resets: Tensor | None = None,
+                   lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(y (Bt, T, E), final state (Bt, E, N)) by the fused loop over t."""
+    if delta.shape[1] == 0:
+        return u.new_zeros(u.shape), initial
+    delta, u, resets = fold_lengths(delta, u, resets, lengths)
+    if resets is not None and not bool(resets.any()):
+        resets = None
+    return _SelectiveScan.apply(delta, A, u, B, C, initial, resets)
+
+
+def selective_scan_materialized(delta: Tensor, A: Tensor, u: Tensor, B: Tensor, C: Tensor,
+                                initial: Tensor, resets: Tensor | None = None,
+                                lengths: Tensor | None = None, *,
+                                scan=linear_scan) -> tuple[Tensor, Tensor]:
+    """The same from the materialised elements a = exp(δ ⊗ A), b = u ⊗ B (Bt, T, E, N) by
+    `scan` (ops.scan's linear_scan, or linear_scan_sequential: the reference), autograd."""
+    a = torch.exp(delta[..., None] * A)                                    # (Bt, T, E, N)
+    b = u[..., None] * B[:, :, None, :]
+    h = scan(a, b, initial, resets, lengths)
+    return (h @ C[..., None])[..., 0], (h[:, -1] if delta.shape[1] else initial)
+
+
+SELECTIVE_SCAN_IMPLS = {
+    "fused": selective_scan,
+    "parallel": selective_scan_materialized,
+    "sequential": functools.partial(selective_scan_materialized, scan=linear_scan_sequential),
+}
+
+
+def check_selective_scan_impl(name: str) -> None:
+    """A cell's `scan_impl` option: "fused" (the loop above, training), "parallel" (ops.scan's
+    parallel scan over the materialised elements) or "sequential" (the reference loop)."""
+    if name not in SELECTIVE_SCAN_IMPLS:
+        raise ValueError(f"scan_impl must be one of {tuple(SELECTIVE_SCAN_IMPLS)}, got {name!r}")
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """(y (Bt, T, E), final state (Bt, E, N)); all states are kept for the backward pass.
+    Not itself differentiable."""
+
+    @staticmethod
+    def forward(ctx, delta, A, u, B, C, initial, resets):
+        batch, steps, channels = u.shape
+        states = u.new_empty(batch, steps, *A.shape)
+        y = u.new_empty(batch, steps, channels, 1)
+        h = initial
+        for t in range(steps):
+            if resets is not None:
+                h = h.masked_fill(resets[:, t, None, None], 0)
+            decay = torch.exp(delta[:, t, :, None] * A)                     # (Bt, E, N)
+            h = torch.addcmul(u[:, t, :, None] * B[:, t, None, :], decay, h, out=states[:, t])
+            torch.matmul(h, C[:, t, :, None], out=y[:, t])
+        ctx.save_for_backward(delta, A, u, B, C, initial, states)
+        ctx.resets = resets
+        return y[..., 0], states[:, -1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_final):
+        delta, A, u, B, C, initial, states = ctx.saved_tensors
+        resets = ctx.resets
+        steps = u.shape[1]
+        grad_delta, grad_u = torch.empty_like(delta), torch.empty_like(u)
+        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+        grad_A = torch.zeros_like(A)
+        g = torch.zeros_like(initial) if grad_final is None else grad_final.clone()
+        if grad_y is None:
+            grad_y = u.new_zeros(u.shape)
+        for t in range(steps - 1, -1, -1):
+            g.addcmul_(grad_y[:, t, :, None], C[:, t, None, :])           # ∂L/∂h_t
+            h = states[:, t]
+            torch.matmul(grad_y[:, t, None, :], h, out=grad_C[:, t, None, :])
+            torch.matmul(g, B[:, t, :, None], out=grad_u[:, t, :, None])
+            torch.matmul(u[:, t, None, :], g, out=grad_B[:, t, None, :])
+            before = states[:, t - 1] if t else initial
+            if resets is not None:
+                before = before.masked_fill(resets[:, t, None, None], 0)
+            decay = torch.exp(delta[:, t, :, None] * A)                     # a_t (Bt, E, N)
+            exponent_grad = g * before * decay                              # ∂L/∂(δ_t A)
+            torch.sum(exponent_grad * A, -1, out=grad_delta[:, t])
+            grad_A.add_((exponent_grad * delta[:, t, :, None]).sum(0))
+            g.mul_(decay)                                                   # ∂L/∂h_{t-1}
+            if resets is not None:
+                g.masked_fill_(resets[:, t, None, None], 0)
+        return grad_delta, grad_A, grad_u, grad_B, grad_C, g, None
