@@ -270,7 +270,9 @@ def _key(obs_shape, seq_lens) -> tuple:
 
 def _record_new_stack(algo, recorder: Recorder) -> None:
     from ray.rllib.core.columns import Columns
-    module = algo.learner_group._learner.module["default_policy"]
+
+    from experiments.rllib.rllib_private import local_learner
+    module = local_learner(algo).module["default_policy"]
     forward_train, compute_values = module.forward_train, module.compute_values
 
     def recorded_forward_train(batch, **kwargs):
@@ -327,7 +329,8 @@ class Network:
         self.torch, self.np, self.tree = torch, np, tree
         self.new_stack = algo.config.enable_rl_module_and_learner
         if self.new_stack:
-            self.module = algo.learner_group._learner.module["default_policy"]
+            from experiments.rllib.rllib_private import local_learner
+            self.module = local_learner(algo).module["default_policy"]
             self.state = self.module.get_initial_state() if self.module.is_stateful() else None
             self.obs_size = self.module.observation_space.shape[0]
         else:
@@ -465,9 +468,8 @@ def _steps_sampled(algo) -> int:
     if algo.config.enable_env_runner_and_connector_v2:
         return int(algo.metrics.peek(("env_runners", NUM_ENV_STEPS_SAMPLED_LIFETIME),
                                      default=0))
-    return int(algo._counters[NUM_ENV_STEPS_SAMPLED_LIFETIME]) \
-        if NUM_ENV_STEPS_SAMPLED_LIFETIME in algo._counters \
-        else int(algo._counters["num_env_steps_sampled"])
+    from experiments.rllib.rllib_private import env_steps_sampled
+    return env_steps_sampled(algo)
 
 
 def sampling_only(subject: str, task: str, envs: int) -> float:

@@ -15,9 +15,9 @@ from ray.rllib.policy.rnn_sequencing import pad_batch_to_sequences_of_same_size
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.policy.view_requirement import ViewRequirement
 
-from experiments.rllib import batching
+from experiments.rllib import batching, rllib_private
 from experiments.rllib.batching import OldStackMinibatches, old_stack_minibatch_rows
-from experiments.rllib.ppo import ppo_config
+from experiments.rllib.ppo import algorithm_config, ppo_config
 
 VARIABLE = "popgym-NoisyPositionOnlyCartPoleEasy-v0"     # episodes of many lengths
 
@@ -101,27 +101,60 @@ def test_iterator_rejects_several_modules():
 
 def test_complete_episodes_lose_no_step(ray_session):
     """RLlib 2.60's own env runner drops the running episodes at each call (the long ones);
-    ours carries them over: every sampled step comes back in a finished episode."""
+    ours carries them over: every sampled step comes back in a finished episode (those that
+    finished past a call's batch in the next call)."""
     config = ppo_config(env=VARIABLE, memory="gru", model_config=dict(
         pre_size=8, hidden_size=8, head_size=8), max_seq_len=16, num_envs_per_env_runner=4,
         train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
     runner = batching.CompleteEpisodesEnvRunner(config=config)
     returned, sampled = [], 0
     for _ in range(4):
+        waiting = list(runner._finished)
         episodes = runner.sample()
         assert all(e.is_done and e.t_started == 0 for e in episodes)
         assert sum(map(len, episodes)) >= 256
+        assert sum(map(len, episodes[:-1])) < 256          # up to the first that reaches it
         returned += episodes
-        metrics = runner.get_metrics()     # RLlib's episode metrics (of this call's episodes)
+        # RLlib's episode metrics: the episodes that finished in this call, each whole, once
+        finished_now = [e for e in episodes if e not in waiting] + runner._finished
+        metrics = runner.get_metrics()
         assert float(metrics["episode_len_mean"]) == pytest.approx(
-            np.mean([len(e) for e in episodes]))      # see each episode whole, once
+            np.mean([len(e) for e in finished_now]))
         assert float(metrics["episode_return_mean"]) == pytest.approx(
-            np.mean([e.get_return() for e in episodes]))
+            np.mean([e.get_return() for e in finished_now]))
         sampled += int(metrics["num_env_steps_sampled"])
     running = sum(len(e) for e in runner._running.values())
-    assert sum(map(len, returned)) + running == sampled
+    waiting = sum(len(e) for e in runner._finished)
+    assert sum(map(len, returned)) + waiting + running == sampled
     assert len({e.id_ for e in returned}) == len(returned)
     runner.stop()
+
+
+def test_a_call_returns_the_old_stacks_batch(ray_session):
+    """The old stack's RolloutWorker returns finished episodes, in the order they finished, up
+    to the first that brings the batch to rollout_fragment_length x num_envs (episodes that
+    finished with it wait for the next call); ours the same. On 51-step episodes, 4 envs in
+    step and a batch of 256: 6 episodes (306 steps) a call on both stacks (ours returned 8,
+    408 steps, before: every episode finished by the time its own steps reached 256), so
+    PPO made as many updates per env step as on the old stack."""
+    ppo = dict(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1,
+               max_seq_len=16)
+    configs = {stack: algorithm_config({"name": "gru", "kwargs": {}, "stack": stack},
+                                       "RepeatPreviousEasy", seed=0, ppo=ppo,
+                                       sizes=dict(pre_size=8, hidden_size=8, head_size=8),
+                                       num_envs_per_env_runner=4)
+               for stack in ("new", "old")}
+    runner = batching.CompleteEpisodesEnvRunner(config=configs["new"])
+    try:
+        ours = [sum(map(len, runner.sample())) for _ in range(4)]
+    finally:
+        runner.stop()
+    old = configs["old"].build_algo()
+    try:
+        theirs = [old.env_runner.sample().count for _ in range(4)]
+    finally:
+        old.stop()
+    assert ours == theirs == [6 * 51] * 4
 
 
 def test_ppo_trains_on_old_stack_minibatches(ray_session, monkeypatch):
@@ -140,14 +173,29 @@ def test_ppo_trains_on_old_stack_minibatches(ray_session, monkeypatch):
     monkeypatch.setattr(MemoryRLModule, "_forward_train",
                         lambda self, batch, **kw: forward.append(batch[Columns.OBS].shape[0])
                         or train(self, batch, **kw))
+    kls = []
+    loss = batching.PPOLearner.compute_loss_for_module
+
+    def record_kl(self, **kwargs):
+        out = loss(self, **kwargs)
+        kls.append(float(self.minibatch_kls[kwargs["module_id"]][-1]))
+        return out
+
+    monkeypatch.setattr(batching.PPOLearner, "compute_loss_for_module", record_kl)
     config = ppo_config(env=VARIABLE, memory="gru", model_config=dict(
         pre_size=8, hidden_size=8, head_size=8), max_seq_len=16, num_envs_per_env_runner=4,
         train_batch_size_per_learner=512, minibatch_size=128, num_epochs=2)
     algo = config.build_algo()
     try:
-        algo.train()
+        result = algo.train()["learners"]["default_policy"]
     finally:
         algo.stop()
+    # the KL coefficient (0.2 to start) updated with the mean KL of the minibatches
+    assert len(kls) == len(forward)
+    assert float(result["mean_kl_loss"]) == pytest.approx(np.mean(kls), rel=1e-5)
+    target = config.kl_target
+    factor = 1.5 if np.mean(kls) > 2 * target else 0.5 if np.mean(kls) < 0.5 * target else 1
+    assert float(result["curr_kl_coeff"]) == pytest.approx(0.2 * factor)
     iterator, = seen
     mask = np.asarray(iterator.module_batch[Columns.LOSS_MASK])
     assert mask.sum() >= 512
@@ -170,7 +218,7 @@ def test_minibatches_without_padding_keep_ppo_losses(ray_session, monkeypatch):
     try:
         algo.train()
         iterator, = seen
-        learner = algo.learner_group._learner
+        learner = rllib_private.local_learner(algo)
         module_id = iterator.module_id
 
         def loss(rows):
@@ -193,3 +241,37 @@ def test_minibatches_without_padding_keep_ppo_losses(ray_session, monkeypatch):
         assert cut, "no minibatch was shorter than max_seq_len: the test shows nothing"
     finally:
         algo.stop()
+
+
+def test_kl_coeff_is_updated_with_the_mean_kl_of_the_update(ray_session, monkeypatch):
+    """RLlib's PPO learner updates the KL coefficient with the last minibatch's KL (the one
+    furthest from the sampling policy; tests/test_rllib_private.py); the old stack, and ours,
+    with the mean over the update's minibatches: KLs of 0.1, 0.1, 0.1, 0.1, 0.1, 3 x kl_target
+    (mean 0.58) leave it as it is, where RLlib's would raise it x 1.5."""
+    from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+    config = ppo_config(env="popgym-RepeatPreviousEasy-v0", memory="gru", model_config=dict(
+        pre_size=8, hidden_size=8, head_size=8), max_seq_len=16, num_envs_per_env_runner=2,
+        train_batch_size_per_learner=128, minibatch_size=64, num_epochs=1)
+    runner = batching.CompleteEpisodesEnvRunner(config=config)
+    spaces = {"default_policy": (runner.env.single_observation_space,
+                                 runner.env.single_action_space)}
+    runner.stop()
+    learner = config.build_learner(env=None, spaces=spaces)
+    target = config.kl_target
+    kls = iter([0.1 * target] * 5 + [3 * target])
+
+    def logs_a_kl(self, *, module_id, config, batch, fwd_out):
+        self.metrics.log_value((module_id, "mean_kl_loss"), torch.tensor(next(kls)), window=1)
+        return torch.tensor(0.0)
+
+    monkeypatch.setattr(PPOTorchLearner, "compute_loss_for_module", logs_a_kl)
+    coeff = float(learner.curr_kl_coeffs_per_module["default_policy"])
+    module_config = learner.config.get_config_for_module("default_policy")
+    learner.before_gradient_based_update(timesteps={})
+    for _ in range(6):
+        learner.compute_loss_for_module(module_id="default_policy", config=module_config,
+                                        batch=None, fwd_out=None)
+    learner.after_gradient_based_update(timesteps={})
+    assert float(learner.curr_kl_coeffs_per_module["default_policy"]) == pytest.approx(coeff)
+    assert float(learner.metrics.peek(("default_policy", "mean_kl_loss"))) == \
+        pytest.approx(3.5 / 6 * target)

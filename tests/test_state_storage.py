@@ -15,7 +15,7 @@ import pytest
 import torch
 from ray.rllib.core.columns import Columns
 
-from experiments.rllib import batching, state_storage
+from experiments.rllib import batching, rllib_private, state_storage
 from experiments.rllib.ppo import ppo_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,8 +59,9 @@ def learner_state_in(built, episodes):
                                  runner.env.single_action_space)}
     runner.stop()
     learner = built.build_learner(env=None, spaces=spaces)          # built
-    batch = learner._learner_connector(rl_module=learner.module, batch={}, episodes=episodes,
-                                       shared_data={}, metrics=None)
+    connector = rllib_private.learner_connector(learner)
+    batch = connector(rl_module=learner.module, batch={}, episodes=episodes, shared_data={},
+                      metrics=None)
     return batch["default_policy"][Columns.STATE_IN], batch["default_policy"][Columns.OBS]
 
 
@@ -148,7 +149,7 @@ def test_ppo_with_lr_zero_learns_from_the_sampled_policy(ray_session):
                   minibatch_size=256).build_algo()
     try:
         with torch.no_grad():
-            algo.learner_group._learner.module["default_policy"].actor[-1].weight.mul_(300)
+            rllib_private.local_learner(algo).module["default_policy"].actor[-1].weight.mul_(300)
         algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group)
         result = algo.train()
         kl = result["learners"]["default_policy"]["mean_kl_loss"]

@@ -1,6 +1,6 @@
 """PPO's data on RLlib's new API stack, sampled and cut into minibatches as its old stack did.
 
-POPGym's protocol (and its published numbers) come from RLlib's old API stack. Two parts of
+POPGym's protocol (and its published numbers) come from RLlib's old API stack. These parts of
 the new stack (Ray 2.60) feed PPO differently, and on tasks whose episodes vary in length our
 GRU learned markedly worse there (NoisyPositionOnlyCartPoleEasy: 0.60 vs 0.78 over 5 seeds):
 
@@ -12,8 +12,17 @@ GRU learned markedly worse there (NoisyPositionOnlyCartPoleEasy: 0.60 vs 0.78 ov
    ones cut. The old stack kept running episodes going into the next call and returned every
    episode once it finished.
    `CompleteEpisodesEnvRunner` does the same: running episodes carry over between calls
-   (their chunks are joined when they finish), and a call returns once both the steps it took
-   and the steps of the episodes it finished reach `rollout_fragment_length x num_envs`.
+   (their chunks are joined when they finish), and a call returns finished episodes, in the
+   order they finished, up to the first that brings their steps to
+   `rollout_fragment_length x num_envs` (the old stack's RolloutWorker.sample); episodes that
+   finished with it wait for the next call, as the old stack's sampler queued them. A call
+   also takes at least that many steps itself: RLlib's PPO counts the steps a call took
+   (its env runner metrics) and samples again below the batch size. Before
+   this, a call also waited for the steps it took itself to reach that count, and returned
+   every episode finished by then: on RepeatPreviousEasy (51-step episodes, 8 envs in step,
+   batch 4096) 88 episodes (4,488 steps) an iteration where the old stack's had 81 (4,131),
+   so 34 iterations of PPO updates in 150k steps against the old stack's 37
+   (benchmarks/results/ceiling).
 
 2. Minibatches of a recurrent batch. The old stack kept the train batch's rows (episode
    chunks of at most max_seq_len steps) in sample order and cut it into
@@ -31,6 +40,14 @@ GRU learned markedly worse there (NoisyPositionOnlyCartPoleEasy: 0.60 vs 0.78 ov
    longest row. `without_padding` cuts a minibatch's time axis to its longest row before the
    loss (on RepeatPreviousEasy: 53 of 1024 steps); the masked loss is the same.
 
+4. The KL coefficient. RLlib 2.60's PPO learner logs each minibatch's KL with window=1 and
+   updates the KL coefficient (x 1.5 above 2 kl_target, x 0.5 below kl_target / 2) with the
+   last one: the KL of the last minibatch of the last epoch, where the policy has moved
+   furthest from the sampling one. The old stack updated it with the mean KL over all the
+   iteration's minibatches. On PositionOnlyCartPoleEasy (reproduction settings) the new
+   stack's coefficient so rose to 0.34 where the old stack's stayed at 0.05
+   (benchmarks/results/ceiling). `PPOLearner` updates it with the mean, as the old stack.
+
 `old_stack_minibatch_rows` is the rule itself; tests hold it equal to the old stack's own
 code (`pad_batch_to_sequences_of_same_size` + `SampleBatch` slicing).
 """
@@ -41,13 +58,13 @@ import copy
 from typing import Iterator
 
 import numpy as np
-from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+import torch
+from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_KL_KEY
 from ray.rllib.core.columns import Columns
-from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
-from . import state_storage
+from . import rllib_private, state_storage
 from .seeding import env_seeds
 from .workers import use_assigned_cpus
 
@@ -55,8 +72,9 @@ __all__ = ["CompleteEpisodesEnvRunner", "OldStackMinibatches", "PPOLearner",
            "old_stack_minibatch_rows", "without_padding"]
 
 
-class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
-    """SingleAgentEnvRunner whose "complete_episodes" sampling loses no episode (see 1. above).
+class CompleteEpisodesEnvRunner(rllib_private.EnvRunner):
+    """SingleAgentEnvRunner whose "complete_episodes" sampling loses no episode and returns
+    the old stack's batch (see 1. above).
 
     Any other request (truncate_episodes, or an explicit num_timesteps / num_episodes) is
     RLlib's own. Its sub-envs are seeded by `seeding.env_seeds` (RLlib's new stack would give
@@ -72,9 +90,10 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
         use_assigned_cpus()
         super().__init__(*args, **kwargs)
         self._running: dict[str, SingleAgentEpisode] = {}   # episode id -> its steps so far
+        self._finished: list[SingleAgentEpisode] = []       # finished, not returned yet
         if self.sparse_states:
-            state_storage.use_sparse_states_in_env_runner(self._env_to_module,
-                                                          self._module_to_env)
+            state_storage.use_sparse_states_in_env_runner(
+                *rllib_private.env_runner_pipelines(self))
 
     def sample(self, *, num_timesteps=None, num_episodes=None, explore=None,
                random_actions=False, force_reset=False, **kwargs) -> list[SingleAgentEpisode]:
@@ -83,36 +102,38 @@ class CompleteEpisodesEnvRunner(SingleAgentEnvRunner):
             chunks = super().sample(num_timesteps=num_timesteps, num_episodes=num_episodes,
                                     explore=explore, random_actions=random_actions,
                                     force_reset=force_reset, **kwargs)
-            if self.sparse_states and self._cached_to_module is not None \
-                    and Columns.STATE_IN in self._cached_to_module:
+            state_in = rllib_private.next_state_in(self)
+            if self.sparse_states and state_in is not None:
                 # the learner sees these chunks apart: rows start at each chunk's start
-                state_storage.restart_records(self._ongoing_episodes,
-                                              self._cached_to_module[Columns.STATE_IN])
+                state_storage.restart_records(rllib_private.ongoing_episodes(self), state_in)
             return chunks
         if force_reset:
             self._running.clear()
+            self._finished.clear()
         target = self.config.get_rollout_fragment_length(self.worker_index) * self.num_envs
-        finished: list[SingleAgentEpisode] = []
-        stepped = finished_steps = 0
-        while stepped < target or finished_steps < target:
-            request = max(target - stepped, target - finished_steps, self.num_envs)
-            chunks = super().sample(num_timesteps=request, explore=explore,
-                                    random_actions=random_actions, force_reset=force_reset,
-                                    **kwargs)
+        episodes: list[SingleAgentEpisode] = []
+        steps = stepped = 0          # steps of the episodes returned, steps taken in this call
+        while steps < target or stepped < target:
+            if steps < target and self._finished:
+                episode = self._finished.pop(0)
+                episodes.append(episode)
+                steps += len(episode)
+                continue
+            chunks = super().sample(
+                num_timesteps=max(target - stepped, target - steps, self.num_envs),
+                explore=explore, random_actions=random_actions, force_reset=force_reset,
+                **kwargs)
             force_reset = False
             for chunk in chunks:
                 stepped += len(chunk)
                 episode = self._join(chunk)
                 if episode.is_done:
-                    finished.append(episode)
-                    finished_steps += len(episode)
-        return finished
+                    self._finished.append(episode)
+        return episodes
 
-    def _try_env_reset(self, *, seed=None, options=None):
+    def reset_seeds(self, seed: int) -> list[int]:
         """The vector env's first reset (the one RLlib seeds) with `seeding.env_seeds`."""
-        if seed is not None:
-            seed = env_seeds(self.config.seed, self.worker_index or 0, self.num_envs)
-        return super()._try_env_reset(seed=seed, options=options)
+        return env_seeds(self.config.seed, self.worker_index or 0, self.num_envs)
 
     def _join(self, chunk: SingleAgentEpisode) -> SingleAgentEpisode:
         """The episode `chunk` continues (a copy of chunk if it starts one), extended by it;
@@ -196,33 +217,44 @@ def without_padding(rows: SampleBatch) -> SampleBatch:
     return rows
 
 
-class PPOLearner(PPOTorchLearner):
-    """RLlib's torch PPO learner, with minibatches cut as the old stack did (see 2. above),
-    reading each row's memory state where `CompleteEpisodesEnvRunner` stored it
-    (`state_storage`, with `sparse_states`)."""
+class PPOLearner(rllib_private.PPOLearner):
+    """RLlib's torch PPO learner, with minibatches cut as the old stack did (see 2. above), the
+    KL coefficient updated with the iteration's mean KL (see 4. above), reading each row's
+    memory state where `CompleteEpisodesEnvRunner` stored it (`state_storage`, with
+    `sparse_states`)."""
 
     sparse_states = True
 
     def build(self) -> None:
         super().build()
-        if self.sparse_states and self._learner_connector is not None \
+        self.minibatch_kls: dict[str, list[torch.Tensor]] = {}  # module -> this update's KLs
+        connector = rllib_private.learner_connector(self)
+        if self.sparse_states and connector is not None \
                 and self.config.add_default_connectors_to_learner_pipeline:
-            state_storage.use_sparse_states_in_learner(self._learner_connector)
+            state_storage.use_sparse_states_in_learner(connector)
 
-    def _create_iterator_if_necessary(self, *, training_data, num_total_minibatches=0,
-                                      num_epochs=1, minibatch_size=None,
-                                      shuffle_batch_per_epoch=False, **kwargs):
-        if training_data.data_iterators or not minibatch_size or num_total_minibatches:
-            return super()._create_iterator_if_necessary(
-                training_data=training_data, num_total_minibatches=num_total_minibatches,
-                num_epochs=num_epochs, minibatch_size=minibatch_size,
-                shuffle_batch_per_epoch=shuffle_batch_per_epoch, **kwargs)
-        batch = self._make_batch_if_necessary(training_data=training_data)
-        for module_id in list(batch.policy_batches):
-            if not self.should_module_be_updated(module_id, batch):
-                del batch.policy_batches[module_id]
-        if not batch.policy_batches:
-            return {}
-        batch = self._set_slicing_by_batch_id(batch, value=True)
+    def minibatches(self, batch: MultiAgentBatch, *, num_epochs: int, minibatch_size: int,
+                    shuffle: bool) -> OldStackMinibatches:
         return OldStackMinibatches(batch, num_epochs=num_epochs, minibatch_size=minibatch_size,
-                                   shuffle=shuffle_batch_per_epoch)
+                                   shuffle=shuffle)
+
+    def before_gradient_based_update(self, *, timesteps) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        self.minibatch_kls = {}
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch,
+                                               fwd_out=fwd_out)
+        if config.use_kl_loss:
+            kl = self.metrics.peek((module_id, LEARNER_RESULTS_KL_KEY))     # this minibatch's
+            self.minibatch_kls.setdefault(module_id, []).append(torch.as_tensor(kl).detach())
+        return loss
+
+    def after_gradient_based_update(self, *, timesteps) -> None:
+        # RLlib's PPOLearner updates each KL coefficient with the KL it logged last (window
+        # 1): log the mean of the update's minibatches in its place (the old stack's KL)
+        for module_id, kls in self.minibatch_kls.items():
+            if kls:
+                self.metrics.log_value((module_id, LEARNER_RESULTS_KL_KEY),
+                                       torch.stack(kls).float().mean(), window=1)
+        super().after_gradient_based_update(timesteps=timesteps)

@@ -34,7 +34,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.models.catalog import Catalog
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -45,6 +44,7 @@ import memory_models
 from memory_models.checks import check_int
 
 from .defaults import POPGYM_PPO, POPGYM_SIZES
+from .rllib_private import action_dist_cls
 
 __all__ = ["MemoryRLModule", "memory_module_spec", "MODEL_CONFIG_DEFAULTS", "check_model_config",
            "build_layers"]
@@ -153,8 +153,7 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
             raise ValueError(f"MemoryRLModule needs a flat Box observation space (envs.make_env "
                              f"gives one), got {self.observation_space}")
         obs_size = self.observation_space.shape[0]
-        self.action_dist_cls = Catalog._get_dist_cls_from_action_space(self.action_space,
-                                                                        framework="torch")
+        self.action_dist_cls = action_dist_cls(self.action_space, framework="torch")
         dist_inputs = int(self.action_dist_cls.required_input_dim(self.action_space))
 
         self.pre, self.memory, self.actor, self.critic = build_layers(obs_size, dist_inputs,

@@ -12,11 +12,12 @@ import inspect
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
-from ray.tune.registry import ENV_CREATOR, _global_registry, register_env
+from ray.tune.registry import register_env
 
 import envs
 
 from .defaults import POPGYM_PPO
+from .rllib_private import env_registered
 
 __all__ = ["register_rllib_envs", "split_ppo_settings"]
 
@@ -33,7 +34,7 @@ def register_rllib_envs(*names: str) -> None:
     `names`; creator: envs.make_env); idempotent."""
     envs.register_envs(*names)
     for env_id in envs.task_ids(*names):
-        if not _global_registry.contains(ENV_CREATOR, env_id):
+        if not env_registered(env_id):
             register_env(env_id, functools.partial(envs.make_env, env_id))
 
 

@@ -21,10 +21,12 @@ from pathlib import Path
 from ray.air.constants import EXPR_PROGRESS_FILE, EXPR_RESULT_FILE, TRAINING_ITERATION
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from experiments.rllib.rllib_private import TrialLogHooks
+
 __all__ = ["ProgressCSV", "ResultJSON"]
 
 
-class _RestartableLog:
+class _RestartableLog(TrialLogHooks):
     """A trial's log, continued where it (re)started: before a trial's first result since Tune
     started its actor, the log keeps only the iterations before that result's. Tune copies the
     study folder's log over the staged one only where none is staged."""
@@ -43,10 +45,10 @@ class _RestartableLog:
             self._continue_before(trial, result[TRAINING_ITERATION])
         super().log_trial_result(iteration, trial, result)
 
-    def _restore_from_remote(self, file_name: str, trial) -> None:
+    def restore_from_study_folder(self, file_name: str, trial) -> None:
         staged = Path(trial.local_path, file_name)
         if not (staged.exists() and staged.stat().st_size > 0):
-            super()._restore_from_remote(file_name, trial)
+            super().restore_from_study_folder(file_name, trial)
 
     def _continue_before(self, trial, iteration: int) -> None:
         raise NotImplementedError
@@ -57,14 +59,14 @@ class ProgressCSV(_RestartableLog, CSVLoggerCallback):
 
     def _continue_before(self, trial, iteration: int) -> None:
         self.log_trial_end(trial)                   # an actor restarted by this driver
-        self._setup_trial(trial)                    # opens the staged log (or the copy) to append
-        if self._trial_continue[trial]:
+        self.setup_trial(trial)                     # opens the staged log (or the copy) to append
+        if self.trial_continues(trial):
             path = Path(trial.local_path, EXPR_PROGRESS_FILE)
-            self._trial_files[trial].close()
+            self.trial_file(trial).close()
             header = _keep_rows_before(path, iteration)
-            self._trial_files[trial] = path.open("a", newline="")
+            self.set_trial_file(trial, path.open("a", newline=""))
             if header:
-                self._trial_csv[trial] = csv.DictWriter(self._trial_files[trial], header)
+                self.set_trial_csv_writer(trial, csv.DictWriter(self.trial_file(trial), header))
 
 
 class ResultJSON(_RestartableLog, JsonLoggerCallback):
@@ -72,9 +74,9 @@ class ResultJSON(_RestartableLog, JsonLoggerCallback):
 
     def _continue_before(self, trial, iteration: int) -> None:
         path = Path(trial.local_path, EXPR_RESULT_FILE)
-        self._trial_files[trial].close()            # opened by log_trial_start
+        self.trial_file(trial).close()              # opened by log_trial_start
         _keep_lines_before(path, iteration)
-        self._trial_files[trial] = path.open("a")
+        self.set_trial_file(trial, path.open("a"))
 
 
 def _keep_rows_before(path: Path, iteration: int) -> list[str] | None:
