@@ -15,6 +15,7 @@ API stack did, where POPGym's numbers come from (`experiments.rllib.batching`).
     stack "new", a memory     ppo_config: MemoryRLModule, new API stack
     stack "old", a memory     old_stack.old_stack_ppo_config: the same network, "memrl_<name>"
     "popgym:<Class>"          POPGym's own model class, old API stack (popgym_models)
+    "rllib:<Class>"           RLlib's own model (rllib:GTrXL), old API stack (rllib_models)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .defaults import POPGYM_PPO
 from .popgym_models import (custom_model_config, is_popgym, popgym_class,
                             position_table_problem)
 from .rl_module import memory_module_spec
+from .rllib_models import is_rllib, rllib_model_config
 from .seeding import check_layout, rllib_seed
 from .settings import register_rllib_envs, split_ppo_settings
 
@@ -88,10 +90,16 @@ def algorithm_config(model: dict, task: str, *, seed: int, ppo: dict, sizes: dic
     """
     common = dict(env=envs.resolve_one(task, "task"), seed=seed, num_env_runners=num_env_runners,
                   num_envs_per_env_runner=num_envs_per_env_runner, **ppo)
-    if model["stack"] == "new" and not is_popgym(model["name"]):
+    if model["stack"] == "new" and not is_popgym(model["name"]) and not is_rllib(model["name"]):
         config = ppo_config(memory=model["name"], memory_kwargs=model["kwargs"],
                             model_config=sizes, **common)
         return config.learners(num_gpus_per_learner=num_gpus) if num_gpus else config
+    if is_rllib(model["name"]):             # RLlib's own model dict, no custom model
+        max_seq_len = {**POPGYM_PPO, **ppo}["max_seq_len"]
+        config = old_stack_ppo_config(custom_model=None, custom_model_config={},
+                                      num_gpus=num_gpus, **common)
+        return config.training(model=rllib_model_config(model["name"], model["kwargs"], sizes,
+                                                        max_seq_len))
     if is_popgym(model["name"]):
         settings = {**POPGYM_PPO, **ppo}
         problem = position_table_problem(model["name"], common["env"],
