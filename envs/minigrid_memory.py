@@ -50,7 +50,8 @@ OBJECTS, COLOURS, STATES, DIRECTIONS = 11, 6, 3, 4
 CELL_SIZE = OBJECTS + COLOURS + STATES      # 20 floats per cell
 OBS_SIZE = VIEW * VIEW * CELL_SIZE + DIRECTIONS
 
-# minigrid-MemoryS7-v0 (ours), MiniGridMemoryS7, minigrid-MemoryS7, MiniGrid-MemoryS7-v0 (MiniGrid's)
+# minigrid-MemoryS7-v0 (ours), MiniGridMemoryS7, minigrid-MemoryS7,
+# MiniGrid-MemoryS7-v0 (MiniGrid's own id)
 _ID = re.compile(r"^(?:minigrid-Memory|MiniGridMemory|MiniGrid-Memory)S(?P<size>\d+)(?:-v0)?$")
 
 

@@ -65,7 +65,8 @@ ORACLE_OFFSET = {"Passive": 0, "Active": 1}
 _ID = re.compile(r"^tmaze-(?P<variant>Passive|Active)-L(?P<length>[+-]?\d+)"
                  r"(?P<event>-EventTime)?(?:-v0)?$")
 # TMazePassiveL30, TMazePassiveL30-EventTime
-_SHORT = re.compile(r"^TMaze(?P<variant>Passive|Active)L(?P<length>[+-]?\d+)(?P<event>-EventTime)?$")
+_SHORT = re.compile(r"^TMaze(?P<variant>Passive|Active)L(?P<length>[+-]?\d+)"
+                    r"(?P<event>-EventTime)?$")
 
 
 def _check_length(corridor_length) -> int:

@@ -23,7 +23,8 @@ BATCH = {10: 1408, 100: 12928}
 EVAL = {("gru-bptt8", 10): [1.0, 0.95, 0.92], ("gru-bptt8", 30): [1.0, 0.85, 0.95],
         ("gru-bptt8", 100): [0.5, 0.55, 0.45],
         ("win", 10): [1.0, 1.0, 1.0], ("win", 30): [0.5, 0.5, 0.5], ("win", 100): [0.5, 0.45, 0.6],
-        ("lru", 10): [0.9, 1.0, 0.95], ("lru", 30): [0.92, 0.97, 1.0], ("lru", 100): [1.0, 0.9, None]}
+        ("lru", 10): [0.9, 1.0, 0.95], ("lru", 30): [0.92, 0.97, 1.0],
+        ("lru", 100): [1.0, 0.9, None]}
 
 
 def write_progress(path, returns, evaluation, steps_per_iteration):
@@ -61,7 +62,8 @@ def test_length_families_group_one_env_by_l():
         ["tmaze-Passive-L30-v0", "popgym-RepeatPreviousEasy-v0", "tmaze-Passive-L10-v0",
          "tmaze-Active-L10-v0", "tmaze-Passive-L30-EventTime-v0", "tmaze-Passive-L5-EventTime-v0"])
     assert families == [
-        horizon.Family("tmaze-Passive-L*", {10: "tmaze-Passive-L10-v0", 30: "tmaze-Passive-L30-v0"}),
+        horizon.Family("tmaze-Passive-L*",
+                       {10: "tmaze-Passive-L10-v0", 30: "tmaze-Passive-L30-v0"}),
         horizon.Family("tmaze-Active-L*", {10: "tmaze-Active-L10-v0"}),
         horizon.Family("tmaze-Passive-L*-EventTime",
                        {5: "tmaze-Passive-L5-EventTime-v0", 30: "tmaze-Passive-L30-EventTime-v0"})]
@@ -88,14 +90,15 @@ def test_table_scores_cis_solved_lengths_and_bounding_settings(tmp_path):
     assert rows["win"][1:3] == ["1024", "16"] and rows["win"][-1] == "10"
     # lru: 30 on every seed; at 100 one seed has no evaluation: 2 seeds, still solved
     assert rows["lru"][-1] == "100" and rows["lru"][5].endswith("(2) ✓")
-    assert "every seed's score >= 0.9" in text and "Chance level (no memory of the cue): 0.5" in text
+    assert "every seed's score >= 0.9" in text
+    assert "Chance level (no memory of the cue): 0.5" in text
     assert "last evaluation's mean return" in text
     # the budget per L: env steps reached, train batch (lru at 10: the protocol's 65,536)
     assert rows["100"] == ["100", "tmaze-Passive-L100", "300,000", "12,928"]
     assert rows["10"] == ["10", "tmaze-Passive-L10", "30,000", "1,408 / 65,536"]
     table = pd.read_csv(paths["horizon_csv"])
     assert len(table) == 9 and set(table["L"]) == {10, 30, 100}
-    assert table.set_index(["model", "L"]).loc[("win", 30), "solved"] == False  # noqa: E712
+    assert not table.set_index(["model", "L"]).loc[("win", 30), "solved"]
 
 
 def test_without_evaluations_the_score_is_mmer_and_says_why_to_add_eval(tmp_path):

@@ -22,9 +22,11 @@ def test_ids_group_and_names():
     assert set(IDS) <= set(envs.task_ids())
 
 
-@pytest.mark.parametrize("bad", ["minigrid-MemoryS8-v0", "MiniGridMemoryS15", "MiniGrid-MemoryS5-v0"])
+@pytest.mark.parametrize("bad", ["minigrid-MemoryS8-v0", "MiniGridMemoryS15",
+                                 "MiniGrid-MemoryS5-v0"])
 def test_unknown_size_lists_the_sizes(bad):
-    with pytest.raises(ValueError, match=r"unknown MiniGrid Memory size \d+; sizes: 7, 9, 11, 13, 17"):
+    with pytest.raises(ValueError,
+                       match=r"unknown MiniGrid Memory size \d+; sizes: 7, 9, 11, 13, 17"):
         envs.resolve(bad)
     with pytest.raises(ValueError, match="sizes: 7, 9, 11, 13, 17"):
         envs.make_env(bad)

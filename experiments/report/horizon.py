@@ -236,8 +236,9 @@ def plot(families: list[tuple[Family, pd.DataFrame]], title: str, path: Path) ->
 def write(trials: pd.DataFrame, study: dict | None, out: Path, title: str) -> dict:
     """The horizon files of `trials` (write.trial_table's rows) into `out` when their tasks
     hold a length family (`study`: the study's settings, unused: the settings that matter are
-    each trial's own, as pieces of a study may differ); returns {"horizon": md path or None, "horizon_csv": ...,
-    "horizon_plot": png path or None}. Nothing is written without a family."""
+    each trial's own, as pieces of a study may differ); returns {"horizon": md path or None,
+    "horizon_csv": ..., "horizon_plot": png path or None}. Nothing is written without a
+    family."""
     paths = {"horizon": None, "horizon_csv": None, "horizon_plot": None}
     found = length_families(trials["task"].unique())
     if not found:
