@@ -14,7 +14,7 @@ the identity (δ = 0, u = 0), so its final state is the one after lengths[b] ste
 
 `selective_scan` is a loop over t of whole-batch ops on (Bt, E, N) tensors (one step's
 decays and inputs, formed and consumed at once, stay in cache) in a custom autograd Function:
-the forward pass keeps the states h_t (one (Bt, T, E, N) tensor, the only one of that size),
+the forward pass keeps the states h_t (one (T, Bt, E, N) tensor, the only one of that size),
 the backward pass runs the loop backwards in time,
 
     g_t = ∂L/∂h_t = g_{t+1} ⊙ a_{t+1} + ∂L/∂y_t ⊗ C_t   (a_{t+1} zero after a reset at t+1)
@@ -87,51 +87,51 @@ def check_selective_scan_impl(name: str) -> None:
 
 
 class _SelectiveScan(torch.autograd.Function):
-    """(y (Bt, T, E), final state (Bt, E, N)); all states are kept for the backward pass.
-    Not itself differentiable."""
+    """(y (Bt, T, E), final state (Bt, E, N)); the states are kept time-major (T, Bt, E, N) for
+    the backward pass (each step's slice contiguous). Not itself differentiable."""
 
     @staticmethod
     def forward(ctx, delta, A, u, B, C, initial, resets):
-        batch, steps, channels = u.shape
-        states = u.new_empty(batch, steps, *A.shape)
-        y = u.new_empty(batch, steps, channels, 1)
+        steps = u.shape[1]
+        delta_t, u_t, B_t, C_t = (v.transpose(0, 1).contiguous() for v in (delta, u, B, C))
+        states = u.new_empty(steps, *initial.shape)                         # (T, Bt, E, N)
+        outputs = []
         h = initial
         for t in range(steps):
             if resets is not None:
                 h = h.masked_fill(resets[:, t, None, None], 0)
-            decay = torch.exp(delta[:, t, :, None] * A)                     # (Bt, E, N)
-            h = torch.addcmul(u[:, t, :, None] * B[:, t, None, :], decay, h, out=states[:, t])
-            torch.matmul(h, C[:, t, :, None], out=y[:, t])
-        ctx.save_for_backward(delta, A, u, B, C, initial, states)
+            decay = torch.mul(delta_t[t, :, :, None], A).exp_()              # a_t (Bt, E, N)
+            h = torch.addcmul(u_t[t, :, :, None] * B_t[t, :, None, :], decay, h, out=states[t])
+            outputs.append(torch.bmm(h, C_t[t, :, :, None])[..., 0])        # (Bt, E)
+        ctx.save_for_backward(delta_t, A, u_t, B_t, C_t, initial, states)
         ctx.resets = resets
-        return y[..., 0], states[:, -1].clone()
+        return torch.stack(outputs, 1), states[-1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_final):
-        delta, A, u, B, C, initial, states = ctx.saved_tensors
+        delta_t, A, u_t, B_t, C_t, initial, states = ctx.saved_tensors
         resets = ctx.resets
-        steps = u.shape[1]
-        grad_delta, grad_u = torch.empty_like(delta), torch.empty_like(u)
-        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+        steps = u_t.shape[0]
+        grad_y = (u_t.new_zeros(u_t.shape) if grad_y is None
+                  else grad_y.transpose(0, 1).contiguous())                 # (T, Bt, E)
         grad_A = torch.zeros_like(A)
         g = torch.zeros_like(initial) if grad_final is None else grad_final.clone()
-        if grad_y is None:
-            grad_y = u.new_zeros(u.shape)
+        grad_delta, grad_u, grad_B, grad_C = [], [], [], []
         for t in range(steps - 1, -1, -1):
-            g.addcmul_(grad_y[:, t, :, None], C[:, t, None, :])           # ∂L/∂h_t
-            h = states[:, t]
-            torch.matmul(grad_y[:, t, None, :], h, out=grad_C[:, t, None, :])
-            torch.matmul(g, B[:, t, :, None], out=grad_u[:, t, :, None])
-            torch.matmul(u[:, t, None, :], g, out=grad_B[:, t, None, :])
-            before = states[:, t - 1] if t else initial
+            g.addcmul_(grad_y[t, :, :, None], C_t[t, :, None, :])           # ∂L/∂h_t
+            grad_C.append(torch.bmm(grad_y[t, :, None, :], states[t])[:, 0])
+            grad_u.append(torch.bmm(g, B_t[t, :, :, None])[..., 0])
+            grad_B.append(torch.bmm(u_t[t, :, None, :], g)[:, 0])
+            before = states[t - 1] if t else initial
             if resets is not None:
                 before = before.masked_fill(resets[:, t, None, None], 0)
-            decay = torch.exp(delta[:, t, :, None] * A)                     # a_t (Bt, E, N)
-            exponent_grad = g * before * decay                              # ∂L/∂(δ_t A)
-            torch.sum(exponent_grad * A, -1, out=grad_delta[:, t])
-            grad_A.add_((exponent_grad * delta[:, t, :, None]).sum(0))
+            decay = torch.mul(delta_t[t, :, :, None], A).exp_()              # a_t (Bt, E, N)
+            exponent_grad = (g * before).mul_(decay)                        # ∂L/∂(δ_t ⊗ A)
+            grad_delta.append((exponent_grad * A).sum(-1))
+            grad_A.add_(exponent_grad.mul_(delta_t[t, :, :, None]).sum(0))
             g.mul_(decay)                                                   # ∂L/∂h_{t-1}
             if resets is not None:
                 g.masked_fill_(resets[:, t, None, None], 0)
-        return grad_delta, grad_A, grad_u, grad_B, grad_C, g, None
+        grads = [torch.stack(v[::-1], 1) for v in (grad_delta, grad_u, grad_B, grad_C)]
+        return grads[0], grad_A, grads[1], grads[2], grads[3], g, None
