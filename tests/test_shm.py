@@ -23,13 +23,26 @@ def build(dtype=torch.float64, seed=0, **kw):
 def integer_state(cell, batch):
     """A random memory and integer counters (as the cell itself produces them)."""
     state = random_state(cell, batch, torch.float64)
-    state["t"] = torch.randint(0, cell.num_thetas, (batch, 1)).double()
+    state["t"] = torch.randint(0, 20, (batch, 1)).double()
     return state
 
 
+def sine_embedding(cell, x, p):
+    """POPGym's sine embedding: (1 − s) x + s [sin(p ω_0), cos(p ω_0), ...], ω_i =
+    max_len^(−2i/I), with the cell's strength s (x (B, I), p (B,))."""
+    if cell.embedding is None:
+        return x
+    size = cell.input_size
+    omega = cell.max_len ** (-torch.arange(0, size, 2, dtype=torch.float64) / size)
+    angles = p[:, None].double() * omega
+    pe = torch.stack([angles.sin(), angles.cos()], -1).flatten(-2)[:, :size]
+    s = cell.embedding.strength.clamp(0, 1)
+    return (1 - s) * x + s * pe
+
+
 def written_out(cell, x, resets, state, rows=None):
-    """The paper's equations as a loop from state = (M, p), θ_t = Θ[p_t mod L] (or Θ[rows[:, t]]
-    for given rows (B, T): the draws of theta_draw="random")."""
+    """The equations as a loop from state = (M, p), θ_t = Θ[p_t mod L] (or Θ[rows[:, t]] for
+    given rows (B, T): the draws of theta_draw="random")."""
     d = cell.memory_size
     W = cell.projections.weight
     W_v, W_c, W_k, W_q, w_eta = W[:d], W[d:2 * d], W[2 * d:3 * d], W[3 * d:4 * d], W[4 * d]
@@ -38,8 +51,9 @@ def written_out(cell, x, resets, state, rows=None):
     for t in range(x.shape[1]):
         M = torch.where(resets[:, t, None, None], torch.zeros_like(M), M)
         p = torch.where(resets[:, t], torch.zeros_like(p), p)
-        x_hat = torch.nn.functional.layer_norm(x[:, t], (cell.input_size,),
-                                               cell.norm.weight, cell.norm.bias)
+        x_hat = torch.nn.functional.layer_norm(sine_embedding(cell, x[:, t], p),
+                                               (cell.input_size,), cell.norm.weight,
+                                               cell.norm.bias)
         v, v_c = x_hat @ W_v.T, x_hat @ W_c.T
         k, q = torch.relu(x_hat @ W_k.T), torch.relu(x_hat @ W_q.T)
         k = k / (1e-5 + k.sum(-1, keepdim=True))
@@ -50,14 +64,22 @@ def written_out(cell, x, resets, state, rows=None):
         U = torch.einsum("bi,bj->bij", eta[:, None] * v, k)
         M = C * M + U
         h = torch.einsum("bij,bj->bi", M, q)
+        if cell.shortcut is not None:
+            h = h + x_hat @ cell.shortcut.weight.T + cell.shortcut.bias
         outputs.append(cell.out(h))
-        p = (p + 1) % cell.num_thetas
+        p = p + 1
     return torch.stack(outputs, 1), {"memory": M, "t": p[:, None].double()}
 
 
-def test_scan_equals_the_papers_equations_written_out():
-    """11 steps through a table of 3 vectors (the cycle wraps), a reset inside."""
-    cell = build()
+@pytest.mark.parametrize("kw", [{}, dict(position_embedding=False, shortcut=False)],
+                         ids=["popgym_agent", "bare"])
+def test_scan_equals_the_equations_written_out(kw):
+    """11 steps through a table of 3 vectors (the cycle wraps), a reset inside; the authors'
+    POPGym agent (embedding, shortcut) and the bare memory."""
+    cell = build(**kw)
+    with torch.no_grad():
+        if cell.embedding is not None:
+            cell.embedding.strength.fill_(0.3)
     x = torch.randn(2, 11, 3, dtype=torch.float64) * 2
     resets = torch.zeros(2, 11, dtype=torch.bool)
     resets[0, 5] = True
@@ -152,7 +174,7 @@ def test_a_constant_input_over_1024_steps_stays_finite_in_float32():
 
 def test_theta_cycles_through_the_table_by_the_position_in_the_episode():
     """θ_t = Θ[p_t mod L], p_t = steps since the episode's start; the counter returned is the
-    position after the last step, mod L (lengths: after lengths[b] steps)."""
+    position after the last step (lengths: after lengths[b] steps)."""
     cell = build(num_thetas=4)
     positions = torch.tensor([[0.0, 1, 2, 3, 4, 9]], dtype=torch.float64)
     torch.testing.assert_close(cell.calibration_vectors(positions),
@@ -163,11 +185,12 @@ def test_theta_cycles_through_the_table_by_the_position_in_the_episode():
     resets = torch.zeros(3, 6, dtype=torch.bool)
     resets[1, 2] = True
     _, final = cell.scan(x, state, resets=resets, lengths=torch.tensor([6, 5, 0]))
-    assert final["t"][:, 0].tolist() == [(1 + 6) % 4, 3 % 4, 2.0]
+    assert final["t"][:, 0].tolist() == [1 + 6, 3, 2]
 
 
 def test_defaults_follow_hidden_size():
-    assert dict(memory_size=None, num_thetas=128, theta_draw="cycle").items() <= \
+    assert dict(memory_size=None, num_thetas=128, theta_draw="cycle", position_embedding=True,
+                max_len=1024, shortcut=True).items() <= \
         memory_models.keywords("shm").items()
     for hidden, d in ((4, 2), (6, 2), (64, 8), (128, 11), (256, 16), (1024, 16)):
         cell = memory_models.make("shm", input_size=8, hidden_size=hidden)
@@ -183,6 +206,9 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
                       (dict(memory_size=2.5), "memory_size must be a positive int"),
                       (dict(num_thetas=0), "num_thetas must be a positive int"),
                       (dict(theta_draw="uniform"), r"theta_draw must be one of \('cycle', "),
+                      (dict(shortcut=1), "shortcut must be True or False"),
+                      (dict(position_embedding="sine"), "position_embedding must be a bool"),
+                      (dict(max_len=0), "max_len must be a positive int"),
                       (dict(scan_impl="fast"), "scan_impl must be one of")]:
         with pytest.raises(ValueError, match=match):
             SHM(**{**SMALL, **kw})
