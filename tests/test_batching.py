@@ -102,27 +102,33 @@ def test_iterator_rejects_several_modules():
 def test_complete_episodes_lose_no_step(ray_session):
     """RLlib 2.60's own env runner drops the running episodes at each call (the long ones);
     ours carries them over: every sampled step comes back in a finished episode (those that
-    finished past a call's batch in the next call)."""
+    finished past a call's batch in the next call). The episode metrics average the last
+    metrics_num_episodes_for_smoothing finished episodes (20 here), whichever call they
+    finished in, as the old stack's (RLlib's new stack: this call's only)."""
     config = ppo_config(env=VARIABLE, memory="gru", model_config=dict(
         pre_size=8, hidden_size=8, head_size=8), max_seq_len=16, num_envs_per_env_runner=4,
         train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
+    config = config.reporting(metrics_num_episodes_for_smoothing=20)
     runner = batching.CompleteEpisodesEnvRunner(config=config)
-    returned, sampled = [], 0
-    for _ in range(4):
+    returned, finished, sampled, calls_under_window = [], [], 0, 0
+    for _ in range(5):
         waiting = list(runner._finished)
         episodes = runner.sample()
         assert all(e.is_done and e.t_started == 0 for e in episodes)
         assert sum(map(len, episodes)) >= 256
         assert sum(map(len, episodes[:-1])) < 256          # up to the first that reaches it
         returned += episodes
-        # RLlib's episode metrics: the episodes that finished in this call, each whole, once
         finished_now = [e for e in episodes if e not in waiting] + runner._finished
+        finished += finished_now                            # in the order they finished
+        calls_under_window += len(finished_now) < 20
         metrics = runner.get_metrics()
+        last = finished[-20:] if len(finished_now) < 20 else finished_now[-20:]
         assert float(metrics["episode_len_mean"]) == pytest.approx(
-            np.mean([len(e) for e in finished_now]))
+            np.mean([len(e) for e in last]))               # each episode whole, once
         assert float(metrics["episode_return_mean"]) == pytest.approx(
-            np.mean([e.get_return() for e in finished_now]))
+            np.mean([e.get_return() for e in last]))
         sampled += int(metrics["num_env_steps_sampled"])
+    assert calls_under_window, "every call finished 20 episodes: the window shows nothing"
     running = sum(len(e) for e in runner._running.values())
     waiting = sum(len(e) for e in runner._finished)
     assert sum(map(len, returned)) + waiting + running == sampled

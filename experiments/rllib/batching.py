@@ -48,13 +48,25 @@ GRU learned markedly worse there (NoisyPositionOnlyCartPoleEasy: 0.60 vs 0.78 ov
    stack's coefficient so rose to 0.34 where the old stack's stayed at 0.05
    (benchmarks/results/ceiling). `PPOLearner` updates it with the mean, as the old stack.
 
+5. The episode-return metric. RLlib 2.60's metrics clear at each reduce: the new stack's
+   `episode_return_mean` is the mean over one iteration's episodes (at most
+   metrics_num_episodes_for_smoothing = 100 of them), the old stack's over the last 100
+   episodes whatever iteration they finished in (measured: the new stack's equals the
+   iteration's mean, e.g. 0.146 over 9 episodes where the last 100 averaged 0.105). MMER, the
+   maximum over iterations, so took its max over noisier means on the new stack (on
+   PositionOnlyCartPoleEasy at its ceiling ~21 episodes an iteration against 100).
+   `CompleteEpisodesEnvRunner.get_metrics` reports the mean over the last 100 finished
+   episodes (complete_episodes sampling), as the old stack.
+
 `old_stack_minibatch_rows` is the rule itself; tests hold it equal to the old stack's own
 code (`pad_batch_to_sequences_of_same_size` + `SampleBatch` slicing).
 """
 
 from __future__ import annotations
 
+import collections
 import copy
+import math
 from typing import Iterator
 
 import numpy as np
@@ -63,6 +75,7 @@ from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_KL_KEY
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import EPISODE_LEN_MEAN, EPISODE_RETURN_MEAN
 
 from . import rllib_private, state_storage
 from .seeding import env_seeds
@@ -91,6 +104,9 @@ class CompleteEpisodesEnvRunner(rllib_private.EnvRunner):
         super().__init__(*args, **kwargs)
         self._running: dict[str, SingleAgentEpisode] = {}   # episode id -> its steps so far
         self._finished: list[SingleAgentEpisode] = []       # finished, not returned yet
+        # (length, return) of the last episodes finished before this call's, oldest first
+        self._recent: collections.deque = collections.deque(maxlen=self._smoothing_window())
+        self._finished_now: list[tuple[int, float]] = []     # ... and of this call's
         if self.sparse_states:
             state_storage.use_sparse_states_in_env_runner(
                 *rllib_private.env_runner_pipelines(self))
@@ -129,7 +145,25 @@ class CompleteEpisodesEnvRunner(rllib_private.EnvRunner):
                 episode = self._join(chunk)
                 if episode.is_done:
                     self._finished.append(episode)
+                    self._finished_now.append((len(episode), episode.get_return()))
         return episodes
+
+    def get_metrics(self):
+        """RLlib's metrics, episode_return_mean and episode_len_mean over the last
+        `metrics_num_episodes_for_smoothing` episodes (see 5. above): the earlier ones are
+        logged again before RLlib logs this call's and reduces."""
+        window = self._smoothing_window()
+        for length, episode_return in self._recent:
+            self.metrics.log_value(EPISODE_LEN_MEAN, length, window=window)
+            self.metrics.log_value(EPISODE_RETURN_MEAN, episode_return, window=window)
+        self._recent.extend(self._finished_now)
+        self._finished_now = []
+        return super().get_metrics()
+
+    def _smoothing_window(self) -> int:
+        """RLlib's episode window of one env runner (the algorithm averages the runners')."""
+        return max(1, math.ceil(self.config.metrics_num_episodes_for_smoothing
+                                / (self.config.num_env_runners or 1)))
 
     def reset_seeds(self, seed: int) -> list[int]:
         """The vector env's first reset (the one RLlib seeds) with `seeding.env_seeds`."""
