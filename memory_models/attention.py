@@ -39,7 +39,8 @@ Parallel form (`sliding_window_attention`): the chunk's queries against [cached 
 keys] under one additive mask (within W, causal, same episode, log ω, ALiBi), computed by
 torch.nn.functional.scaled_dot_product_attention in blocks of Q = min(T, W) queries, each
 against the W − 1 + Q keys before and in its block, so the cost is linear in T:
-O(T (W + Q) H) and a mask of (B, T / Q, n, Q, W − 1 + Q). `step` is the same with T = 1.
+O(T (W + Q) H) and a mask of (B, T / Q, n, Q, W − 1 + Q). `step` (`step_attention`) is
+the same for T = 1 without the blocks: [cache; new], then the oldest slot dropped.
 The per-step reference (a loop over t, written out) is in tests/test_transformer.py.
 Computes in all four float dtypes.
 """
@@ -145,6 +146,25 @@ def sliding_window_attention(queries: Tensor, keys: Tensor, values: Tensor, cach
     return out.reshape(batch, blocks * block, heads, head_size)[:, :steps]
 
 
+def step_attention(query: Tensor, keys: Tensor, values: Tensor, weight: Tensor,
+                   position_bias: Tensor) -> Tensor:
+    """One step of `sliding_window_attention`: the query against its window of W slots.
+
+    query (B, n, d); keys, values (B, W, n, d): [cache; this step's], the oldest first;
+    weight (B, W): ω (0 for the slots a reset emptied, 1 for this step's); position_bias
+    (n, W) or (B, n, W): the additive term of slot j at offset W − 1 − j. -> (B, n, d)."""
+    mask = log_weights(weight)[:, None, None, :] + position_bias.unsqueeze(-2)  # (B, n, 1, W)
+    return F.scaled_dot_product_attention(query[:, :, None], keys.transpose(1, 2),
+                                          values.transpose(1, 2), attn_mask=mask)[:, :, 0]
+
+
+def emptied(state: State, reset: Tensor) -> State:
+    """The window with every slot zeroed (ω = 0) in the rows that reset (B,) before this step."""
+    if not bool(reset.any()):
+        return state
+    return {k: torch.where(reset.view(-1, *[1] * (v.ndim - 1)), 0, v) for k, v in state.items()}
+
+
 def window_after(slots: dict[str, Tensor], cache_weight: Tensor, resets: Tensor,
                  lengths: Tensor, window: int) -> dict[str, Tensor]:
     """The window state after lengths[b] steps: the last W − 1 slots of [cache; chunk] up to
@@ -224,3 +244,20 @@ class Transformer(RecurrentMemory):
         y = a + self.mlp(self.mlp_norm(a))                                 # (B, T, H)
         return y, window_after({"keys": keys, "values": values}, state["valid"], resets,
                                lengths, self.window)
+
+    def _step(self, x_t, state, reset, integration_timestep):
+        batch = x_t.shape[0]
+        state = emptied(state, reset)
+        u = self.input(x_t)                                                # (B, H)
+        q, k, v = self.qkv(self.attention_norm(u)).chunk(3, dim=-1)        # (B, H) each
+        keys = torch.cat([state["keys"], k[:, None]], 1)                   # (B, W, H)
+        values = torch.cat([state["values"], v[:, None]], 1)
+        weight = torch.cat([state["valid"], state["valid"].new_ones(batch, 1)], 1)   # (B, W)
+        offsets = torch.arange(self.window - 1, -1, -1, device=x_t.device)
+        split = (batch, self.window, self.heads, self.head_size)
+        o = step_attention(q.view(batch, self.heads, self.head_size), keys.view(split),
+                           values.view(split), weight,
+                           self.alibi(q, offsets)[:, 0])                   # (B, n, d)
+        a = u + self.attention_out(o.reshape(batch, self.hidden_size))
+        y = a + self.mlp(self.mlp_norm(a))
+        return y, {"keys": keys[:, 1:], "values": values[:, 1:], "valid": weight[:, 1:]}

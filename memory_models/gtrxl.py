@@ -47,10 +47,12 @@ holds the two equal (float64) with RLlib's weights copied in. Where they differ:
     blocks. At the default (one unit) the two agree.
 
 State: {"memory": (B, W − 1, H) the unit inputs u of the last W − 1 steps (0 in an empty
-slot), "valid": (B, W − 1) ω}; the initial state all zeros. The parallel form and the step
-are memory_models.attention.sliding_window_attention (blocks of min(T, W) queries; the
+slot), "valid": (B, W − 1) ω}; the initial state all zeros. The parallel form is
+memory_models.attention.sliding_window_attention (blocks of min(T, W) queries; the
 Transformer-XL position term enters as an additive score term gathered from the (W, n, d)
-table r by offset). No elapsed time: δ counts steps. Computes in all four float dtypes.
+table r by offset), the step its `step_attention` over [memory; u_t] (LN₁ and the key and
+value maps recomputed over the W slots at every step, as RLlib's: the state is the unit's
+inputs, not keys). No elapsed time: δ counts steps. Computes in all four float dtypes.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .attention import check_heads, default_heads, sliding_window_attention, window_after
+from .attention import (check_heads, default_heads, emptied, sliding_window_attention,
+                        step_attention, window_after)
 from .checks import check_int
 from .interface import RecurrentMemory, State
 from .registry import register
@@ -184,3 +187,21 @@ class GTrXL(RecurrentMemory):
         a = self.attention_gate(u, attended)                               # (B, T, H)
         y = self.mlp_gate(a, self.mlp(self.mlp_norm(a)))                   # (B, T, H)
         return y, window_after({"memory": memory}, state["valid"], resets, lengths, self.window)
+
+    def _step(self, x_t, state, reset, integration_timestep):
+        batch = x_t.shape[0]
+        state = emptied(state, reset)
+        u = self.input(x_t)                                                # (B, H)
+        memory = torch.cat([state["memory"], u[:, None]], 1)               # (B, W, H)
+        weight = torch.cat([state["valid"], state["valid"].new_ones(batch, 1)], 1)   # (B, W)
+        q, k, v = self.qkv(self.attention_norm(memory)).chunk(3, dim=-1)   # (B, W, n·d)
+        split = (batch, self.window, self.heads, self.head_size)
+        q = q[:, -1].view(batch, self.heads, self.head_size)              # (B, n, d)
+        r = self.relative_positions(x_t).flip(0)                          # slot j: δ = W − 1 − j
+        position_term = torch.einsum("bhd,whd->bhw", q + self.position_bias, r) \
+            * self.head_size ** -0.5                                       # (B, n, W)
+        o = step_attention(q + self.content_bias, k.reshape(split), v.reshape(split), weight,
+                           position_term)                                  # (B, n, d)
+        a = self.attention_gate(u, torch.relu(self.attention_out(o.reshape(batch, -1))))
+        y = self.mlp_gate(a, self.mlp(self.mlp_norm(a)))
+        return y, {"memory": memory[:, 1:], "valid": weight[:, 1:]}
