@@ -10,6 +10,15 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
 
+@pytest.fixture(params=["odd-even", "loop"])
+def kernel(request, monkeypatch):
+    """Both kernels of the parallel scan: the odd-even recursion, and the in-place loop over t
+    that the CPU runs once a step's slice is large (forced here at any size)."""
+    monkeypatch.setattr(scan_module, "LOOP_MIN_STEP_ELEMENTS",
+                        0 if request.param == "loop" else float("inf"))
+    return request.param
+
+
 def elements(batch, steps, modes, dtype, device, complex_=True, seed=0):
     """Decays a = exp(A·Δt) from random stable A and random Δt (0 .. 3), inputs b, s_{-1}."""
     g = torch.Generator().manual_seed(seed)
@@ -36,7 +45,7 @@ def elements(batch, steps, modes, dtype, device, complex_=True, seed=0):
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 16, 33, 100, 257])
-def test_parallel_equals_sequential(steps, dtype, complex_, device):
+def test_parallel_equals_sequential(steps, dtype, complex_, device, kernel):
     a, b, s0, resets, lengths = elements(4, steps, 3, dtype, device, complex_, seed=steps)
     for kw in (dict(), dict(resets=resets), dict(resets=resets, lengths=lengths)):
         got = linear_scan(a, b, s0, **kw)
@@ -47,7 +56,7 @@ def test_parallel_equals_sequential(steps, dtype, complex_, device):
 @pytest.mark.parametrize("blocks", ["one-block", "row-blocks"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("steps", [5, 64, 77])
-def test_gradients_equal_sequential(steps, dtype, blocks, monkeypatch):
+def test_gradients_equal_sequential(steps, dtype, blocks, monkeypatch, kernel):
     if blocks == "row-blocks":            # one batch row per block
         monkeypatch.setattr(scan_module, "BLOCK_BYTES", 1)
     a, b, s0, resets, lengths = elements(3, steps, 2, dtype, "cpu", seed=steps)
@@ -64,14 +73,14 @@ def test_gradients_equal_sequential(steps, dtype, blocks, monkeypatch):
         torch.testing.assert_close(got, want, **TOL[dtype])
 
 
-def test_gradcheck_complex():
+def test_gradcheck_complex(kernel):
     a, b, s0, resets, lengths = elements(2, 11, 2, torch.float64, "cpu", seed=3)
     leaves = [t.clone().requires_grad_() for t in (a, b, s0)]
     assert torch.autograd.gradcheck(lambda *t: linear_scan(*t, resets=resets, lengths=lengths),
                                     leaves)
 
 
-def test_reset_replaces_the_previous_state_by_zero():
+def test_reset_replaces_the_previous_state_by_zero(kernel):
     a = torch.full((1, 4, 1), 0.5, dtype=torch.float64)
     b = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64).view(1, 4, 1)
     s0 = torch.tensor([[8.0]], dtype=torch.float64)
@@ -80,7 +89,7 @@ def test_reset_replaces_the_previous_state_by_zero():
     assert s.tolist() == [5.0, 4.5, 3.0, 5.5]          # s_2 = a·0 + b_2
 
 
-def test_lengths_hold_the_state_and_zero_length_keeps_initial():
+def test_lengths_hold_the_state_and_zero_length_keeps_initial(kernel):
     a, b, s0, _, _ = elements(3, 9, 2, torch.float64, "cpu")
     lengths = torch.tensor([9, 4, 0])
     s = linear_scan(a, b, s0, lengths=lengths)
@@ -114,3 +123,11 @@ def test_backward_is_not_differentiable_again():
     (grad,) = torch.autograd.grad(states.abs().square().sum(), b, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.abs().sum().backward()
+
+
+def test_cpu_runs_the_loop_once_a_step_is_large():
+    """The kernel follows the size of one step (B·F): odd-even for small steps, the loop from
+    LOOP_MIN_STEP_ELEMENTS on (the PPO learner's 157 rows x 256 features)."""
+    small, large = torch.zeros(4, 100, 3), torch.zeros(157, 53, 256)
+    assert scan_module._scan_kernel(small)[0] is scan_module._scan_into
+    assert scan_module._scan_kernel(large)[0] is scan_module._loop_into

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 BLOCK_BYTES = 2 << 20          # batch rows per block of the parallel scan: about this many bytes
+LOOP_MIN_STEP_ELEMENTS = 4096  # CPU: a step's slice (B·F) from which the loop beats odd-even
 
 
 def fold_elements(a: Tensor, b: Tensor, resets: Tensor | None = None,
@@ -94,8 +95,9 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, initial: Tensor) -> Tensor:
         states = b.new_empty(b.shape)
-        for rows in _row_blocks(b):
-            _scan_into(a[rows], b[rows], states[rows], initial[rows])
+        scan_into, blocks = _scan_kernel(b)
+        for rows in blocks:
+            scan_into(a[rows], b[rows], states[rows], initial[rows])
         ctx.save_for_backward(a, initial, states)
         return states
 
@@ -105,12 +107,15 @@ class _LinearScan(torch.autograd.Function):
         a, initial, states = ctx.saved_tensors
         g = grad_states.new_empty(a.shape)
         grad_a = a.new_empty(a.shape)
-        for rows in _row_blocks(a):
-            # g_t = grad_t + conj(a_{t+1}) g_{t+1}, g_{T-1} = grad_{T-1}: reverse scan from zero
-            decays = a.new_empty(a[rows].shape)                             # conj(a_{t+1})
-            torch.conj_physical(a[rows, 1:], out=decays[:, :-1])
-            decays[:, -1] = 0
-            _scan_into(decays, grad_states[rows], g[rows], reverse=True)
+        scan_into, blocks = _scan_kernel(a)
+        for rows in blocks:
+            # g_t = grad_t + conj(a_{t+1}) g_{t+1} back from g_{T-1} = grad_{T-1}: the reverse
+            # scan of the steps t < T-1 with decays conj(a_{t+1}) from the state g_{T-1}
+            decays = a[rows, 1:]
+            if decays.is_complex():
+                decays = torch.conj_physical(decays)
+            g[rows, -1] = grad_states[rows, -1]
+            scan_into(decays, grad_states[rows, :-1], g[rows, :-1], g[rows, -1], reverse=True)
             # ∂L/∂a_t = g_t conj(s_{t-1})
             torch.mul(g[rows, 1:], states[rows, :-1].conj(), out=grad_a[rows, 1:])
         torch.mul(g[:, 0], initial.conj(), out=grad_a[:, 0])
@@ -163,6 +168,29 @@ def _scan_into(a: Tensor, b: Tensor, out: Tensor, initial: Tensor | None = None,
     if leftover:
         last, previous = (0, 1) if reverse else (-1, -2)
         _one_step(a[:, last], b[:, last], out[:, previous], out[:, last])
+
+
+def _loop_into(a: Tensor, b: Tensor, out: Tensor, initial: Tensor | None = None,
+               reverse: bool = False) -> None:
+    """What `_scan_into` computes, by a loop over t: one fused multiply-add per step, each
+    written in place. T whole-slice ops and the least memory traffic (read a_t, b_t, s_{t-1},
+    write s_t): on the CPU the faster form once a step's slice holds LOOP_MIN_STEP_ELEMENTS."""
+    a_steps, b_steps, out_steps = a.unbind(1), b.unbind(1), out.unbind(1)
+    before = initial
+    for t in (reversed(range(a.shape[1])) if reverse else range(a.shape[1])):
+        _one_step(a_steps[t], b_steps[t], before, out_steps[t])
+        before = out_steps[t]
+
+
+def _scan_kernel(like: Tensor):
+    """(kernel, batch row blocks) for tensors like `like` (B, T, *F): on the CPU, once a step
+    (B·F elements) is large enough that an op over it costs more than its launch, the loop over
+    t on all rows at once (it streams through memory once); else (GPUs, many small steps) the
+    odd-even recursion over row blocks that stay in cache (`_row_blocks`)."""
+    step_elements = like[:, 0].numel() if like.shape[1] else 0
+    if like.device.type == "cpu" and step_elements >= LOOP_MIN_STEP_ELEMENTS:
+        return _loop_into, [slice(None)]
+    return _scan_into, _row_blocks(like)
 
 
 def _one_step(a: Tensor, b: Tensor, before: Tensor | None, out: Tensor) -> None:
