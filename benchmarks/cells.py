@@ -251,6 +251,40 @@ def event_ssm_sequential(sizes: Sizes) -> Subject:
     return cell_subject("event_ssm", sizes, scan_impl="sequential")
 
 
+def rllib_gtrxl_net(sizes: Sizes) -> Subject:
+    """RLlib's old-stack GTrXLNet with num_outputs None (its input linear map and one GTrXL
+    unit, as its AttentionWrapper builds it) at gtrxl's default sizes (4 heads of 64, MLP
+    256, window 64: memory_training = memory_inference = 63). Sequence kinds: its forward
+    over the chunk after a memory of 63 steps (its query i sees 63 + i + 1 steps, ours 64);
+    step: T = 1 from the memory, which is then shifted by one (as its view requirements do)."""
+    import gymnasium as gym
+    from ray.rllib.models.torch.attention_net import GTrXLNet
+    unit = memory_models.make("gtrxl", input_size=sizes.input, hidden_size=sizes.hidden)
+    tau = unit.window - 1
+    net = GTrXLNet(gym.spaces.Box(-1.0, 1.0, (sizes.input,)), gym.spaces.Discrete(2), None,
+                   {"max_seq_len": sizes.steps}, "gtrxl", num_transformer_units=1,
+                   attention_dim=sizes.hidden, num_heads=unit.heads, head_dim=unit.head_size,
+                   memory_inference=tau, memory_training=tau, position_wise_mlp_dim=unit.mlp_size)
+
+    def forward(x: Tensor, memory: Tensor) -> Tensor:
+        rows, steps = x.shape[:2]
+        out, _ = net({"obs": x.reshape(rows * steps, -1)}, [memory], torch.full((rows,), steps))
+        return out
+
+    def make_state(rows: int) -> Tensor:
+        return torch.randn(rows, tau, sizes.hidden) * 0.5
+
+    x_t = torch.randn(sizes.batch, sizes.input)
+    rollout = {"memory": make_state(sizes.batch)}
+
+    def step():
+        with torch.no_grad():
+            _, (new,) = net({"obs": x_t}, [rollout["memory"]], torch.ones(sizes.batch))
+            rollout["memory"] = torch.cat([rollout["memory"][:, 1:], new[:, None]], 1)
+
+    return sequence_closures(forward, make_state, sizes, step)
+
+
 def scan_op(scan: Callable[..., Tensor]) -> Callable[[Sizes], Subject]:
     """The bare linear-scan op on event_ssm's shapes: a, b (B, T, state/2) complex, s_{-1}."""
     def build(sizes: Sizes) -> Subject:
@@ -283,6 +317,10 @@ PEERS: dict[str, tuple[Callable[[Sizes], Subject], tuple[str, ...]]] = {
     "event_ssm(layers=4)": (lambda sizes: cell_subject("event_ssm", sizes, layers=4),
                             ("event_ssm",)),
     "ops.linear_scan": (scan_op(linear_scan), ("event_ssm",)),
+    "transformer(window=256)": (lambda sizes: cell_subject("transformer", sizes, window=256),
+                                ("transformer",)),
+    "gtrxl(window=256)": (lambda sizes: cell_subject("gtrxl", sizes, window=256), ("gtrxl",)),
+    "rllib.GTrXLNet": (rllib_gtrxl_net, ("gtrxl",)),
     "ops.linear_scan_sequential": (scan_op(linear_scan_sequential), ("event_ssm",)),
 }
 
@@ -331,6 +369,15 @@ TARGETS += [target for cell in ("ffm", "lru", "min_gru") for target in (
     Target(cell, "train", REFERENCE, 3.0, f"{cell} fwd+bwd >= 3x faster than GRU"),
     Target(cell, "learner", REFERENCE, 2.0, f"{cell} at the learner minibatch >= 2x GRU"),
     Target(cell, "step", REFERENCE, 1.0, f"{cell} step no slower than GRU's"))]
+# the attention memories (issue 26) at their default window W = 64: no slower than GRU at
+# B=16/T=1024 and at the learner minibatch; gtrxl no slower than RLlib's GTrXLNet
+TARGETS += [Target(cell, kind, REFERENCE, 1.0, f"{cell} (W = 64) {what} no slower than GRU")
+            for cell in ("transformer", "gtrxl")
+            for kind, what in (("train", "fwd+bwd"), ("learner", "at the learner minibatch"))]
+TARGETS += [Target("gtrxl", kind, "rllib.GTrXLNet", 1.0,
+                   f"gtrxl {what} no slower than RLlib's GTrXLNet")
+            for kind, what in (("train", "fwd+bwd"), ("learner", "at the learner minibatch"),
+                               ("step", "step"))]
 STEP_FACTOR = 2.0      # every registered cell's step latency <= 2x GRU's step
 
 # What a reader of the table needs to weigh a verdict, written under it when the cell is run.
