@@ -65,8 +65,8 @@ the resettable associative scan of memory_models.ops.scan (`linear_scan`; resets
 a zero decay, lengths as the identity); `scan_impl="sequential"` runs the reference loop
 (an implementation option for tests and benchmarks). The elements take B·T·d² floats each
 and the scan's passes over them bound the speed: at hidden 256 (1 thread, CPU time), d = 32
-measured 1.05x GRU's time at B=16/T=1024 and 2.0x at the learner minibatch (157 × 53), d = 16
-0.17x and 0.27x (benchmarks/results/cells_shm_rtu.md). memory_size = None takes
+measured 1.05x to 1.2x GRU's time at B=16/T=1024 and 1.5x to 2x at the learner minibatch
+(157 × 53), d = 16 0.25x and 0.28x (benchmarks/results/cells_shm_rtu.md). memory_size = None takes
 min(16, round(sqrt(hidden_size))): 16 at hidden 256, as POPGym's fast-weight memory (fwp's
 key size round(sqrt(hidden_size))); the paper's POPGym runs used H = 72.
 Computes in float32 and float64 (the counter is exact there; float16 / bfloat16 count exactly
