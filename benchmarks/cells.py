@@ -251,6 +251,26 @@ def event_ssm_sequential(sizes: Sizes) -> Subject:
     return cell_subject("event_ssm", sizes, scan_impl="sequential")
 
 
+def mambapy_block(sizes: Sizes) -> Subject:
+    """mambapy 1.2's MambaBlock (the `references` extra: pure PyTorch, its parallel pscan) at
+    mamba's defaults (d_model = hidden, d_state 16, expand 2, d_conv 4) after a Linear map
+    input -> hidden (the block keeps its width; ours maps input -> 2E directly). Its sequence
+    pass takes no state (from zero); step: its step() from an (h, conv inputs) cache."""
+    from mambapy.mamba import MambaBlock, MambaConfig
+    project = nn.Linear(sizes.input, sizes.hidden)
+    block = MambaBlock(MambaConfig(d_model=sizes.hidden, n_layers=1))
+    channels, modes = block.config.d_inner, block.config.d_state
+    x_t = torch.randn(sizes.batch, sizes.input)
+    rollout = {"cache": (torch.randn(sizes.batch, channels, modes) * 0.5,
+                         torch.randn(sizes.batch, channels, block.config.d_conv - 1) * 0.5)}
+
+    def step():
+        with torch.no_grad():
+            _, rollout["cache"] = block.step(project(x_t), rollout["cache"])
+
+    return sequence_closures(lambda x, _: block(project(x)), lambda rows: None, sizes, step)
+
+
 def rllib_gtrxl_net(sizes: Sizes) -> Subject:
     """RLlib's old-stack GTrXLNet with num_outputs None (its input linear map and one GTrXL
     unit, as its AttentionWrapper builds it) at gtrxl's default sizes (4 heads of 64, MLP
@@ -317,6 +337,9 @@ PEERS: dict[str, tuple[Callable[[Sizes], Subject], tuple[str, ...]]] = {
     "event_ssm(layers=4)": (lambda sizes: cell_subject("event_ssm", sizes, layers=4),
                             ("event_ssm",)),
     "ops.linear_scan": (scan_op(linear_scan), ("event_ssm",)),
+    "mambapy.MambaBlock": (mambapy_block, ("mamba",)),
+    "mamba(scan_impl=parallel)": (lambda sizes: cell_subject("mamba", sizes, scan_impl="parallel"),
+                                  ("mamba",)),
     "transformer(window=256)": (lambda sizes: cell_subject("transformer", sizes, window=256),
                                 ("transformer",)),
     "gtrxl(window=256)": (lambda sizes: cell_subject("gtrxl", sizes, window=256), ("gtrxl",)),
@@ -378,6 +401,15 @@ TARGETS += [Target("gtrxl", kind, "rllib.GTrXLNet", 1.0,
                    f"gtrxl {what} no slower than RLlib's GTrXLNet")
             for kind, what in (("train", "fwd+bwd"), ("learner", "at the learner minibatch"),
                                ("step", "step"))]
+# Mamba and Mamba-2 (issue 27): >= 2x GRU at B=16/T=1024, no slower at the learner minibatch;
+# mamba no slower than mambapy's MambaBlock
+TARGETS += [Target(cell, kind, REFERENCE, factor, f"{cell} {what} GRU")
+            for cell in ("mamba", "mamba2")
+            for kind, factor, what in (("train", 2.0, "fwd+bwd >= 2x faster than"),
+                                       ("learner", 1.0, "at the learner minibatch no slower than"))]
+TARGETS += [Target("mamba", kind, "mambapy.MambaBlock", 1.0,
+                   f"mamba {what} no slower than mambapy's MambaBlock")
+            for kind, what in (("train", "fwd+bwd"), ("learner", "at the learner minibatch"))]
 STEP_FACTOR = 2.0      # every registered cell's step latency <= 2x GRU's step
 
 # What a reader of the table needs to weigh a verdict, written under it when the cell is run.
