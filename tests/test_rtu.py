@@ -120,3 +120,29 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
             RTU(**{**SMALL, **kw})
     with pytest.raises(ValueError, match="unknown keyword.*'state_size'"):
         memory_models.make("rtu", input_size=3, hidden_size=4, state_size=4)
+
+
+def test_steps_without_autograd_follow_parameter_changes():
+    """`step` without autograd reuses the weights it derives from the parameters
+    (ParameterDerived): after an optimizer step and after load_state_dict it equals a fresh
+    cell with the same weights."""
+    cell, x = build(), torch.randn(4, 3, dtype=torch.float64)
+    state = {"h": torch.randn(4, 4, 2, dtype=torch.float64)}
+
+    def assert_step_is_fresh():
+        twin = build(seed=1)
+        twin.load_state_dict(cell.state_dict())
+        with torch.no_grad():
+            cell.step(x, state)                                    # fills the cache
+            (y, new), (y_fresh, new_fresh) = cell.step(x, state), twin.step(x, state)
+        torch.testing.assert_close(y, y_fresh, rtol=0, atol=0)
+        torch.testing.assert_close(new["h"], new_fresh["h"], rtol=0, atol=0)
+
+    assert_step_is_fresh()
+    optimizer = torch.optim.Adam(cell.parameters(), lr=0.1)
+    y, new = cell.step(x, state)
+    (y.square().sum() + new["h"].square().sum()).backward()
+    optimizer.step()
+    assert_step_is_fresh()
+    cell.load_state_dict(build(seed=2).state_dict())
+    assert_step_is_fresh()
