@@ -410,6 +410,12 @@ TARGETS += [Target(cell, kind, REFERENCE, factor, f"{cell} {what} GRU")
 TARGETS += [Target("mamba", kind, "mambapy.MambaBlock", 1.0,
                    f"mamba {what} no slower than mambapy's MambaBlock")
             for kind, what in (("train", "fwd+bwd"), ("learner", "at the learner minibatch"))]
+# DeltaNet and Gated DeltaNet (issue 27): >= 2x GRU at B=16/T=1024, no slower at the learner
+# minibatch
+TARGETS += [Target(cell, kind, REFERENCE, factor, f"{cell} {what} GRU")
+            for cell in ("delta_net", "gated_delta_net")
+            for kind, factor, what in (("train", 2.0, "fwd+bwd >= 2x faster than"),
+                                       ("learner", 1.0, "at the learner minibatch no slower than"))]
 STEP_FACTOR = 2.0      # every registered cell's step latency <= 2x GRU's step
 
 # What a reader of the table needs to weigh a verdict, written under it when the cell is run.

@@ -76,6 +76,42 @@ def l2_normalize(x: Tensor) -> Tensor:
     return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + L2_EPSILON)
 
 
+class ShortConv(torch.autograd.Function):
+    """The depthwise causal convolution y_t = Σ_j w[:, j] ⊙ p_{t+j} ⊙ valid[:, t, j] over the
+    window-padded inputs p (B, K − 1 + T, C), w (C, K), valid (B, T, K) or None (all valid):
+    tap j is the input at lag K − 1 − j. Written as K in-place multiply-adds forward and
+    backward (autograd of the K shifted slices would allocate and zero a gradient of the whole
+    padded input per tap). Not itself differentiable."""
+
+    @staticmethod
+    def forward(ctx, padded: Tensor, weight: Tensor, valid: Tensor | None) -> Tensor:
+        K = weight.shape[1]
+        steps = padded.shape[1] - K + 1
+        out = torch.mul(padded[:, K - 1:], weight[:, K - 1])                    # lag 0
+        for j in range(K - 1):
+            tap = padded[:, j:j + steps]
+            out.addcmul_(tap if valid is None else tap * valid[..., j, None], weight[:, j])
+        ctx.save_for_backward(padded, weight, valid)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        padded, weight, valid = ctx.saved_tensors
+        K = weight.shape[1]
+        steps = padded.shape[1] - K + 1
+        grad_padded = padded.new_empty(padded.shape)
+        grad_padded[:, :K - 1] = 0
+        torch.mul(grad, weight[:, K - 1], out=grad_padded[:, K - 1:])
+        grad_weight = weight.new_empty(weight.shape)
+        for j in range(K):
+            g = grad if valid is None or j == K - 1 else grad * valid[..., j, None]
+            grad_weight[:, j] = (g * padded[:, j:j + steps]).sum((0, 1))
+            if j < K - 1:
+                grad_padded[:, j:j + steps].addcmul_(g, weight[:, j])
+        return grad_padded, grad_weight, None
+
+
 class _DeltaRuleCell(RecurrentMemory):
     """The block of the module docstring; `gated` chooses Gated DeltaNet's decay and gate."""
 
@@ -151,12 +187,11 @@ class _DeltaRuleCell(RecurrentMemory):
             time = torch.arange(steps, device=u.device)
             last_reset = torch.cummax(torch.where(resets, time, -1), 1).values   # (B, T)
             since_start = torch.where(last_reset >= 0, time - last_reset, K)
-        out = None
-        for lag in range(K):
-            term = padded[:, K - 1 - lag:K - 1 - lag + steps] * self.conv_weight[:, K - 1 - lag]
-            if since_start is not None and lag:
-                term = term * (lag <= since_start)[..., None].to(u.dtype)
-            out = term if out is None else out + term
+        valid = None                          # valid[b, t, j]: tap j (lag K − 1 − j) in episode
+        if since_start is not None:
+            lags = torch.arange(K - 1, -1, -1, device=u.device)
+            valid = (lags <= since_start[..., None]).to(u.dtype)                 # (B, T, K)
+        out = ShortConv.apply(padded, self.conv_weight, valid)
         # the window after lengths[b] steps: u at t = len − K + 1 .. len − 1
         index = lengths[:, None] + torch.arange(K - 1, device=u.device)          # (B, K − 1)
         new_window = padded.gather(1, index[..., None].expand(-1, -1, padded.shape[-1]))

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CHUNK_SIZE = 64      # steps per chunk: intra-chunk work grows with C, the sequential pass with T/C
+CHUNK_SIZE = 32      # steps per chunk: intra-chunk work grows with C, the sequential pass with T/C
 
 
 def delta_rule_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Tensor,
@@ -145,9 +145,10 @@ def chunked_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, initial: T
 
     k_beta = k * beta                                                           # diag(β) K
     A = (k_beta @ k.transpose(-1, -2)) * decays            # strictly lower part used (+ I)
-    right = torch.cat([v * beta, _gated(k_beta, start_decay)], -1)   # [βV, β exp(γ) K]
-    solved = torch.linalg.solve_triangular(A, right, upper=False, unitriangular=True)
-    U, W = solved.split([v.shape[-1], k.shape[-1]], -1)                          # T[βV], T[..K]
+    eye = torch.eye(size, dtype=k.dtype, device=k.device).expand(A.shape)
+    T = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)  # (I + A)^{-1}
+    U = T @ (v * beta)                                                           # T diag(β) V
+    W = T @ _gated(k_beta, start_decay)                                          # T diag(β e^γ) K
     k_end = _gated(k, end_decay)                                                 # exp(γ_C − γ) K
 
     # the pass over chunks, on per-chunk views (unbind: a slice's gradient would be a zero
