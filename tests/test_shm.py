@@ -1,5 +1,6 @@
-"""SHM: the paper's equations written out (θ cycling through the table), parallel ==
-sequential, float32 at T = 1024, no elapsed time, the counter, defaults, bad arguments."""
+"""SHM: the equations written out (the authors' POPGym agent and the bare memory, θ cycling
+through the table; the paper's random draw), parallel == sequential, float32 at T = 1024, no
+elapsed time, the counter, defaults, bad arguments."""
 
 import pytest
 import torch
@@ -7,8 +8,7 @@ import torch
 import memory_models
 from memory_models import SHM
 from scan_cell_checks import (assert_long_float32_run_matches_float64,
-                              assert_parallel_equals_sequential, assert_scan_equals_loop,
-                              random_state)
+                              assert_parallel_equals_sequential, random_state)
 
 SMALL = dict(input_size=3, hidden_size=5, memory_size=4, num_thetas=3)
 
