@@ -178,11 +178,14 @@ def test_state_in_of_another_dtype_is_cast_to_the_memory_dtype():
 
 def steps_back(name: str) -> int | None:
     """How far back a memory's output at t sees its input: 0 for the memoryless (pos_mlp
-    sees the step's position only), stack_size - 1 for the window cells, None: unbounded."""
+    sees the step's position only), stack_size - 1 or window - 1 for the window cells, None:
+    unbounded."""
     if name in ("mlp", "pos_mlp"):
         return 0
     if name in ("frame_stack", "frame_conv"):
         return small_memory_kwargs(name)["stack_size"] - 1
+    if name in ("transformer", "gtrxl"):          # attention over a window of W steps
+        return small_memory_kwargs(name)["window"] - 1
     return None
 
 
