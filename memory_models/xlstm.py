@@ -126,40 +126,89 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor, C:
     return numerator / denominator[..., None], C, n, m_new
 
 
-def mlstm_chunk(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor,
-                C: Tensor, n: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One chunk of L steps in parallel (module docstring): q, k, v (B, NH, L, D), ĩ, log f
-    (B, NH, L), resets (B, L) bool, carried C, n, m -> h̃ (B, NH, L, D), and the state after
-    the chunk's last step."""
-    steps = q.shape[2]
-    cumulative = log_f.cumsum(-1)                                              # b_t (B, NH, L)
-    causal = torch.ones(steps, steps, dtype=torch.bool, device=q.device).tril()
+def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor,
+                    resets: Tensor, C: Tensor, n: Tensor, m: Tensor,
+                    chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The chunkwise parallel form (module docstring): q, k, v (B, T, NH, D), ĩ, log f
+    (B, T, NH) with the identity steps past the lengths folded in, resets (B, T) bool, state
+    C, n, m -> h̃ (B, T, NH, D) and the state after the last step.
+
+    Three passes: every chunk's own terms at once, stabilised by their row maxima r_t
+    (no gradient: every quantity built from them is scaled back by e^{r_t − m_t}, so the
+    result does not depend on them); a loop over chunks for the states entering each chunk;
+    every chunk's outputs at once. The outputs' m_t carries no gradient either: h̃ does not
+    depend on the stabiliser (module docstring); the states' m does, and keeps it."""
+    batch, steps, heads, size = q.shape
+    length = min(chunk_size, steps)
+    chunks = -(-steps // length)
+    pad = chunks * length - steps
+    if pad:                                          # identity steps after the end
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+        igate = F.pad(igate, (0, 0, 0, pad), value=-math.inf)
+        log_f, resets = F.pad(log_f, (0, 0, 0, pad)), F.pad(resets, (0, pad))
+    # (B, NH, NC, L, ·): heads, chunks and their steps
+    q, k, v = (t.view(batch, chunks, length, heads, size).permute(0, 3, 1, 2, 4).contiguous()
+               for t in (q, k, v))
+    igate, log_f = (t.view(batch, chunks, length, heads).permute(0, 3, 1, 2) for t in (igate, log_f))
+    cumulative = log_f.cumsum(-1)                                # b_t (B, NH, NC, L)
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    resets = resets.view(batch, chunks, length)
     if bool(resets.any()):
-        time = torch.arange(steps, device=q.device)
-        segment = resets.long().cumsum(1)                   # (B, L); 0: the carried state's
-        start = torch.cummax(torch.where(resets, time, 0), 1).values   # its segment's first step
+        time = torch.arange(length, device=q.device)
+        segment = resets.long().cumsum(-1)                       # (B, NC, L); 0: carried
+        start = torch.cummax(torch.where(resets, time, 0), -1).values  # t's segment's start
         before_start = (cumulative - log_f).gather(-1, start[:, None].expand_as(log_f))
-        carried = (segment == 0)[:, None]                                      # (B, 1, L)
-        carry_log = torch.where(carried, m[..., None], 0.0) + cumulative - before_start
-        keep = (causal & (segment[:, :, None] == segment[:, None, :]))[:, None]  # (B, 1, L, L)
+        carried = (segment == 0)[:, None]                        # (B, 1, NC, L)
+        since_start = cumulative - before_start                  # a_t − (m_in or 0)
+        keep = (causal & (segment[..., :, None] == segment[..., None, :]))[:, None]
     else:
-        carried, carry_log, keep = None, m[..., None] + cumulative, causal
+        carried, since_start, keep = None, cumulative, causal
     log_D = (cumulative[..., :, None] - cumulative[..., None, :] + igate[..., None, :])
-    log_D = log_D.masked_fill(~keep, -math.inf)                                # (B, NH, L, L)
-    m_t = torch.maximum(carry_log, log_D.amax(-1))                             # (B, NH, L)
-    weights = torch.exp(log_D - m_t[..., None])                                # (B, NH, L, L)
-    carry = torch.exp(carry_log - m_t)                                         # (B, NH, L)
+    log_D = log_D.masked_fill(~keep, -math.inf)                  # (B, NH, NC, L, L)
+    with torch.no_grad():
+        row_max = log_D.amax(-1)                                 # (B, NH, NC, L)
+        empty = row_max == -math.inf                             # no own term (padding)
+        local = row_max.masked_fill(empty, 0.0)                  # r_t
+    weights = torch.exp(log_D - local[..., None])
+    scores = (q @ k.transpose(-1, -2)) * weights                 # (B, NH, NC, L, L)
+    own_numerator, own_qn = scores @ v, scores.sum(-1)           # at scale e^{r_t}
+    last_k = k * weights[..., -1, :, None]                       # (B, NH, NC, L, D)
+    own_C, own_n = last_k.transpose(-1, -2) @ v, last_k.sum(-2)  # at scale e^{r_{L-1}}
+    last_max = log_D[..., -1, :].amax(-1)                        # (B, NH, NC), with gradient
+
+    entering = []                                                # (C, n, m) entering chunk c
+    per_chunk = zip(since_start[..., -1].unbind(-1), last_max.unbind(-1),
+                    local[..., -1].unbind(-1), empty[..., -1].unbind(-1), own_C.unbind(2),
+                    own_n.unbind(2),
+                    (carried[..., -1].unbind(-1) if carried is not None else [None] * chunks))
+    for gain, own_max, own_log, no_own, chunk_C, chunk_n, continues in per_chunk:
+        entering.append((C, n, m))
+        carry = gain + (m if continues is None else torch.where(continues, m, 0.0))   # (B, NH)
+        m_new = torch.maximum(carry, own_max)
+        from_carried = torch.exp(carry - m_new)
+        if continues is not None:
+            from_carried = torch.where(continues, from_carried, 0.0)
+        from_own = torch.exp(own_log - m_new).masked_fill(no_own, 0.0)
+        C = from_carried[..., None, None] * C + from_own[..., None, None] * chunk_C
+        n = from_carried[..., None] * n + from_own[..., None] * chunk_n
+        m = m_new
+    C_in, n_in, m_in = (torch.stack(s, 2) for s in zip(*entering))   # (B, NH, NC, ...)
+
+    carry = since_start + (m_in[..., None] if carried is None else
+                           torch.where(carried, m_in[..., None], 0.0))      # a_t (B, NH, NC, L)
+    with torch.no_grad():
+        m_t = torch.maximum(carry, row_max)
+        own_scale = torch.exp(local - m_t).masked_fill(empty, 0.0)
+        floor = torch.exp(-m_t)
+    carried_scale = torch.exp(carry - m_t)
     if carried is not None:
-        carry = torch.where(carried, carry, 0.0)
-    scores = (q @ k.transpose(-1, -2)) * weights                               # (B, NH, L, L)
-    carry_q = carry[..., None] * q                                             # (B, NH, L, D)
-    numerator = scores @ v + carry_q @ C                                       # (B, NH, L, D)
-    qn = scores.sum(-1) + (carry_q @ n[..., None])[..., 0]                     # (B, NH, L)
-    h = numerator / torch.maximum(qn.abs(), torch.exp(-m_t))[..., None]
-    last_k = k * weights[..., -1, :, None]                                     # (B, NH, L, D)
-    C_out = last_k.transpose(-1, -2) @ v + carry[..., -1, None, None] * C
-    n_out = last_k.sum(-2) + carry[..., -1, None] * n
-    return h, C_out, n_out, m_t[..., -1]
+        carried_scale = torch.where(carried, carried_scale, 0.0)
+    scaled_q = carried_scale[..., None] * q                      # (B, NH, NC, L, D)
+    numerator = own_scale[..., None] * own_numerator + scaled_q @ C_in
+    qn = own_scale * own_qn + (scaled_q @ n_in[..., None])[..., 0]
+    h = numerator / torch.maximum(qn.abs(), floor)[..., None]    # (B, NH, NC, L, D)
+    h = h.permute(0, 2, 3, 1, 4).reshape(batch, chunks * length, heads, size)[:, :steps]
+    return h, C, n, m
 
 
 @register("mlstm")
@@ -218,17 +267,9 @@ class MLSTM(RecurrentMemory):
             igate = igate.masked_fill(~valid[..., None], -math.inf)
             log_f = log_f.masked_fill(~valid[..., None], 0.0)
             resets = resets & valid
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))                       # (B, NH, T, D)
-        igate, log_f = igate.transpose(1, 2), log_f.transpose(1, 2)            # (B, NH, T)
-        C, n, m = state["C"], state["n"], state["m"]
-        outputs = []
-        for start in range(0, steps, self.chunk_size):
-            chunk = slice(start, start + self.chunk_size)
-            h, C, n, m = mlstm_chunk(q[:, :, chunk], k[:, :, chunk], v[:, :, chunk],
-                                     igate[..., chunk], log_f[..., chunk], resets[:, chunk],
-                                     C, n, m)
-            outputs.append(h)
-        return torch.cat(outputs, 2).transpose(1, 2), {"C": C, "n": n, "m": m}
+        h, C, n, m = mlstm_chunkwise(q, k, v, igate, log_f, resets, state["C"], state["n"],
+                                     state["m"], self.chunk_size)
+        return h, {"C": C, "n": n, "m": m}
 
     def _sequential(self, q, k, v, igate, log_f, state, resets, lengths):
         outputs = []
@@ -304,7 +345,7 @@ class SLSTM(RecurrentMemory):
     def _scan(self, x, state, resets, integration_timesteps, lengths):
         if self.scan_impl == "sequential":
             return self._sequential(x, state, resets, lengths)
-        from_x = self.from_x(x.transpose(0, 1))                               # (T, B, NH, 4D)
+        from_x = self.from_x(x)                                               # (B, T, NH, 4D)
         y, *final = slstm_scan(from_x, self.recurrent, *(state[k] for k in SLSTM_STATE),
                                resets, lengths, self.forget_gate)
         return y, dict(zip(SLSTM_STATE, final))

@@ -5,7 +5,9 @@ PyTorch backends (2.0.6: `xlstm.blocks.mlstm.backends`, `xlstm.blocks.slstm.src.
 run on the CPU) given our projections, no elapsed time, defaults and bad arguments.
 
 Tolerances: float64 1e-10 (1e-12 against the xlstm package, whose denominators we call with
-eps=0; its default eps=1e-6 is the one difference from the paper's form), float32 2e-4.
+eps=0; its default eps=1e-6 is the one difference from the paper's form); float32 2e-4 for
+values, 1e-3 for gradients (the inputs are scaled by 2 to reach large gates; rounding differs
+between the fast and the reference paths and is summed over B·T for a weight's gradient).
 """
 
 import math
@@ -20,6 +22,7 @@ from memory_models.xlstm import MLSTM, SLSTM, default_heads
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+GRAD_TOL = {**TOL, torch.float32: dict(atol=1e-3, rtol=1e-3)}
 STEPS = 13
 
 
@@ -73,7 +76,7 @@ def assert_same(first, second, dtype):
     for k in s1:
         torch.testing.assert_close(s1[k], s2[k], **TOL[dtype], msg=lambda m: f"state {k}: {m}")
     for i, (a, b) in enumerate(zip(g1, g2)):
-        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"gradient {i}: {m}")
+        torch.testing.assert_close(a, b, **GRAD_TOL[dtype], msg=lambda m: f"gradient {i}: {m}")
 
 
 # ---------------------------------------------------------------------- mLSTM

@@ -3,21 +3,25 @@
     slstm_scan(from_x, recurrent, h, c, n, m, resets, lengths, forget_gate) -> (y, h, c, n, m)
 
 computes what a loop of `memory_models.xlstm.slstm_step` through autograd computes (the
-reference, `SLSTM(scan_impl="sequential")`). Shapes: from_x = W x_t + b (T, B, NH, 4D) time-major,
-per head [ĩ; f̃; z̃; õ]; recurrent R (NH, D, 4D); h, c, n, m (B, H), H = NH·D; resets (B, T)
-bool; lengths (B,); forget_gate "sigmoid" (log f = log σ(f̃)) or "exp" (log f = f̃):
+reference, `SLSTM(scan_impl="sequential")`). Shapes: from_x = W x_t + b (B, T, NH, 4D), per
+head [ĩ; f̃; z̃; õ]; recurrent R (NH, D, 4D); h, c, n, m (B, H), H = NH·D; resets (B, T) bool;
+lengths (B,); forget_gate "sigmoid" (log f = log σ(f̃)) or "exp" (log f = f̃):
 
     [ĩ, f̃, z̃, õ]_t = from_x_t + R h_{t-1}        (h, c, n, m: zero where resets[:, t])
     m_t = max(log f_t + m_{t-1}, ĩ_t),  decay = e^{log f_t + m_{t-1} − m_t},  gain = e^{ĩ_t − m_t}
     c_t = decay c_{t-1} + gain tanh(z̃_t),  n_t = decay n_{t-1} + gain,  h_t = σ(õ_t) c_t / n_t
 
-and rows past lengths[b] keep their state; y (B, T, H) = h_t. tests/test_xlstm.py holds the two
-equal, values and gradients.
+and rows past lengths[b] keep their state (and output it); y (B, T, H) = h_t. tests/test_xlstm.py
+holds the two equal, values and gradients.
 
-Why fused: an autograd loop records ~20 small ops a step and its backward replays ~40; here the
-forward loop runs one batched matmul (heads as the batch) and the pointwise ops a step with no
-graph, the backward loop the transposed recurrence, and R's gradient is one batched matmul over
-all T·B rows afterwards. torch.maximum's gradient convention is kept: a tie splits it in half.
+Why fused: an autograd loop records ~20 small ops a step and its backward replays ~40. Here
+everything is head-major, (T, NH, B, ·), so that a step's recurrent term is one batched matmul
+(heads as the batch) written straight into the saved pre-activations; the forward loop keeps
+the gates it computed (decay, gain, tanh z̃, σ(õ)); every factor of the backward that does not
+depend on the incoming gradient is computed for all steps at once before the backward loop,
+which then runs ~18 multiply-adds and one batched matmul a step; R's gradient is one batched
+matmul over all T·B rows afterwards. torch.maximum's gradient convention is kept: a tie in m's
+max splits the gradient in half.
 """
 
 from __future__ import annotations
@@ -30,127 +34,153 @@ from torch import Tensor
 def slstm_scan(from_x: Tensor, recurrent: Tensor, h: Tensor, c: Tensor, n: Tensor, m: Tensor,
                resets: Tensor, lengths: Tensor,
                forget_gate: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """from_x (T, B, NH, 4D) from state h, c, n, m (B, H) -> y (B, T, H) and the state after
+    """from_x (B, T, NH, 4D) from state h, c, n, m (B, H) -> y (B, T, H) and the state after
     lengths[b] steps (module docstring)."""
-    steps, batch = from_x.shape[:2]
+    batch, steps, heads, _ = from_x.shape
+    hidden = h.shape[1]
     if steps == 0:
-        return from_x.new_zeros(batch, 0, h.shape[1]), h, c, n, m
+        return from_x.new_zeros(batch, 0, hidden), h, c, n, m
+    head_major = lambda s: s.view(batch, heads, -1).transpose(0, 1)         # noqa: E731
     time = torch.arange(steps, device=from_x.device)
     active = (time[:, None] < lengths) if bool((lengths < steps).any()) else None  # (T, B)
-    states = _SLSTMScan.apply(from_x, recurrent, h, c, n, m, resets.T.contiguous(), active,
-                              forget_gate == "exp")
-    return states[0].transpose(0, 1), *(s[-1] for s in states)     # h_T = y's last row
+    resets = resets.T.contiguous() if bool(resets.any()) else None                  # (T, B)
+    inputs = (from_x.permute(1, 2, 0, 3).contiguous(), recurrent,
+              *(head_major(s).contiguous() for s in (h, c, n, m)))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        hs, *final = _SLSTMScan.apply(*inputs, resets, active, forget_gate == "exp")
+    else:                                 # no graph: nothing kept for a backward pass
+        states = _forward(*inputs, resets, active, forget_gate == "exp", keep=False)[0]
+        hs, final = states[0, 1:], states[1:, -1]
+    y = hs.permute(2, 0, 1, 3).reshape(batch, steps, hidden)
+    return y, y[:, -1], *(s.transpose(0, 1).reshape(batch, hidden) for s in final)
+
+
+class _SLSTMScan(torch.autograd.Function):
+    """Head-major recurrence. Inputs: from_x (T, NH, B, 4D), R (NH, D, 4D), h0, c0, n0, m0
+    (NH, B, D), resets (T, B) bool or None (no reset), active (T, B) bool (t < lengths[b])
+    or None (every row runs every step), exp_forget. Outputs: h_1..h_T (T, NH, B, D) and
+    c_T, n_T, m_T (NH, B, D) (h_T is the last output)."""
+
+    @staticmethod
+    def forward(ctx, from_x, R, h0, c0, n0, m0, resets, active, exp_forget):
+        states, preact, gates = _forward(from_x, R, h0, c0, n0, m0, resets, active, exp_forget,
+                                         keep=True)
+        ctx.save_for_backward(states, preact, gates, R, resets, active)
+        ctx.exp_forget = exp_forget
+        return states[0, 1:], states[1, -1], states[2, -1], states[3, -1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_c, grad_n, grad_m):
+        states, preact, gates, R, resets, active = ctx.saved_tensors
+        steps, heads, batch, _, size = preact.shape
+        # the state each step read (zero after a reset) and the one it wrote, (T, NH, B, D)
+        read = states[:, :-1] if resets is None else \
+            states[:, :-1].masked_fill(resets[None, :, None, :, None], 0.0)
+        h0, c0, n0, m0 = read.unbind(0)
+        h1, c1, n1 = states[0, 1:], states[1, 1:], states[2, 1:]
+        decay, gain, z, o = gates.unbind(0)
+        igate, fgate = preact[..., 0, :], preact[..., 1, :]
+        # the factors that do not depend on the incoming gradient, for all steps at once
+        inverse_n = n1.reciprocal()
+        to_c = o * inverse_n                                   # ∂h/∂c
+        to_n = h1 * inverse_n                                  # −∂h/∂n
+        to_o = h1 * (1 - o)                                    # ∂h/∂õ
+        c0_decay, n0_decay, z_gain = c0 * decay, n0 * decay, z * gain
+        to_z = gain * (1 - z * z)                              # ∂c/∂z̃ (per unit of ∂L/∂c)
+        forget_m = _log_forget(fgate, ctx.exp_forget) + m0
+        to_forget = 0.5 + 0.5 * torch.sign(forget_m - igate)  # torch.maximum's split of m's
+        to_input = 1 - to_forget                               # gradient (a tie: half each)
+        to_f = None if ctx.exp_forget else torch.sigmoid(-fgate)   # d log σ(f̃) / df̃
+        del read, inverse_n, forget_m
+
+        grad_pre = torch.empty_like(preact)                    # (T, NH, B, 4, D)
+        R_T = R.transpose(1, 2).contiguous()                   # (NH, 4D, D)
+        grad_h = grad_y.new_zeros(heads, batch, size)
+        grad_c, grad_n, grad_m = grad_c.clone(), grad_n.clone(), grad_m.clone()
+        reset_at = resets.any(1).tolist() if resets is not None else [False] * steps
+        for t in reversed(range(steps)):
+            grad_h = grad_h + grad_y[t]
+            if active is not None:            # frozen rows pass the gradient by (below)
+                held = ~active[t, :, None]
+                passed = (grad_h, grad_c, grad_n, grad_m)
+            g_i, g_f, g_z, g_o = grad_pre[t].unbind(2)
+            # h = o c / n
+            grad_c = torch.addcmul(grad_c, grad_h, to_c[t])
+            grad_n = torch.addcmul(grad_n, grad_h, to_n[t], value=-1)
+            torch.mul(grad_h, to_o[t], out=g_o)
+            # c = decay c0 + gain z,  n = decay n0 + gain;  decay, gain = e^{· − m_new}
+            torch.mul(grad_c, to_z[t], out=g_z)
+            through_decay = torch.addcmul(grad_c * c0_decay[t], grad_n, n0_decay[t])
+            through_gain = torch.addcmul(grad_n * gain[t], grad_c, z_gain[t])
+            grad_m_new = grad_m - through_decay - through_gain
+            grad_forget_m = torch.addcmul(through_decay, grad_m_new, to_forget[t])
+            torch.addcmul(through_gain, grad_m_new, to_input[t], out=g_i)
+            if to_f is None:
+                g_f.copy_(grad_forget_m)
+            else:
+                torch.mul(grad_forget_m, to_f[t], out=g_f)
+            grad_h = torch.bmm(grad_pre[t].view(heads, batch, 4 * size), R_T)   # (NH, B, D)
+            grad_c, grad_n, grad_m = grad_c * decay[t], grad_n * decay[t], grad_forget_m
+            if reset_at[t]:                   # the state read was the (constant) zero state
+                zero = resets[t, :, None]
+                grad_h, grad_c, grad_n, grad_m = (g.masked_fill(zero, 0.0)
+                                                  for g in (grad_h, grad_c, grad_n, grad_m))
+            if active is not None:
+                grad_h, grad_c, grad_n, grad_m = (torch.where(held, p, g) for g, p in zip(
+                    (grad_h, grad_c, grad_n, grad_m), passed))
+        if active is not None:                # a frozen row's step took nothing
+            grad_pre.masked_fill_(~active[:, None, :, None, None], 0.0)
+        # R's gradient: Σ_t h_{t-1}ᵀ ∂L/∂preact_t per head, over all T·B rows at once
+        grad_R = torch.bmm(h0.permute(1, 3, 0, 2).flatten(2),
+                           grad_pre.permute(1, 0, 2, 3, 4).flatten(1, 2).flatten(-2))
+        return (grad_pre.flatten(-2), grad_R, grad_h, grad_c, grad_n, grad_m, None, None, None)
+
+
+def _forward(from_x, R, h0, c0, n0, m0, resets, active, exp_forget: bool,
+             keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward loop (module docstring): states (4, T+1, NH, B, D) of h, c, n, m (row 0:
+    the given state), and, if `keep`, every step's pre-activations (T, NH, B, 4, D) and gates
+    decay, gain, tanh z̃, σ(õ) (4, T, NH, B, D) for the backward (else one step's, reused)."""
+    steps, heads, batch, _ = from_x.shape
+    size = R.shape[1]
+    states = from_x.new_empty(4, steps + 1, heads, batch, size)
+    for k, s in enumerate((h0, c0, n0, m0)):
+        states[k, 0] = s
+    kept = steps if keep else 1
+    preact = from_x.new_empty(kept, heads, batch, 4, size)                # ĩ, f̃, z̃, õ
+    gates = from_x.new_empty(4, kept, heads, batch, size)                 # decay, gain, z, o
+    hs, cs, ns, ms = (s.unbind(0) for s in states)
+    reset_at = resets.any(1).tolist() if resets is not None else [False] * steps
+    for t in range(steps):
+        h, c, n, m = _before((hs[t], cs[t], ns[t], ms[t]), resets, t, reset_at[t])
+        slot = t if keep else 0
+        pre = preact[slot]
+        decay, gain, z, o = gates[:, slot].unbind(0)
+        torch.baddbmm(from_x[t], h, R, out=pre.view(heads, batch, 4 * size))
+        igate, fgate, cell_input, ogate = pre.unbind(2)                     # (NH, B, D)
+        forget_m = _log_forget(fgate, exp_forget) + m
+        m_new = torch.maximum(forget_m, igate, out=ms[t + 1])
+        torch.exp(forget_m - m_new, out=decay)
+        torch.exp(igate - m_new, out=gain)
+        c_new = torch.addcmul(decay * c, gain, torch.tanh(cell_input, out=z), out=cs[t + 1])
+        n_new = torch.addcmul(gain, decay, n, out=ns[t + 1])
+        torch.mul(torch.sigmoid(ogate, out=o), c_new / n_new, out=hs[t + 1])
+        if active is not None:
+            held = ~active[t, :, None]
+            for s in (hs, cs, ns, ms):
+                torch.where(held, s[t], s[t + 1], out=s[t + 1])
+    return states, preact, gates
 
 
 def _log_forget(fgate: Tensor, exp_forget: bool) -> Tensor:
     return fgate if exp_forget else F.logsigmoid(fgate)
 
 
-class _SLSTMScan(torch.autograd.Function):
-    """Time-major recurrence. Inputs: from_x (T, B, NH, 4D), R (NH, D, 4D), h0, c0, n0, m0
-    (B, H), resets (T, B) bool, active (T, B) bool (t < lengths[b]) or None (every row runs
-    every step), exp_forget. Outputs: h_1..h_T (T, B, H) and the states (T+1, B, H) of c, n,
-    m whose last row is the state after the sequence (the others are the backward's)."""
-
-    @staticmethod
-    def forward(ctx, from_x, R, h0, c0, n0, m0, resets, active, exp_forget):
-        steps, batch, heads, _ = from_x.shape
-        size = R.shape[1]
-        states = from_x.new_empty(4, steps + 1, batch, heads, size)   # h, c, n, m; row 0: given
-        for k, s in enumerate((h0, c0, n0, m0)):
-            states[k, 0] = s.view(batch, heads, size)
-        preact = from_x.new_empty(steps, batch, heads, 4, size)          # ĩ, f̃, z̃, õ
-        reset_at = resets.any(1).tolist()                 # python flags: no sync per step
-        for t in range(steps):
-            h, c, n, m = _before(states[:, t], resets[t], reset_at[t])
-            raw = torch.baddbmm(from_x[t].transpose(0, 1), h.transpose(0, 1), R)  # (NH, B, 4D)
-            pre = preact[t]
-            pre.copy_(raw.transpose(0, 1).view(batch, heads, 4, size))
-            igate, fgate, cell_input, ogate = pre.unbind(2)                     # (B, NH, D)
-            forget_m = _log_forget(fgate, exp_forget) + m
-            m_new = torch.maximum(forget_m, igate, out=states[3, t + 1])
-            decay, gain = torch.exp(forget_m - m_new), torch.exp(igate - m_new)
-            c_new = torch.addcmul(decay * c, gain, torch.tanh(cell_input), out=states[1, t + 1])
-            n_new = torch.addcmul(gain, decay, n, out=states[2, t + 1])
-            torch.mul(torch.sigmoid(ogate), c_new / n_new, out=states[0, t + 1])
-            if active is not None:
-                keep = active[t, :, None, None]
-                for k in range(4):
-                    torch.where(keep, states[k, t + 1], states[k, t], out=states[k, t + 1])
-        ctx.save_for_backward(states, preact, R, resets, active)
-        ctx.exp_forget = exp_forget
-        flat = states.flatten(-2)                                           # (4, T+1, B, H)
-        return flat[0, 1:], flat[1], flat[2], flat[3]
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y, grad_cs, grad_ns, grad_ms):
-        states, preact, R, resets, active = ctx.saved_tensors
-        steps, batch, heads, _, size = preact.shape
-        shape = (batch, heads, size)
-        # gradients w.r.t. the state after step t (only the final state's reach the outputs)
-        grad_h = grad_y.new_zeros(shape)
-        grad_c, grad_n, grad_m = (g[-1].reshape(shape).clone() for g in (grad_cs, grad_ns,
-                                                                         grad_ms))
-        grad_y = grad_y.view(steps, *shape)
-        grad_pre = torch.empty_like(preact)                                 # (T, B, NH, 4, D)
-        R_T = R.transpose(1, 2)                                             # (NH, 4D, D)
-        reset_at = resets.any(1).tolist()
-        for t in reversed(range(steps)):
-            grad_h = grad_h + grad_y[t]
-            if active is not None:            # frozen rows pass the gradient by
-                keep = active[t, :, None, None]
-                passed = [torch.where(keep, 0.0, g) for g in (grad_h, grad_c, grad_n, grad_m)]
-                grad_h, grad_c, grad_n, grad_m = (torch.where(keep, g, 0.0)
-                                                  for g in (grad_h, grad_c, grad_n, grad_m))
-            h0, c0, n0, m0 = _before(states[:, t], resets[t], reset_at[t])
-            h1, c1, n1 = states[0, t + 1], states[1, t + 1], states[2, t + 1]
-            igate, fgate, cell_input, ogate = preact[t].unbind(2)
-            forget_m = _log_forget(fgate, ctx.exp_forget) + m0
-            m_new = torch.maximum(forget_m, igate)
-            decay, gain = torch.exp(forget_m - m_new), torch.exp(igate - m_new)
-            z, o = torch.tanh(cell_input), torch.sigmoid(ogate)
-            inverse_n = n1.reciprocal()
-            # h = o c / n
-            grad_c = torch.addcmul(grad_c, grad_h, o * inverse_n)
-            grad_n = grad_n - grad_h * h1 * inverse_n
-            g_pre = grad_pre[t]
-            g_i, g_f, g_z, g_o = g_pre.unbind(2)
-            torch.mul(grad_h * c1 * inverse_n, o * (1 - o), out=g_o)
-            # c = decay c0 + gain z,  n = decay n0 + gain
-            grad_decay = torch.addcmul(grad_c * c0, grad_n, n0)
-            grad_gain = torch.addcmul(grad_n, grad_c, z)
-            torch.mul(grad_c * gain, 1 - z * z, out=g_z)
-            # decay = e^{forget_m − m_new}, gain = e^{ĩ − m_new}, m_new = max(forget_m, ĩ)
-            through_decay, through_gain = grad_decay * decay, grad_gain * gain
-            grad_m_new = grad_m - through_decay - through_gain
-            to_forget = (forget_m > igate).to(m_new.dtype) + 0.5 * (forget_m == igate)
-            grad_forget_m = torch.addcmul(through_decay, grad_m_new, to_forget)
-            torch.addcmul(through_gain, grad_m_new, 1 - to_forget, out=g_i)
-            if ctx.exp_forget:
-                g_f.copy_(grad_forget_m)
-            else:
-                torch.mul(grad_forget_m, torch.sigmoid(-fgate), out=g_f)
-            grad_h = torch.bmm(g_pre.view(batch, heads, 4 * size).transpose(0, 1), R_T) \
-                .transpose(0, 1)                                            # (B, NH, D)
-            grad_c, grad_n, grad_m = grad_c * decay, grad_n * decay, grad_forget_m
-            if reset_at[t]:                   # the state read was the (constant) zero state
-                grad_h, grad_c, grad_n, grad_m = (torch.where(resets[t, :, None, None], 0.0, g)
-                                                  for g in (grad_h, grad_c, grad_n, grad_m))
-            if active is not None:
-                grad_h, grad_c, grad_n, grad_m = (g + p for g, p in zip(
-                    (grad_h, grad_c, grad_n, grad_m), passed))
-        # R's gradient: Σ_t h_{t-1}ᵀ ∂L/∂preact_t per head, over all T·B rows at once
-        read = states[0, :-1].masked_fill(resets[..., None, None], 0.0)     # (T, B, NH, D)
-        grad_R = torch.bmm(read.permute(2, 3, 0, 1).flatten(2),
-                           grad_pre.flatten(-2).permute(2, 0, 1, 3).flatten(1, 2))  # (NH, D, 4D)
-        flat = (batch, heads * size)
-        return (grad_pre.flatten(-2), grad_R, grad_h.reshape(flat), grad_c.reshape(flat),
-                grad_n.reshape(flat), grad_m.reshape(flat), None, None, None)
-
-
-def _before(state: Tensor, resets: Tensor, any_reset: bool) -> tuple[Tensor, ...]:
-    """h, c, n, m (B, NH, D) read by a step: state (4, B, NH, D), zero where resets (B,)."""
-    if any_reset:
-        state = state.masked_fill(resets[None, :, None, None], 0.0)
-    return state.unbind(0)
+def _before(state: tuple[Tensor, ...], resets: Tensor | None, t: int,
+            any_reset: bool) -> tuple[Tensor, ...]:
+    """h, c, n, m (NH, B, D) read by step t: the state, zero where resets[t] (B,)."""
+    if not any_reset:
+        return state
+    zero = resets[t, :, None]
+    return tuple(s.masked_fill(zero, 0.0) for s in state)
