@@ -156,12 +156,11 @@ def window_after(u: Tensor, window: Tensor, positions: Tensor | None,
     return last * (position >= lag)[..., None]
 
 
-def conv_step(u_t: Tensor, window: Tensor, weight: Tensor, bias: Tensor,
-              reset: Tensor) -> tuple[Tensor, Tensor]:
+def conv_step(u_t: Tensor, window: Tensor, weight: Tensor,
+              bias: Tensor) -> tuple[Tensor, Tensor]:
     """One step of causal_conv: (conv output (B, C), the next window (B, K-1, C))."""
     if weight.shape[1] == 1:
         return torch.addcmul(bias, u_t, weight[:, 0]), window
-    window = window.masked_fill(reset[:, None, None], 0)
     padded = torch.cat([window, u_t[:, None]], 1)                         # (B, K, C)
     return bias + (padded * weight.T).sum(1), padded[:, 1:]
 
@@ -204,9 +203,10 @@ class _ConvMemory(RecurrentMemory):
             return out, {}
         return out, {"conv": window_after(u, window, positions, lengths)}
 
-    def _conv_step(self, u_t: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
+    def _conv_step(self, u_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """SiLU(conv) (B, C) and the next window, from a state already reset."""
         window = state.get("conv", u_t.new_zeros(u_t.shape[0], 0, u_t.shape[-1]))
-        out, window = conv_step(u_t, window, self.conv_weight, self.conv_bias, reset)
+        out, window = conv_step(u_t, window, self.conv_weight, self.conv_bias)
         return F.silu(out), ({"conv": window} if self.conv_kernel > 1 else {})
 
 
@@ -279,13 +279,14 @@ class Mamba(_ConvMemory):
         return self.readout(ssm, c, z), {"h": h, **conv_state}
 
     def _step(self, x_t, state, reset, integration_timestep):
+        state = self.reset_state(state, reset)
         u, z = self.in_proj(x_t).chunk(2, -1)                                # (B, E)
-        c, conv_state = self._conv_step(u, state, reset)
+        c, conv_state = self._conv_step(u, state)
         step, B, C = self.selection(c)
         delta, A, inputs = self.ssm_inputs(c, step, integration_timestep)
-        h = state["h"].masked_fill(reset[:, None, None], 0)                  # (B, E, N)
-        h = torch.addcmul(inputs[..., None] * B[:, None], torch.exp(delta[..., None] * A), h)
-        return self.readout((h @ C[..., None])[..., 0], c, z), {"h": h, **conv_state}
+        decay = torch.mul(delta[..., None], A).exp_()                        # (B, E, N)
+        h = torch.addcmul(inputs[..., None] * B[:, None], decay, state["h"])
+        return self.readout((h * C[:, None]).sum(-1), c, z), {"h": h, **conv_state}
 
 
 # ---------------------------------------------------------------------- Mamba-2
@@ -376,11 +377,11 @@ class Mamba2(_ConvMemory):
         return self.readout(ssm, xs, z), {"h": h, **conv_state}
 
     def _step(self, x_t, state, reset, integration_timestep):
+        state = self.reset_state(state, reset)
         z, conv_in, low = self.projections(x_t)
-        conv_out, conv_state = self._conv_step(conv_in, state, reset)
+        conv_out, conv_state = self._conv_step(conv_in, state)
         log_decay, u, B, C, xs = self.ssm_inputs(conv_out, low, integration_timestep)
-        h = state["h"].masked_fill(reset[:, None, None, None], 0)            # (B, M, P, N)
         h = torch.addcmul(u[..., None] * B[:, None, None], torch.exp(log_decay)[..., None, None],
-                          h)
-        ssm = (h @ C[:, None, :, None])[..., 0]                               # (B, M, P)
+                          state["h"])                                       # (B, M, P, N)
+        ssm = (h * C[:, None, None]).sum(-1)                                 # (B, M, P)
         return self.readout(ssm, xs, z), {"h": h, **conv_state}

@@ -69,3 +69,16 @@ def test_empty_sequence_returns_the_initial_state():
     delta, A, u, B, C, initial = inputs(steps=0)
     y, final = selective_scan(delta, A, u, B, C, initial)
     assert y.shape == u.shape and final is initial
+
+
+def test_without_gradients_the_loop_keeps_no_states_and_gives_the_same():
+    """Under no_grad (the value pass, rollouts) the loop runs without the autograd Function
+    and its stored states: the same outputs and final state."""
+    args = inputs()
+    resets = torch.zeros(3, 17, dtype=torch.bool)
+    resets[1, 4] = True
+    with torch.no_grad():
+        y, final = selective_scan(*args, resets, torch.tensor([17, 9, 0]))
+    y_ref, final_ref = SELECTIVE_SCAN_IMPLS["sequential"](*args, resets, torch.tensor([17, 9, 0]))
+    torch.testing.assert_close(y[:, :9], y_ref[:, :9], **TOL[torch.float64])
+    torch.testing.assert_close(final, final_ref, **TOL[torch.float64])

@@ -14,7 +14,8 @@ the identity (δ = 0, u = 0), so its final state is the one after lengths[b] ste
 
 `selective_scan` is a loop over t of whole-batch ops on (Bt, E, N) tensors (one step's
 decays and inputs, formed and consumed at once, stay in cache) in a custom autograd Function:
-the forward pass keeps the states h_t (one (T, Bt, E, N) tensor, the only one of that size),
+the forward pass keeps the states h_t (one (T, Bt, E, N) tensor, the only one of that size;
+none without gradients),
 the backward pass runs the loop backwards in time,
 
     g_t = ∂L/∂h_t = g_{t+1} ⊙ a_{t+1} + ∂L/∂y_t ⊗ C_t   (a_{t+1} zero after a reset at t+1)
@@ -57,7 +58,28 @@ def selective_scan(delta: Tensor, A: Tensor, u: Tensor, B: Tensor, C: Tensor, in
     delta, u, resets = fold_lengths(delta, u, resets, lengths)
     if resets is not None and not bool(resets.any()):
         resets = None
-    return _SelectiveScan.apply(delta, A, u, B, C, initial, resets)
+    inputs = (delta, A, u, B, C, initial)
+    delta, u, B, C = (v.transpose(0, 1).contiguous() for v in (delta, u, B, C))   # time-major
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _SelectiveScan.apply(delta, A, u, B, C, initial, resets)
+    return _scan_loop(delta, A, u, B, C, initial, resets)
+
+
+def _scan_loop(delta: Tensor, A: Tensor, u: Tensor, B: Tensor, C: Tensor, initial: Tensor,
+               resets: Tensor | None, states: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The loop over t on time-major delta, u (T, Bt, E), B, C (T, Bt, N): (y (Bt, T, E),
+    final state); each h_t written to states[t] (T, Bt, E, N) if given (the backward pass
+    needs them), else only the last is kept."""
+    outputs = []
+    h = initial
+    for t in range(delta.shape[0]):
+        if resets is not None:
+            h = h.masked_fill(resets[:, t, None, None], 0)
+        decay = torch.mul(delta[t, :, :, None], A).exp_()                   # a_t (Bt, E, N)
+        h = torch.addcmul(u[t, :, :, None] * B[t, :, None, :], decay, h,
+                          out=None if states is None else states[t])
+        outputs.append(torch.bmm(h, C[t, :, :, None])[..., 0])              # (Bt, E)
+    return torch.stack(outputs, 1), h
 
 
 def selective_scan_materialized(delta: Tensor, A: Tensor, u: Tensor, B: Tensor, C: Tensor,
@@ -87,30 +109,21 @@ def check_selective_scan_impl(name: str) -> None:
 
 
 class _SelectiveScan(torch.autograd.Function):
-    """(y (Bt, T, E), final state (Bt, E, N)); the states are kept time-major (T, Bt, E, N) for
-    the backward pass (each step's slice contiguous). Not itself differentiable."""
+    """_scan_loop with its gradient: time-major inputs (each step's slice contiguous), the
+    states kept (T, Bt, E, N) for the backward pass. Not itself differentiable."""
 
     @staticmethod
     def forward(ctx, delta, A, u, B, C, initial, resets):
-        steps = u.shape[1]
-        delta_t, u_t, B_t, C_t = (v.transpose(0, 1).contiguous() for v in (delta, u, B, C))
-        states = u.new_empty(steps, *initial.shape)                         # (T, Bt, E, N)
-        outputs = []
-        h = initial
-        for t in range(steps):
-            if resets is not None:
-                h = h.masked_fill(resets[:, t, None, None], 0)
-            decay = torch.mul(delta_t[t, :, :, None], A).exp_()              # a_t (Bt, E, N)
-            h = torch.addcmul(u_t[t, :, :, None] * B_t[t, :, None, :], decay, h, out=states[t])
-            outputs.append(torch.bmm(h, C_t[t, :, :, None])[..., 0])        # (Bt, E)
-        ctx.save_for_backward(delta_t, A, u_t, B_t, C_t, initial, states)
+        states = u.new_empty(u.shape[0], *initial.shape)                   # (T, Bt, E, N)
+        y, final = _scan_loop(delta, A, u, B, C, initial, resets, states)
+        ctx.save_for_backward(delta, u, B, C, A, initial, states)
         ctx.resets = resets
-        return torch.stack(outputs, 1), states[-1].clone()
+        return y, final.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_final):
-        delta_t, A, u_t, B_t, C_t, initial, states = ctx.saved_tensors
+        delta_t, u_t, B_t, C_t, A, initial, states = ctx.saved_tensors
         resets = ctx.resets
         steps = u_t.shape[0]
         grad_y = (u_t.new_zeros(u_t.shape) if grad_y is None
@@ -133,5 +146,5 @@ class _SelectiveScan(torch.autograd.Function):
             g.mul_(decay)                                                   # ∂L/∂h_{t-1}
             if resets is not None:
                 g.masked_fill_(resets[:, t, None, None], 0)
-        grads = [torch.stack(v[::-1], 1) for v in (grad_delta, grad_u, grad_B, grad_C)]
+        grads = [torch.stack(v[::-1]) for v in (grad_delta, grad_u, grad_B, grad_C)]  # (T, ...)
         return grads[0], grad_A, grads[1], grads[2], grads[3], g, None
