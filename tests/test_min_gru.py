@@ -6,7 +6,7 @@ import torch
 
 import memory_models
 from memory_models import MinGRU
-from memory_models.min_gru import positive_activation
+from memory_models.min_gru import _Elements, positive_activation
 from scan_cell_checks import (assert_parallel_equals_sequential, assert_scan_equals_loop,
                               random_state)
 
@@ -65,6 +65,48 @@ def test_parallel_scan_is_exact_in_float32_at_8192_steps():
     assert (y_par.double() - y64).abs().max() < 1e-4 * scale
 
 
+def test_gradients_equal_the_papers_equations_written_out():
+    """The hand-written backward of the elements (a, b) (min_gru._Elements) through the scan:
+    every gradient (input, initial state, parameters) equals autograd through the written-out
+    loop, with a reset and a carried state, float64."""
+    cell = build()
+    x = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    resets = torch.zeros(2, 9, dtype=torch.bool)
+    resets[1, 4] = True
+    state = {"h": torch.randn(2, 5, dtype=torch.float64, requires_grad=True)}
+    weight = torch.randn(2, 9, 5, dtype=torch.float64)
+    grads = []
+    for run in (lambda: cell.scan(x, state, resets=resets),
+                lambda: written_out(cell, x, resets, state)):
+        y, final = run()
+        loss = (y * weight).sum() + final["h"].square().sum()
+        grads.append(torch.autograd.grad(loss, [x, state["h"], *cell.parameters()]))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_elements_backward_equals_autograd_of_the_formula_at_and_around_zero():
+    """(1 − σ(gate), σ(gate) g(c)) by _Elements and by autograd through torch.where (the
+    paper's g): values to the bit, gradients equal, also at c = 0 exactly (g'(0) = 1, the
+    v ≥ 0 branch), and gradcheck away from the kink at 0."""
+    gate = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(4, 7, dtype=torch.float64) * 3
+    c[0, :3] = 0.0
+    c.requires_grad_()
+    grad_a, grad_b = torch.randn(4, 7, dtype=torch.float64), torch.randn(4, 7, dtype=torch.float64)
+    z = torch.sigmoid(gate)
+    want = (1 - z, z * torch.where(c >= 0, c + 0.5, torch.sigmoid(c)))
+    got = _Elements.apply(gate, c)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    want_grads = torch.autograd.grad(want, [gate, c], [grad_a, grad_b])
+    got_grads = torch.autograd.grad(got, [gate, c], [grad_a, grad_b])
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    smooth = (c + 0.1 * (c == 0)).detach().requires_grad_()       # g has a kink at 0
+    assert torch.autograd.gradcheck(_Elements.apply, (gate, smooth))
+
+
 def test_ignores_integration_timesteps():
     cell = build()
     x = torch.randn(2, 7, 3, dtype=torch.float64)
@@ -80,6 +122,8 @@ def test_candidate_activation_is_positive_continuous_and_increasing():
     g = positive_activation(v)
     assert (g > 0).all() and (g.diff() > 0).all()
     assert positive_activation(torch.tensor([0.0])).item() == 0.5        # both sides meet
+    v = torch.randn(1000) * 4
+    assert torch.equal(positive_activation(v), torch.where(v >= 0, v + 0.5, torch.sigmoid(v)))
     torch.testing.assert_close(positive_activation(torch.tensor([-1e-12, 2.0])),
                                torch.tensor([0.5, 2.5]))
 

@@ -32,6 +32,12 @@ gradient is the same scan run backwards in time,
     g_t = ∂L/∂s_t + conj(a_{t+1}) g_{t+1},   ∂L/∂b_t = g_t,   ∂L/∂a_t = g_t · conj(s_{t-1}),
 
 in a custom autograd Function, so no graph of the sweeps is stored.
+
+On the CPU, once one step's slice (B·F elements) holds LOOP_MIN_STEP_ELEMENTS, the same
+Function runs both scans as an in-place loop over t instead (`_loop_into`: one fused
+multiply-add per step over all rows, the least memory traffic): at the PPO learner's shape
+(157 rows x 53 steps x 256) it is ~2x faster than the odd-even recursion forward and backward.
+Odd-even stays for GPUs and for many small steps, where a launch per step would dominate.
 """
 
 from __future__ import annotations
