@@ -60,6 +60,33 @@ def test_study_entry_is_an_old_stack_peer():
     assert (entry.name, entry.label, entry.stack) == ("rllib:GTrXL", "rllib-GTrXL", "old")
 
 
+def test_study_validation_checks_its_keywords():
+    """A study with rllib:GTrXL validates (`memrl train --dry-run`); a bad keyword or value
+    is the study's error, naming the entry."""
+    from experiments.study import config
+    from experiments.study.config import ConfigError
+    raw = {"name": "t", "tasks": ["RepeatPreviousEasy"], "seeds": [0],
+           "stop": {"env_steps": 100}, "model_config": {"hidden_size": 12},
+           "models": ["gtrxl", {"name": "rllib:GTrXL", "kwargs": {"window": 8}}]}
+    study = config.validate(raw, where="f.yaml")
+    assert study.models[1].name == "rllib:GTrXL" and study.models[1].stack == "old"
+    for kwargs, fragment in (({"memory": 8}, "kwargs ['memory'] are not keys of rllib:GTrXL"),
+                             ({"heads": 5}, "heads must divide hidden_size")):
+        raw["models"][1]["kwargs"] = kwargs
+        with pytest.raises(ConfigError, match="f.yaml") as error:
+            config.validate(raw, where="f.yaml")
+        assert "models[1]" in str(error.value) and fragment in str(error.value), error.value
+
+
+def test_attention_study_config_validates():
+    from pathlib import Path
+
+    from experiments.study import config
+    study = config.load(Path(__file__).resolve().parents[1] / "configs" / "attention.yaml")
+    assert [m.name for m in study.models] == ["transformer", "gtrxl", "rllib:GTrXL", "gru",
+                                              "popgym:GRU"]
+
+
 def test_one_old_stack_ppo_iteration(ray_session):
     """algorithm_config's rllib:GTrXL trains one tiny iteration (window 8, hidden 12) on the
     old stack, every parameter updated; the study's rollouts run it with its memory."""
