@@ -416,6 +416,13 @@ TARGETS += [Target(cell, kind, REFERENCE, factor, f"{cell} {what} GRU")
             for cell in ("delta_net", "gated_delta_net")
             for kind, factor, what in (("train", 2.0, "fwd+bwd >= 2x faster than"),
                                        ("learner", 1.0, "at the learner minibatch no slower than"))]
+# mLSTM and sLSTM (issue 27): mlstm >= 2x GRU at B=16/T=1024 and no slower at the learner
+# minibatch; slstm (sequential) no slower than torch's LSTM (the `lstm` cell: nn.LSTM)
+TARGETS += [Target("mlstm", kind, REFERENCE, factor, f"mlstm {what} GRU")
+            for kind, factor, what in (("train", 2.0, "fwd+bwd >= 2x faster than"),
+                                       ("learner", 1.0, "at the learner minibatch no slower than"))]
+TARGETS += [Target("slstm", kind, "lstm", 1.0, f"slstm {what} no slower than torch's LSTM")
+            for kind, what in (("train", "fwd+bwd"), ("learner", "at the learner minibatch"))]
 STEP_FACTOR = 2.0      # every registered cell's step latency <= 2x GRU's step
 
 # What a reader of the table needs to weigh a verdict, written under it when the cell is run.

@@ -62,25 +62,25 @@ class _SLSTMScan(torch.autograd.Function):
     c_T, n_T, m_T (NH, B, D) (h_T is the last output)."""
 
     @staticmethod
-    def forward(ctx, from_x, R, h0, c0, n0, m0, resets, active, exp_forget):
-        states, preact, gates = _forward(from_x, R, h0, c0, n0, m0, resets, active, exp_forget,
-                                         keep=True)
-        ctx.save_for_backward(states, preact, gates, R, resets, active)
+    def forward(ctx, from_x, R, h0, c0, n0, m0, resets, active, exp_forget):  # noqa: D102
+        states, preact, gates, log_f = _forward(from_x, R, h0, c0, n0, m0, resets, active,
+                                                exp_forget, keep=True)
+        ctx.save_for_backward(states, preact, gates, log_f, R, resets, active)
         ctx.exp_forget = exp_forget
         return states[0, 1:], states[1, -1], states[2, -1], states[3, -1]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_c, grad_n, grad_m):
-        states, preact, gates, R, resets, active = ctx.saved_tensors
+        states, preact, gates, log_f, R, resets, active = ctx.saved_tensors
         steps, heads, batch, _, size = preact.shape
         # the state each step read (zero after a reset) and the one it wrote, (T, NH, B, D)
         read = states[:, :-1] if resets is None else \
             states[:, :-1].masked_fill(resets[None, :, None, :, None], 0.0)
         h0, c0, n0, m0 = read.unbind(0)
         h1, c1, n1 = states[0, 1:], states[1, 1:], states[2, 1:]
-        decay, gain, z, o = gates.unbind(0)
-        igate, fgate = preact[..., 0, :], preact[..., 1, :]
+        gain, decay, z, o = gates.unbind(-2)
+        igate, forget_m = preact[..., 0, :], preact[..., 1, :]            # ĩ, log f + m_{t-1}
         # the factors that do not depend on the incoming gradient, for all steps at once
         inverse_n = n1.reciprocal()
         to_c = o * inverse_n                                   # ∂h/∂c
@@ -88,11 +88,11 @@ class _SLSTMScan(torch.autograd.Function):
         to_o = h1 * (1 - o)                                    # ∂h/∂õ
         c0_decay, n0_decay, z_gain = c0 * decay, n0 * decay, z * gain
         to_z = gain * (1 - z * z)                              # ∂c/∂z̃ (per unit of ∂L/∂c)
-        forget_m = _log_forget(fgate, ctx.exp_forget) + m0
-        to_forget = 0.5 + 0.5 * torch.sign(forget_m - igate)  # torch.maximum's split of m's
+        to_forget = 0.5 + 0.5 * torch.sign(forget_m - igate)  # the max's split of m's
         to_input = 1 - to_forget                               # gradient (a tie: half each)
-        to_f = None if ctx.exp_forget else torch.sigmoid(-fgate)   # d log σ(f̃) / df̃
-        del read, inverse_n, forget_m
+        # d log σ(f̃) / df̃ = 1 − σ(f̃) = −expm1(log f)
+        to_f = None if ctx.exp_forget else torch.expm1(log_f).neg_()
+        del read, inverse_n
 
         grad_pre = torch.empty_like(preact)                    # (T, NH, B, 4, D)
         R_T = R.transpose(1, 2).contiguous()                   # (NH, 4D, D)
@@ -138,39 +138,45 @@ class _SLSTMScan(torch.autograd.Function):
 
 
 def _forward(from_x, R, h0, c0, n0, m0, resets, active, exp_forget: bool,
-             keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+             keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The forward loop (module docstring): states (4, T+1, NH, B, D) of h, c, n, m (row 0:
-    the given state), and, if `keep`, every step's pre-activations (T, NH, B, 4, D) and gates
-    decay, gain, tanh z̃, σ(õ) (4, T, NH, B, D) for the backward (else one step's, reused)."""
+    the given state), and, if `keep`, every step's pre-activations (T, NH, B, 4, D) with f̃
+    replaced by log f + m_{t-1}, and gates gain, decay, tanh z̃, σ(õ) (T, NH, B, 4, D) for
+    the backward (else one step's, reused), and log σ(f̃) (T, NH, B, D) (None for the exp
+    gate or without `keep`). m_t is one max over the adjacent pair (ĩ, log f + m_{t-1}) and
+    (gain, decay) one exp of the pair minus m_t."""
     steps, heads, batch, _ = from_x.shape
     size = R.shape[1]
     states = from_x.new_empty(4, steps + 1, heads, batch, size)
     for k, s in enumerate((h0, c0, n0, m0)):
         states[k, 0] = s
     kept = steps if keep else 1
-    preact = from_x.new_empty(kept, heads, batch, 4, size)                # ĩ, f̃, z̃, õ
-    gates = from_x.new_empty(4, kept, heads, batch, size)                 # decay, gain, z, o
+    preact = from_x.new_empty(kept, heads, batch, 4, size)   # ĩ, log f + m_{t-1}, z̃, õ
+    gates = from_x.new_empty(kept, heads, batch, 4, size)    # gain, decay, tanh z̃, σ(õ)
     hs, cs, ns, ms = (s.unbind(0) for s in states)
+    log_fs = []
     reset_at = resets.any(1).tolist() if resets is not None else [False] * steps
     for t in range(steps):
         h, c, n, m = _before((hs[t], cs[t], ns[t], ms[t]), resets, t, reset_at[t])
         slot = t if keep else 0
-        pre = preact[slot]
-        decay, gain, z, o = gates[:, slot].unbind(0)
+        pre, gate = preact[slot], gates[slot]
         torch.baddbmm(from_x[t], h, R, out=pre.view(heads, batch, 4 * size))
-        igate, fgate, cell_input, ogate = pre.unbind(2)                     # (NH, B, D)
-        forget_m = _log_forget(fgate, exp_forget) + m
-        m_new = torch.maximum(forget_m, igate, out=ms[t + 1])
-        torch.exp(forget_m - m_new, out=decay)
-        torch.exp(igate - m_new, out=gain)
-        c_new = torch.addcmul(decay * c, gain, torch.tanh(cell_input, out=z), out=cs[t + 1])
+        fgate = pre[:, :, 1]
+        log_f = _log_forget(fgate, exp_forget)
+        if keep and not exp_forget:
+            log_fs.append(log_f)
+        torch.add(log_f, m, out=fgate)                                      # log f + m_{t-1}
+        m_new = torch.amax(pre[:, :, :2], 2, out=ms[t + 1])                 # (NH, B, D)
+        torch.exp(pre[:, :, :2] - m_new[:, :, None], out=gate[:, :, :2])    # gain, decay
+        gain, decay, z, o = gate.unbind(2)
+        c_new = torch.addcmul(decay * c, gain, torch.tanh(pre[:, :, 2], out=z), out=cs[t + 1])
         n_new = torch.addcmul(gain, decay, n, out=ns[t + 1])
-        torch.mul(torch.sigmoid(ogate, out=o), c_new / n_new, out=hs[t + 1])
+        torch.mul(torch.sigmoid(pre[:, :, 3], out=o), c_new / n_new, out=hs[t + 1])
         if active is not None:
             held = ~active[t, :, None]
             for s in (hs, cs, ns, ms):
                 torch.where(held, s[t], s[t + 1], out=s[t + 1])
-    return states, preact, gates
+    return states, preact, gates, (torch.stack(log_fs) if log_fs else None)
 
 
 def _log_forget(fgate: Tensor, exp_forget: bool) -> Tensor:
