@@ -58,8 +58,8 @@ ops.scan's parallel `linear_scan` over them (slower on the CPU, see benchmarks/r
 cells_mamba.md). Mamba-2's is ops.ssd's chunked SSD (`scan_impl="parallel"`, its default),
 chunks of at most `chunk_size` steps. `scan_impl="sequential"` runs either over its reference
 loop (implementation options, for tests and benchmarks: they change how it computes, not
-what). Computes in all four float dtypes (Mamba-2's
-RMSNorm takes its mean square in float32 at least: in float16 its gradient overflows).
+what). Computes in all four float dtypes (Mamba-2's RMSNorm takes its mean square in float32
+at least: in float16 its gradient overflows).
 """
 
 from __future__ import annotations

@@ -208,6 +208,24 @@ def test_the_conv_does_not_see_across_a_reset(cls, conv_kernel):
             torch.testing.assert_close(final[key], final_alone[key], **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("cls", [Mamba, Mamba2])
+def test_lengths_with_resets_give_the_state_after_the_length(cls):
+    """A reset just before the length, at its last step, or past it (ignored): the state
+    returned with lengths is the one of the sequence cut at its length, conv window included."""
+    cell = build(cls, hidden_size=8, chunk_size=4) if cls is Mamba2 else build(cls, hidden_size=8)
+    x = torch.randn(4, 12, 3, dtype=torch.float64)
+    state = random_state(cell, 4, torch.float64)
+    lengths = torch.tensor([7, 7, 7, 12])
+    resets = torch.zeros(4, 12, dtype=torch.bool)
+    resets[0, 5] = resets[1, 6] = resets[2, 7] = resets[3, 10] = True
+    _, final = cell.scan(x, state, resets=resets, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        _, cut = cell.scan(x[b:b + 1, :n], {k: v[b:b + 1] for k, v in state.items()},
+                           resets=resets[b:b + 1, :n])
+        for key in final:
+            torch.testing.assert_close(final[key][b:b + 1], cut[key], **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("conv_kernel", [1, 2, 4])
 def test_causal_conv_backward_is_the_gradient(conv_kernel):
     """The conv's hand-written backward (input, window, weight, bias), with and without taps
