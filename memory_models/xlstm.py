@@ -126,29 +126,30 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor, C:
     return numerator / denominator[..., None], C, n, m_new
 
 
-def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor,
-                    resets: Tensor, C: Tensor, n: Tensor, m: Tensor,
-                    chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The chunkwise parallel form (module docstring): q, k, v (B, T, NH, D), ĩ, log f
-    (B, T, NH) with the identity steps past the lengths folded in, resets (B, T) bool, state
-    C, n, m -> h̃ (B, T, NH, D) and the state after the last step.
+def mlstm_chunkwise(qkv: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor, C: Tensor,
+                    n: Tensor, m: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The chunkwise parallel form (module docstring): qkv = [q, W_k x + b_k, v]
+    (B, T, 3, NH, D) (k before its 1/√D), ĩ, log f (B, T, NH) with the identity steps past
+    the lengths folded in, resets (B, T) bool, state C, n, m -> h̃ (B, T, NH, D) and the state
+    after the last step.
 
     Three passes: every chunk's own terms at once, stabilised by their row maxima r_t
     (no gradient: every quantity built from them is scaled back by e^{r_t − m_t}, so the
     result does not depend on them); a loop over chunks for the states entering each chunk;
     every chunk's outputs at once. The outputs' m_t carries no gradient either: h̃ does not
     depend on the stabiliser (module docstring); the states' m does, and keeps it."""
-    batch, steps, heads, size = q.shape
-    length = min(chunk_size, steps)
-    chunks = -(-steps // length)
+    batch, steps, _, heads, size = qkv.shape
+    chunks = -(-steps // chunk_size)
+    length = -(-steps // chunks)                     # chunks of equal length <= chunk_size
     pad = chunks * length - steps
     if pad:                                          # identity steps after the end
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+        qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad))
         igate = F.pad(igate, (0, 0, 0, pad), value=-math.inf)
         log_f, resets = F.pad(log_f, (0, 0, 0, pad)), F.pad(resets, (0, pad))
     # (B, NH, NC, L, ·): heads, chunks and their steps
-    q, k, v = (t.view(batch, chunks, length, heads, size).permute(0, 3, 1, 2, 4).contiguous()
-               for t in (q, k, v))
+    q, k, v = qkv.view(batch, chunks, length, 3, heads, size).permute(3, 0, 4, 1, 2, 5) \
+        .contiguous().unbind(0)                                  # one copy for all three
+    k = k / math.sqrt(size)
     igate, log_f = (t.view(batch, chunks, length, heads).permute(0, 3, 1, 2) for t in (igate, log_f))
     cumulative = log_f.cumsum(-1)                                # b_t (B, NH, NC, L)
     causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
@@ -171,28 +172,29 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tenso
         local = row_max.masked_fill(empty, 0.0)                  # r_t
     weights = torch.exp(log_D - local[..., None])
     scores = (q @ k.transpose(-1, -2)) * weights                 # (B, NH, NC, L, L)
-    own_numerator, own_qn = scores @ v, scores.sum(-1)           # at scale e^{r_t}
+    # [v | 1]: one matmul reads the values and the normaliser alike, and the state is [C | n]
+    v_ones = F.pad(v, (0, 1), value=1.0)                         # (B, NH, NC, L, D+1)
+    own_read = scores @ v_ones                                   # [Σ w (q·k) v | Σ w q·k]
     last_k = k * weights[..., -1, :, None]                       # (B, NH, NC, L, D)
-    own_C, own_n = last_k.transpose(-1, -2) @ v, last_k.sum(-2)  # at scale e^{r_{L-1}}
+    own_state = last_k.transpose(-1, -2) @ v_ones                # [C | n] at scale e^{r_{L-1}}
     last_max = log_D[..., -1, :].amax(-1)                        # (B, NH, NC), with gradient
 
-    entering = []                                                # (C, n, m) entering chunk c
+    state = torch.cat([C, n[..., None]], -1)                     # [C | n] (B, NH, D, D+1)
+    entering = []                                                # ([C | n], m) entering chunk c
     per_chunk = zip(since_start[..., -1].unbind(-1), last_max.unbind(-1),
-                    local[..., -1].unbind(-1), empty[..., -1].unbind(-1), own_C.unbind(2),
-                    own_n.unbind(2),
+                    local[..., -1].unbind(-1), empty[..., -1].unbind(-1), own_state.unbind(2),
                     (carried[..., -1].unbind(-1) if carried is not None else [None] * chunks))
-    for gain, own_max, own_log, no_own, chunk_C, chunk_n, continues in per_chunk:
-        entering.append((C, n, m))
+    for gain, own_max, own_log, no_own, chunk_state, continues in per_chunk:
+        entering.append((state, m))
         carry = gain + (m if continues is None else torch.where(continues, m, 0.0))   # (B, NH)
         m_new = torch.maximum(carry, own_max)
         from_carried = torch.exp(carry - m_new)
         if continues is not None:
             from_carried = torch.where(continues, from_carried, 0.0)
         from_own = torch.exp(own_log - m_new).masked_fill(no_own, 0.0)
-        C = from_carried[..., None, None] * C + from_own[..., None, None] * chunk_C
-        n = from_carried[..., None] * n + from_own[..., None] * chunk_n
+        state = from_carried[..., None, None] * state + from_own[..., None, None] * chunk_state
         m = m_new
-    C_in, n_in, m_in = (torch.stack(s, 2) for s in zip(*entering))   # (B, NH, NC, ...)
+    state_in, m_in = (torch.stack(s, 2) for s in zip(*entering))   # (B, NH, NC, ...)
 
     carry = since_start + (m_in[..., None] if carried is None else
                            torch.where(carried, m_in[..., None], 0.0))      # a_t (B, NH, NC, L)
@@ -203,12 +205,10 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tenso
     carried_scale = torch.exp(carry - m_t)
     if carried is not None:
         carried_scale = torch.where(carried, carried_scale, 0.0)
-    scaled_q = carried_scale[..., None] * q                      # (B, NH, NC, L, D)
-    numerator = own_scale[..., None] * own_numerator + scaled_q @ C_in
-    qn = own_scale * own_qn + (scaled_q @ n_in[..., None])[..., 0]
-    h = numerator / torch.maximum(qn.abs(), floor)[..., None]    # (B, NH, NC, L, D)
+    read = own_scale[..., None] * own_read + (carried_scale[..., None] * q) @ state_in
+    h = read[..., :-1] / torch.maximum(read[..., -1].abs(), floor)[..., None]  # (.., L, D)
     h = h.permute(0, 2, 3, 1, 4).reshape(batch, chunks * length, heads, size)[:, :steps]
-    return h, C, n, m
+    return h, state[..., :-1], state[..., -1], m
 
 
 @register("mlstm")
@@ -236,13 +236,18 @@ class MLSTM(RecurrentMemory):
             igate_bias.normal_(0.0, 0.1)
             fgate_bias.copy_(torch.linspace(3.0, 6.0, self.heads))
 
-    def inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """q, k (scaled by 1/√D), v (..., NH, D), ĩ, log f (..., NH), o (..., H) of x (..., I)."""
+    def projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """[q, W_k x + b_k, v] (..., 3, NH, D), ĩ, log f (..., NH), o (..., H) of x (..., I)."""
         H, NH, D = self.hidden_size, self.heads, self.head_size
         qkv, igate, fgate, out = self.projection(x).split([3 * H, NH, NH, H], -1)
-        q, k, v = qkv.unflatten(-1, (3, NH, D)).unbind(-3)
-        return (q, k / math.sqrt(D), v, igate, log_forget(fgate, self.forget_gate),
+        return (qkv.unflatten(-1, (3, NH, D)), igate, log_forget(fgate, self.forget_gate),
                 torch.sigmoid(out))
+
+    def inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """q, k (scaled by 1/√D), v (..., NH, D), ĩ, log f (..., NH), o (..., H) of x (..., I)."""
+        qkv, igate, log_f, out = self.projections(x)
+        q, k, v = qkv.unbind(-3)
+        return q, k / math.sqrt(self.head_size), v, igate, log_f, out
 
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
         device, dtype = self._defaults(device, dtype)
@@ -255,19 +260,22 @@ class MLSTM(RecurrentMemory):
         batch, steps = x.shape[:2]
         if steps == 0:
             return x.new_zeros(batch, 0, self.hidden_size), state
-        q, k, v, igate, log_f, out = self.inputs(x)      # (B, T, NH, D) x3, (B, T, NH) x2
-        run = self._sequential if self.scan_impl == "sequential" else self._chunkwise
-        h, final = run(q, k, v, igate, log_f, state, resets, lengths)          # (B, T, NH, D)
-        return out * h.flatten(-2), final
+        if self.scan_impl == "sequential":
+            q, k, v, igate, log_f, out = self.inputs(x)  # (B, T, NH, D) x3, (B, T, NH) x2
+            h, final = self._sequential(q, k, v, igate, log_f, state, resets, lengths)
+        else:
+            qkv, igate, log_f, out = self.projections(x)
+            h, final = self._chunkwise(qkv, igate, log_f, state, resets, lengths)
+        return out * h.flatten(-2), final                                      # (B, T, H)
 
-    def _chunkwise(self, q, k, v, igate, log_f, state, resets, lengths):
-        steps = q.shape[1]
+    def _chunkwise(self, qkv, igate, log_f, state, resets, lengths):
+        steps = qkv.shape[1]
         if bool((lengths < steps).any()):               # past the length: identity steps
-            valid = torch.arange(steps, device=q.device) < lengths[:, None]       # (B, T)
+            valid = torch.arange(steps, device=qkv.device) < lengths[:, None]     # (B, T)
             igate = igate.masked_fill(~valid[..., None], -math.inf)
             log_f = log_f.masked_fill(~valid[..., None], 0.0)
             resets = resets & valid
-        h, C, n, m = mlstm_chunkwise(q, k, v, igate, log_f, resets, state["C"], state["n"],
+        h, C, n, m = mlstm_chunkwise(qkv, igate, log_f, resets, state["C"], state["n"],
                                      state["m"], self.chunk_size)
         return h, {"C": C, "n": n, "m": m}
 
