@@ -160,11 +160,25 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
         integration_timestep is ignored."""
         A_bar, B_bar, C_readout = matrices
         u = self.in_proj(x_t)                                                   # (B, H)
-        Bu = torch.view_as_complex(torch.view_as_real(B_bar) * u[..., None, None])
-        s = torch.addcmul(Bu, A_bar, as_complex(state["s"]))                    # (B, H, n)
-        readout = torch.linalg.vecdot(torch.view_as_real(s).flatten(-2), C_readout)
-        z = torch.addcmul(readout, self.D, u)                                   # (B, H)
+        s = A_bar * as_complex(state["s"])                                      # (B, H, n)
+        s_pairs = torch.view_as_real(s).flatten(-2)                             # (B, H, N)
+        s_pairs.addcmul_(torch.view_as_real(B_bar).flatten(-2), u[..., None])   # + B_bar u
+        products = torch.mul(s_pairs, C_readout, out=self._step_scratch(s_pairs))
+        z = torch.addcmul(products.sum(-1), self.D, u)                          # (B, H)
         return self.out_proj(F.gelu(z)), {"s": torch.view_as_real(s)}
+
+    def _step_scratch(self, like: Tensor) -> Tensor | None:
+        """A buffer like `like` for the read-out's products, kept between steps without
+        autograd (None with autograd: a fresh tensor). A rollout step allocates only its new
+        state: fresh MiB-sized temporaries cost more than their arithmetic (the allocator
+        returns them to the system, so each is page-faulted in again)."""
+        if torch.is_grad_enabled():
+            return None
+        scratch = self.__dict__.get("_scratch")
+        if scratch is None or scratch.shape != like.shape or scratch.dtype != like.dtype \
+                or scratch.device != like.device:
+            scratch = self.__dict__["_scratch"] = torch.empty_like(like)
+        return scratch
 
     def compute_step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
         """(A_bar, B_bar, C_readout) for the recurrence (reused by `step_matrices`; the

@@ -269,3 +269,30 @@ def test_rollout_step_reuses_matrices_until_parameters_change():
 
 def test_cache_step_validates_its_arguments():
     assert_cache_step_validates_like_state_step(memory_models.S4D(3, 5, state_size=4))
+
+
+def test_rollout_steps_without_autograd_equal_steps_with_it():
+    """Without autograd the step writes its read-out products into a buffer kept between
+    steps: the same outputs and states as with autograd, every returned state its own tensor
+    (earlier states unchanged by later steps), and a new batch size or dtype gets a new
+    buffer."""
+    cell = build()
+    xs = torch.randn(5, 4, 3, dtype=torch.float64)
+    state = {"s": torch.randn(4, 5, 3, 2, dtype=torch.float64)}
+    with_grad, states = [], [state]
+    for x in xs:
+        y, new = cell.step(x, states[-1])
+        with_grad.append(y.detach())
+        states.append({"s": new["s"].detach()})
+    with torch.no_grad():
+        rollout = [state]
+        for t, x in enumerate(xs):
+            y, new = cell.step(x, rollout[-1])
+            torch.testing.assert_close(y, with_grad[t], rtol=0, atol=0)
+            rollout.append(new)
+        for got, want in zip(rollout, states):
+            torch.testing.assert_close(got["s"], want["s"], rtol=0, atol=0)
+        y2, _ = cell.step(xs[0, :2], {"s": state["s"][:2]})         # batch 2: a new buffer
+        torch.testing.assert_close(y2, with_grad[0][:2], rtol=0, atol=0)
+        y32, _ = cell.float().step(xs[0].float(), {"s": state["s"].float()})
+        assert y32.dtype == torch.float32
