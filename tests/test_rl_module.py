@@ -210,8 +210,9 @@ def test_memory_is_used_perturbing_t0_changes_t5_only_with_memory(name):
     unperturbed = output_at_5(perturb_at=SIZES["max_seq_len"] - 1)      # after t = 5: no effect
     for k in range(6):
         changed = (output_at_5(perturb_at=5 - k) - unperturbed).abs().max()
-        if reach is None or k <= reach:
-            assert changed > 1e-6, f"{name}: output at t=5 ignores the input at t={5 - k}"
+        if reach is None or k <= reach:      # an input out of reach changes nothing at all, so
+            # any change is the memory's (mamba's reach is faint at init: Δ ~ 0.001-0.1)
+            assert changed > 0, f"{name}: output at t=5 ignores the input at t={5 - k}"
         else:
             assert changed == 0, f"{name}: output at t=5 sees the input at t={5 - k}"
 
