@@ -24,9 +24,10 @@ o_t = S_t q_t (fla's layout); the maths is the same. Initialisation as fla: A un
 (0, 16), A_log = log A; dt log-uniform on [0.001, 0.1], dt_bias = softplus⁻¹(dt); the linear
 maps torch's default, no biases (fla's projections have none), RMSNorm weight 1, ε = 1e-5.
 
-Choices: heads (default: the largest of 4, 2, 1 that divides hidden_size, so d = 64 at
-hidden_size 256) and d_k = d_v = d (fla's DeltaNet expand_k = expand_v = 1; fla's
-GatedDeltaNet's expand_v = 2 is not taken, to keep the state of both at H·d² floats). The
+Choices: heads (default: the largest of 8, 4, 2, 1 that divides hidden_size, so d = 32 at
+hidden_size 256: a state of H·d² = 8192 floats, 32 KiB per row, which the rollout copies at
+every step; 4 heads of 64 would double it and the chunk's d² work) and d_k = d_v = d (fla's
+DeltaNet expand_k = expand_v = 1; fla's GatedDeltaNet's expand_v = 2 is not taken). The
 short convolution is on by default (kernel 4, no bias), as both papers and fla: it mixes each
 of q, k, v with the previous K − 1 observations of the episode; its window (the last K − 1
 pre-conv u's, zeros at an episode's start) is part of the state.
@@ -55,12 +56,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import check_int
+from .derived import ParameterDerived
 from .interface import RecurrentMemory, State
 from .ops.delta_rule import (CHUNK_SIZE, DELTA_RULE_IMPLS, check_delta_rule_impl,
                              delta_rule_step)
 from .registry import register
 
-HEAD_CANDIDATES = (4, 2, 1)       # default heads: the largest of these that divides hidden_size
+HEAD_CANDIDATES = (8, 4, 2, 1)       # default heads: the largest of these that divides hidden_size
 L2_EPSILON = 1e-6                 # fla's l2norm: x / sqrt(Σx² + 1e-6)
 NORM_EPSILON = 1e-5               # fla's RMSNorm of the read-out
 BLOCK_STEPS = 2048                # scan rows in blocks of about this many steps (see _scan)
@@ -71,9 +73,10 @@ def default_heads(hidden_size: int) -> int:
     return next(h for h in HEAD_CANDIDATES if hidden_size % h == 0)
 
 
-def l2_normalize(x: Tensor) -> Tensor:
-    """x / sqrt(Σ x² + ε) over the last axis (0 stays 0)."""
-    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + L2_EPSILON)
+def unit_rms(x: Tensor) -> Tensor:
+    """√n · x / sqrt(Σ x² + ε) over the last axis of n entries (0 stays 0): √n times the L2
+    normalisation, by torch's fused RMSNorm (Σ x² + ε = n (mean x² + ε/n))."""
+    return F.rms_norm(x, (x.shape[-1],), eps=L2_EPSILON / x.shape[-1])
 
 
 class ShortConv(torch.autograd.Function):
@@ -112,7 +115,7 @@ class ShortConv(torch.autograd.Function):
         return grad_padded, grad_weight, None
 
 
-class _DeltaRuleCell(RecurrentMemory):
+class _DeltaRuleCell(ParameterDerived, RecurrentMemory):
     """The block of the module docstring; `gated` chooses Gated DeltaNet's decay and gate."""
 
     dtypes = (torch.float32, torch.float64)
@@ -125,7 +128,8 @@ class _DeltaRuleCell(RecurrentMemory):
         super().__init__(input_size, hidden_size)
         if heads is None:
             heads = default_heads(hidden_size)
-        check_int("heads", heads, why=" (or None: the largest of 4, 2, 1 dividing hidden_size)")
+        check_int("heads", heads, why=" (or None: the largest of 8, 4, 2, 1 that divides "
+                                       "hidden_size)")
         if hidden_size % heads:
             raise ValueError(f"heads must divide hidden_size={hidden_size} (head size "
                              f"hidden_size / heads), got heads={heads}")
@@ -158,21 +162,33 @@ class _DeltaRuleCell(RecurrentMemory):
 
     # ------------------------------------------------------------------ the equations
     def heads_from(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v (..., H, d) from the convolved, activated ū (..., 3D)."""
-        q, k, v = u.unflatten(-1, (3, self.heads, self.head_size)).unbind(-3)
-        return l2_normalize(q) * self.head_size ** -0.5, l2_normalize(k), v
-
-    def log_decay(self, a: Tensor, integration_timesteps: Tensor) -> Tensor:
-        """g = −exp(A_log) softplus(a + dt_bias) Δt (..., H), for a (..., H), Δt (...)."""
-        g = -torch.exp(self.A_log) * F.softplus(a + self.dt_bias)
-        return g * integration_timesteps[..., None]
+        """d·q, k, v (..., H, d) from the convolved, activated ū (..., 3D): q and k L2-normalised
+        (q with its scale d^{-1/2}) in one fused RMSNorm, which leaves both √d too long; k is
+        scaled back, q's factor √d · √d = d is folded into the read-out's RMSNorm (`readout`)."""
+        qk, v = u.unflatten(-1, (3 * self.heads, self.head_size)).split(
+            [2 * self.heads, self.heads], -2)                                   # (..., 2H, d)
+        q, k = unit_rms(qk).split(self.heads, -2)
+        return q, k * self.head_size ** -0.5, v
 
     def readout(self, o: Tensor, r: Tensor | None) -> Tensor:
-        """y = W_out [RMSNorm(o) (⊙ SiLU(r))] for o (..., H, d), r (..., D) -> (..., D)."""
-        o = F.rms_norm(o, (self.head_size,), self.norm_weight, NORM_EPSILON).flatten(-2)
+        """y = W_out [RMSNorm(o) (⊙ SiLU(r))] (..., D) for the reads o' = d·o (..., H, d) of
+        d·q (`heads_from`) and r (..., D). RMSNorm_ε(o) = RMSNorm_{ε d²}(d·o) exactly, so the
+        norm of o' with ε d² is the norm of the equations' o with ε."""
+        epsilon = NORM_EPSILON * self.head_size ** 2
+        o = F.rms_norm(o, (self.head_size,), self.norm_weight, epsilon).flatten(-2)
         if r is not None:
             o = o * F.silu(r)
         return self.out_proj(o)
+
+    def log_decay(self, a: Tensor, integration_timesteps: Tensor) -> Tensor:
+        """g = −exp(A_log) softplus(a + dt_bias) Δt (..., H), for a (..., H), Δt (...)."""
+        g = self.derived(self.decay_rate) * F.softplus(a + self.dt_bias)
+        return g * integration_timesteps[..., None]
+
+    def decay_rate(self) -> Tensor:
+        """−exp(A_log) (H,): g per unit of softplus (kept between rollout steps)."""
+        return -torch.exp(self.A_log)
+
 
     def short_conv(self, u: Tensor, window: Tensor, resets: Tensor,
                    lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -251,7 +267,7 @@ class _DeltaRuleCell(RecurrentMemory):
         new_state = {}
         if self.window:
             window = torch.cat([state["conv"], u[:, None]], 1)               # (B, K, 3D)
-            u = torch.einsum("bkc,ck->bc", window, self.conv_weight)
+            u = (window * self.conv_weight.T).sum(1)
             new_state["conv"] = window[:, 1:]
         elif self.use_short_conv:
             u = u * self.conv_weight[:, 0]

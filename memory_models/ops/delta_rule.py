@@ -65,13 +65,26 @@ CHUNK_SIZE = 32      # steps per chunk: intra-chunk work grows with C, the seque
 def delta_rule_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, state: Tensor,
                     log_decay: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One step: q, k (..., d_k), v (..., d_v), beta, log_decay (...), S_{t-1} (..., d_k, d_v)
-    -> o_t (..., d_v), S_t = α (I − β k kᵀ) S_{t-1} + β k vᵀ with α = exp(log_decay)."""
-    if log_decay is not None:
-        state = state * torch.exp(log_decay)[..., None, None]                  # α S_{t-1}
-    read = (k[..., None, :] @ state)[..., 0, :]                                 # (α S)ᵀ k
-    delta = beta[..., None] * (v - read)                                        # δ (..., d_v)
-    state = state + k[..., :, None] * delta[..., None, :]                       # + k δᵀ
-    return (q[..., None, :] @ state)[..., 0, :], state                          # S_tᵀ q
+    -> o_t (..., d_v), S_t = α (I − β k kᵀ) S_{t-1} + β k vᵀ with α = exp(log_decay).
+
+    As S_t = α S_{t-1} + k δᵀ with δ = β (v − α S_{t-1}ᵀ k), and o_t = S_tᵀ q = α S_{t-1}ᵀ q +
+    (k·q) δ: S_{t-1} is read once (one matmul for [k, q]) and S_t only written (the state is
+    the largest tensor of a rollout step: 32 KiB per row at the defaults)."""
+    d_k, d_v = state.shape[-2:]
+    reads = torch.stack([k, q], -2) @ state                  # [Sᵀk, Sᵀq] (..., 2, d_v): S read once
+    alpha = None if log_decay is None else torch.exp(log_decay)[..., None, None]
+    if alpha is not None:
+        reads = reads * alpha                                                   # (α S)ᵀ [k, q]
+    read_k, read_q = reads.unbind(-2)
+    delta = beta[..., None] * (v - read_k)                                      # δ (..., d_v)
+    o = torch.addcmul(read_q, torch.linalg.vecdot(k, q)[..., None], delta)  # (αS)ᵀq + (k·q) δ
+    if alpha is None:
+        new = torch.baddbmm(state.reshape(-1, d_k, d_v), k.reshape(-1, d_k, 1),
+                            delta.reshape(-1, 1, d_v))                          # S + k δᵀ
+    else:
+        new = (state * alpha).reshape(-1, d_k, d_v)                             # α S (fresh)
+        new.baddbmm_(k.reshape(-1, d_k, 1), delta.reshape(-1, 1, d_v))          # + k δᵀ
+    return o, new.view(state.shape)
 
 
 def delta_rule_sequential(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, initial: Tensor,
