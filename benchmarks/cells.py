@@ -427,6 +427,29 @@ STEP_FACTOR = 2.0      # every registered cell's step latency <= 2x GRU's step
 
 # What a reader of the table needs to weigh a verdict, written under it when the cell is run.
 NOTES = {
+    "transformer": (
+        "transformer (target at W = 64: no slower than GRU at B=16/T=1024 and at the learner "
+        "minibatch; not met) is bounded by its matmuls, not by its window: in a profile the "
+        "attention is 10-17% of its time. Per token at hidden 256 its input map, qkv, output "
+        "map and MLP (width 256) are 360k multiply-adds against GRU's 295k (three gates over "
+        "input 128 + hidden 256), and torch's GRU runs its 157-row recurrence as well-shaped "
+        "matmuls near this core's matmul rate, so a block of this width cannot be faster at "
+        "the learner minibatch; at B=16, T=1024 GRU's 16-row recurrence runs slower and the "
+        "gap narrows. Query blocks of W/2 or W/4 instead of W measured the same (0.76-0.85 s "
+        "at B=16/T=1024). W = 256 costs 1.5x W = 64 at T = 1024 (each query sees W keys); the "
+        "value pass sees the W - 1 cached keys beside each row's 53 steps. Step: each step "
+        "copies the window (2 x 63 x 256 floats per row) into the new state and runs one "
+        "query's scaled_dot_product_attention (~0.13 ms at B = 16)."),
+    "gtrxl": (
+        "gtrxl is GTrXL's arithmetic: its two GRU gates are 12 H x H matmuls per token (786k "
+        "multiply-adds at H = 256, 2.7x a whole GRU step), and LayerNorm and the key/value "
+        "maps run over each row's W - 1 remembered inputs besides its chunk (116 / 53 = 2.2x "
+        "the qkv work at the learner minibatch, all W slots at every step), as RLlib's "
+        "GTrXLNet defines it (the state is the unit's inputs, not keys): ~1.46M multiply-adds "
+        "per token, 5x GRU's. Against RLlib's GTrXLNet, the same unit at the same sizes: "
+        "1.07x at the learner minibatch, 1.16x per step, 3.7x at T = 1024, where its query i "
+        "attends to its memory and the whole chunk up to i (63 + i + 1 keys: quadratic in T), "
+        "ours to W = 64 keys."),
     "s4d": (
         "s4d at B=16, T=1024 and its default state size (FAIL, 3x GRU) is bounded by the "
         "projections (the mlp row: the same two matmuls), the FFT convolution of 4096 "
