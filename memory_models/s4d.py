@@ -21,7 +21,9 @@ Parallel path (`scan`), from the carried state s_{-1}, for ℓ = lengths[b]:
     z_t = Σ_{j<=t} k_(t-j) u_j + D u_t + 2·Re(Σ_n C A_bar^(t+1) s_{-1})               (H, B, T)
     s_ℓ = B_bar Σ_{j<ℓ} A_bar^(ℓ-1-j) u_j + A_bar^ℓ s_{-1}                            (B, H, N/2)
 
-The first sum is a causal FFT convolution, the last term the carried state's free response.
+The first sum is a causal convolution (ops.causal_conv.causal_conv_channels: a Toeplitz matmul
+per channel for short sequences such as the PPO learner's 53 steps, by FFT for long ones), the
+last term the carried state's free response.
 A_bar^t = exp(t·log A_bar) (no cumulative products) is never an (H, N/2, T) tensor: every sum
 over the modes runs against ops.vandermonde.ChunkedPowers (two small tables of powers into
 which C·B_bar, C·A_bar and B_bar fold; slow references and tests beside it). Resets repack
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from .interface import RecurrentMemory, State, scan_episodes_as_rows
 from .lrnn import (LTI_LRNN, InferenceCacheStep, as_complex, check_state_size,
                    check_step_range, real_part_weights)
-from .ops.causal_conv import causal_fft_conv
+from .ops.causal_conv import causal_conv_channels
 from .ops.vandermonde import ChunkedPowers, powers, times
 from .registry import register
 
@@ -138,7 +140,7 @@ class S4D(InferenceCacheStep, LTI_LRNN, RecurrentMemory):
         kernel = A_bar_powers.real_readout(times(self.C, B_bar))   # k_t = 2·Re Σ_n C B_bar A_bar^t
         # the skip D u_t folded into lag 0 (k_0 + D) for speed: a pass less over (H, B, T)
         kernel = torch.cat([kernel[:, :1] + self.D[:, None], kernel[:, 1:]], dim=-1)
-        z = causal_fft_conv(u, kernel[:, None])                    # Σ_{j<=t} k_(t-j) u_j (H, B, T)
+        z = causal_conv_channels(u, kernel)                        # Σ_{j<=t} k_(t-j) u_j (H, B, T)
         s0 = state["s"]                                                         # (B, H, n, 2)
         carried = s0.requires_grad or bool(s0.any())
         if carried:                                      # + 2·Re Σ_n C A_bar^(t+1) s_{-1}

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from memory_models.ops import causal_conv
-from memory_models.ops.causal_conv import (causal_conv_many, causal_conv_reference,
+from memory_models.ops.causal_conv import (DIRECT_MAX_STEPS, causal_conv_channels,
+                                            causal_conv_many, causal_conv_reference,
                                             causal_fft_conv, fft_length)
 
 
@@ -81,6 +82,26 @@ def test_causal_conv_many_equals_direct_sum_on_both_paths(steps, reach):
     y = causal_conv_many(u, kernel)                                          # (B, L, H)
     padded = torch.nn.functional.pad(kernel, (0, steps - reach))             # zero beyond K
     expected = causal_conv_reference(u[:, None, :], padded).transpose(1, 2)
+    torch.testing.assert_close(y, expected)
+    weights = torch.randn_like(y)
+    grads = torch.autograd.grad((y * weights).sum(), (u, kernel))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (u, kernel))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("steps, reach", [(1, 1), (9, 4), (9, 20), (53, 53),
+                                         (DIRECT_MAX_STEPS, DIRECT_MAX_STEPS),
+                                         (DIRECT_MAX_STEPS + 1, 30), (150, 150)])
+def test_causal_conv_channels_equals_direct_sum_on_both_paths(steps, reach):
+    """Up to DIRECT_MAX_STEPS a Toeplitz matmul per channel, beyond it the FFT: both the same
+    sum, values and gradients (signals and kernels), kernels shorter or longer than L."""
+    torch.manual_seed(steps + reach)
+    u = torch.randn(4, 3, steps, dtype=torch.float64, requires_grad=True)     # (C, B, L)
+    kernel = torch.randn(4, reach, dtype=torch.float64, requires_grad=True)    # (C, K)
+    y = causal_conv_channels(u, kernel)
+    padded = torch.nn.functional.pad(kernel, (0, max(steps - reach, 0)))[:, None]
+    expected = causal_conv_reference(u, padded)
     torch.testing.assert_close(y, expected)
     weights = torch.randn_like(y)
     grads = torch.autograd.grad((y * weights).sum(), (u, kernel))
