@@ -184,7 +184,7 @@ def scan_episodes_as_rows(scan_fn, initial_state_fn, x: Tensor, state: State, re
     """
     batch, steps = resets.shape
     first_reset = resets[:, 0]
-    if state:
+    if state and bool(first_reset.any()):
         initial = initial_state_fn(batch, device=x.device, dtype=x.dtype)
         state = {k: torch.where(_expand(first_reset, v), initial[k], v) for k, v in state.items()}
     if not bool(resets[:, 1:].any()):
