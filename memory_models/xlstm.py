@@ -79,6 +79,8 @@ from .ops.scan import check_scan_impl
 from .ops.slstm_scan import slstm_scan
 from .registry import register
 
+BLOCK_BYTES = 4 << 20        # mlstm's chunkwise form runs over blocks of rows of about this,
+MIN_BLOCK_ROWS = 32          # and at least this many rows
 HEAD_CANDIDATES = (4, 2, 1)         # default heads: the largest of these dividing hidden_size
 FORGET_GATES = ("sigmoid", "exp")
 SLSTM_SCAN_IMPLS = ("fused", "sequential")
@@ -119,8 +121,9 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor, C:
     C (B, NH, D, D), n (B, NH, D), m (B, NH) -> h̃ (B, NH, D), C, n, m."""
     m_new = torch.maximum(log_f + m, igate)                                    # (B, NH)
     decay, gain = torch.exp(log_f + m - m_new), torch.exp(igate - m_new)       # (B, NH)
-    C = decay[..., None, None] * C + gain[..., None, None] * (k[..., :, None] * v[..., None, :])
-    n = decay[..., None] * n + gain[..., None] * k                             # (B, NH, D)
+    gained_k = gain[..., None] * k                                             # (B, NH, D)
+    C = torch.addcmul(decay[..., None, None] * C, gained_k[..., :, None], v[..., None, :])
+    n = torch.addcmul(gained_k, decay[..., None], n)                           # (B, NH, D)
     numerator = (q[..., None, :] @ C)[..., 0, :]                               # (B, NH, D)
     denominator = torch.maximum((q * n).sum(-1).abs(), torch.exp(-m_new))      # (B, NH)
     return numerator / denominator[..., None], C, n, m_new
@@ -275,9 +278,23 @@ class MLSTM(RecurrentMemory):
             igate = igate.masked_fill(~valid[..., None], -math.inf)
             log_f = log_f.masked_fill(~valid[..., None], 0.0)
             resets = resets & valid
-        h, C, n, m = mlstm_chunkwise(qkv, igate, log_f, resets, state["C"], state["n"],
-                                     state["m"], self.chunk_size)
+        parts = [mlstm_chunkwise(qkv[rows], igate[rows], log_f[rows], resets[rows],
+                                 state["C"][rows], state["n"][rows], state["m"][rows],
+                                 self.chunk_size)
+                 for rows in self._row_blocks(qkv.shape[0], steps)]
+        h, C, n, m = parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts))
         return h, {"C": C, "n": n, "m": m}
+
+    def _row_blocks(self, batch: int, steps: int) -> list[slice]:
+        """Slices of the batch whose (L, L) decay matrices take about BLOCK_BYTES (4-byte
+        floats), of at least MIN_BLOCK_ROWS rows: the many elementwise passes over them then
+        stay in cache (the value pass: 1260 rows of 53 steps, 1370 -> 900 ms), while a few
+        long rows (B = 16, T = 1024) run as one block (each block runs the loop over chunks)."""
+        chunks = -(-steps // self.chunk_size)
+        length = -(-steps // chunks)
+        row_bytes = 4 * self.heads * chunks * length * length
+        rows = max(MIN_BLOCK_ROWS, BLOCK_BYTES // row_bytes)
+        return [slice(start, start + rows) for start in range(0, batch, rows)]
 
     def _sequential(self, q, k, v, igate, log_f, state, resets, lengths):
         outputs = []
