@@ -18,9 +18,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_memrl(*args, env=None) -> subprocess.Popen:
+def start_memrl(*args, env=None, cwd=ROOT) -> subprocess.Popen:
     """`memrl ARGS` in a subprocess of its own session (its own Ray), stdout+stderr to a pipe."""
-    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=env)
 

@@ -43,6 +43,8 @@ def worker_setup() -> None:
     """Ray worker setup hook (see runtime_env)."""
     log_dir = os.environ.get(LOG_DIR_VAR)
     if log_dir:
+        # a node without a shared filesystem has no driver's study folder: it gets its own
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -100,7 +100,8 @@ def describe(study: Study, trials: list[Trial], grid: int) -> str:
     lines = [f"study {study.name!r}: {len(study.tasks)} task(s) x {len(study.models)} model(s) "
              f"x {len(study.seeds)} seed(s){sweep} = {grid} trial(s), "
              f"{study.stop.env_steps} env steps each",
-             f"output: {study.directory}",
+             f"output: {study.directory}" if study.storage is None else
+             f"output: {study.storage} (a local copy in {study.directory})",
              f"per trial: {res.num_env_runners} env runner(s) x {res.num_envs_per_env_runner} "
              f"env(s), {res.num_gpus:g} GPU(s); ppo overrides: {study.ppo or 'none'}"]
     width = max(len(t.name) for t in trials)

@@ -4,7 +4,8 @@ A study is the grid  tasks x models x seeds (x sweep values); every trial gets i
 settings:
 
     name: quickstart                  # results go to <output>/<name>/
-    output: results                   # relative to the working directory
+    output: results                   # relative to the working directory; or a URI that
+                                      # pyarrow opens (s3://bucket/prefix): see Study.storage
     imports: [my_cells]               # your modules registering memories (beside this file
                                       # or on the Python path), imported by every process
     tasks: [RepeatPreviousEasy, popgym-CountRecallEasy-v0, diagnostic]   # ids, short ids, groups
@@ -41,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
@@ -285,9 +287,21 @@ class Study(Section):
         return self
 
     @property
+    def storage(self) -> str | None:
+        """Where Ray Tune keeps the study when `output` is a filesystem URI that pyarrow opens
+        (s3://bucket/prefix, gs://..., with pyarrow's ?options): <output>/<name> as a URI, the
+        query kept. None for a local `output`."""
+        if "://" not in self.output:
+            return None
+        parts = urlsplit(self.output)
+        return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{self.name}"))
+
+    @property
     def directory(self) -> Path:
-        """Absolute folder of the study: <output>/<name>."""
-        return (Path(self.output) / self.name).resolve()
+        """Absolute local folder of the study: <output>/<name>; with a URI `output` (storage),
+        the driver's copy results/<name>: study.json, logs/, and the trials' logs copied from
+        the storage (no checkpoints), which `memrl report` reads."""
+        return (Path("results" if self.storage else self.output) / self.name).resolve()
 
     def to_dict(self) -> dict:
         """The study as its file's mapping would hold it (tasks resolved, labels filled)."""

@@ -8,6 +8,14 @@ By default the console shows only memrl's lines: Ray's driver logs and warnings 
 their warnings and teardown messages) to `<study>/logs/worker-<pid>.log`; `verbose=True`
 leaves them on the console. Each trial's folder holds its progress.csv and result.json (one
 record per iteration, also after a restart: `experiments.study.trial_logs`) and TensorBoard events.
+
+Where the study lives: `output` is a local folder (on a cluster, one every node sees at the
+same path, e.g. NFS: trials write their checkpoints where they run), or a filesystem URI that
+pyarrow opens (`s3://bucket/prefix`, `gs://...`; `Study.storage`), which no node needs to
+share: Tune keeps the experiment there (the driver uploads the trials' logs, each trial its
+checkpoints; a restarted trial downloads its checkpoint), study.json is written there too, and
+the driver keeps a local copy in `Study.directory` (results/<name>: study.json, logs/, and at
+the end the trials' logs without checkpoints) for `memrl report`. `--resume` reads the URI.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import posixpath
 import shutil
 import sys
 import time
@@ -102,7 +111,8 @@ def train(study: Study, trials: list[Trial], *, address: str | None = None,
     with Ray Tune; 0 when every one finished."""
     specs = [trial_spec(study, trial) for trial in trials]
     directory = study.directory
-    new_folder = _check_folder(study, trials, resume)
+    storage = _storage(study)
+    new_folder = _check_folder(study, trials, resume, storage)
     logs = directory / "logs"
     try:
         _start_ray(study, address, logs, verbose)
@@ -111,18 +121,25 @@ def train(study: Study, trials: list[Trial], *, address: str | None = None,
         if new_folder:                  # nothing half-written is left behind
             shutil.rmtree(directory, ignore_errors=True)
         raise
-    (directory / STUDY_FILE).write_text(json.dumps(manifest(study, trials), indent=1))
+    study_json = json.dumps(manifest(study, trials), indent=1)
+    (directory / STUDY_FILE).write_text(study_json)
+    if storage is not None:
+        filesystem, path = storage
+        with filesystem.open_output_stream(f"{path}/{STUDY_FILE}") as file:
+            file.write(study_json.encode())
     register_rllib_envs()
-    print(f"memrl train: {study.name}: {len(trials)} trial(s) -> {directory}", flush=True)
+    where = directory if storage is None else f"{study.storage} (a copy in {directory})"
+    print(f"memrl train: {study.name}: {len(trials)} trial(s) -> {where}", flush=True)
     if not verbose:
         print(f"memrl train: Ray's own logs go to {logs}/ (--verbose shows them here)",
               flush=True)
 
-    restoring = resume and tune.Tuner.can_restore(str(directory))
+    filesystem, experiment = storage or (None, str(directory))
+    restoring = resume and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
     if restoring:
         print("memrl train: resuming; finished trials are kept", flush=True)
-        tuner = tune.Tuner.restore(str(directory), trainable=StudyTrial,
-                                   resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable=StudyTrial, resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=filesystem)
     else:
         if resume:
             print(f"memrl train: nothing to resume in {directory}; starting", flush=True)
@@ -134,7 +151,8 @@ def train(study: Study, trials: list[Trial], *, address: str | None = None,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(
                 name=study.name,
-                storage_path=str(directory.parent),
+                storage_path=posixpath.dirname(experiment) if storage else str(directory.parent),
+                storage_filesystem=filesystem,
                 stop={ENV_STEPS: study.stop.env_steps},
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_frequency=study.checkpoint.frequency,
@@ -149,15 +167,17 @@ def train(study: Study, trials: list[Trial], *, address: str | None = None,
             grid = tuner.fit()
     except Exception as error:  # noqa: BLE001 - Tune itself stopped: say so, keep the study
         logging.getLogger("ray").exception("Tune stopped")
+        _copy_from_storage(storage, directory)
         print(f"memrl train: Ray Tune stopped: {type(error).__name__}: "
               f"{str(error).splitlines()[0]}\n(details in {logs / 'driver.log'}; finished "
               f"trials and checkpoints are kept: add --resume to continue)", file=sys.stderr)
         return 1
+    _copy_from_storage(storage, directory)
     failed = [r for r in grid if r.error is not None]
     finished = sum(r.error is None and (r.metrics or {}).get(ENV_STEPS, 0) >= study.stop.env_steps
                    for r in grid)
     print(f"memrl train: {finished}/{len(trials)} trial(s) finished, {len(failed)} failed; "
-          f"results in {directory}", flush=True)
+          f"results in {where}", flush=True)
     for result in failed:
         print(f"  failed: {result.path}: {type(result.error).__name__}: {result.error}",
               file=sys.stderr)
@@ -169,22 +189,74 @@ def train(study: Study, trials: list[Trial], *, address: str | None = None,
     return 1 if failed or finished < len(trials) else 0
 
 
-def _check_folder(study: Study, trials: list, resume: bool) -> bool:
-    """Refuse to overwrite a study, or to resume a different one; True if the study folder
-    is new (then created, empty)."""
+def _storage(study: Study):
+    """(pyarrow filesystem, path) of the study's URI `output` (Study.storage); None for a
+    local folder."""
+    if study.storage is None:
+        return None
+    import pyarrow.fs
+    try:
+        return pyarrow.fs.FileSystem.from_uri(study.storage)
+    except Exception as error:  # noqa: BLE001 - pyarrow's own (ArrowInvalid, OSError, ...)
+        raise StudyError(f"output {study.output}: pyarrow cannot open it: "
+                         f"{type(error).__name__}: {error}") from None
+
+
+def _check_folder(study: Study, trials: list, resume: bool, storage=None) -> bool:
+    """Refuse to overwrite a study, or to resume a different one, in the local folder or at
+    the storage URI; True if the local study folder is new (then created, empty)."""
     directory = study.directory
-    study_file = directory / STUDY_FILE
+    held = []                                       # (where, its study.json or None)
     if directory.exists() and any(directory.iterdir()):
+        study_file = directory / STUDY_FILE
+        held.append((directory, study_file.read_text() if study_file.exists() else None))
+    if storage is not None:
+        import pyarrow.fs
+        filesystem, path = storage
+        study_json = None
+        try:
+            found = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+            if found and filesystem.get_file_info(f"{path}/{STUDY_FILE}").is_file:
+                with filesystem.open_input_stream(f"{path}/{STUDY_FILE}") as file:
+                    study_json = file.read().decode()
+        except OSError as error:
+            raise StudyError(f"output {study.output}: cannot read it: {error}") from None
+        if found:
+            held.append((study.storage, study_json))
+    for where, study_json in held:
         if not resume:
-            raise StudyError(f"{directory} already holds a study: add --resume to continue it, "
+            raise StudyError(f"{where} already holds a study: add --resume to continue it, "
                              f"or remove the folder (or change `name`) to start again")
-        if study_file.exists() and json.loads(study_file.read_text()) != json.loads(
+        if study_json is not None and json.loads(study_json) != json.loads(
                 json.dumps(manifest(study, trials))):
-            raise StudyError(f"{study_file} was written for a different study (config or "
-                             f"--set values changed); resume with the original settings")
+            raise StudyError(f"{where}/{STUDY_FILE} was written for a different study (config "
+                             f"or --set values changed); resume with the original settings")
+    if directory.exists() and any(directory.iterdir()):
         return False
     directory.mkdir(parents=True, exist_ok=True)
     return True
+
+
+def _copy_from_storage(storage, directory: Path) -> None:
+    """A URI study's files but its checkpoints (the trials' logs, Tune's experiment state)
+    -> the local study folder, for `memrl report`; a failure is said, not raised."""
+    if storage is None:
+        return
+    import pyarrow.fs
+    filesystem, path = storage
+    local = pyarrow.fs.LocalFileSystem()
+    try:
+        for info in filesystem.get_file_info(pyarrow.fs.FileSelector(path, recursive=True)):
+            relative = info.path[len(path):].lstrip("/")
+            if info.type != pyarrow.fs.FileType.File or relative == STUDY_FILE or any(
+                    part.startswith("checkpoint_") for part in relative.split("/")):
+                continue
+            (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+            pyarrow.fs.copy_files(info.path, str(directory / relative),
+                                  source_filesystem=filesystem, destination_filesystem=local)
+    except OSError as error:
+        print(f"memrl train: copying the results from {path} to {directory} failed: {error}",
+              file=sys.stderr, flush=True)
 
 
 def _quiet_driver(log_file: Path) -> None:
