@@ -41,7 +41,9 @@ torch.nn.functional.scaled_dot_product_attention in blocks of Q = min(T, W) quer
 against the W − 1 + Q keys before and in its block, so the cost is linear in T:
 O(T (W + Q) H) and a mask of (B, T / Q, n, Q, W − 1 + Q). `step` (`step_attention`) is
 the same for T = 1 without the blocks: [cache; new], then the oldest slot dropped.
-The per-step reference (a loop over t, written out) is in tests/test_transformer.py.
+Without gradients (the value pass) a scan of more than ROWS_PER_PASS rows runs them in
+chunks of that many, to bound the masks' memory. The per-step reference (a loop over t,
+written out) is in tests/test_transformer.py.
 Computes in all four float dtypes.
 """
 
@@ -190,6 +192,21 @@ def window_after(slots: dict[str, Tensor], cache_weight: Tensor, resets: Tensor,
     return state
 
 
+ROWS_PER_PASS = 256     # rows a scan without gradients runs at once (the GAE value pass)
+
+
+def in_row_chunks(scan, x: Tensor, state: State, resets: Tensor, lengths: Tensor,
+                  rows: int):
+    """scan(x, state, resets, lengths) -> (y, state) run on `rows` rows at a time and joined:
+    without gradients, a pass over many rows (the value pass: 1260 x 53 at POPGym's
+    protocol) holds the attention's (rows, n, Q, W − 1 + Q) masks of one chunk of rows at a
+    time. The rows are independent, so the result is the same."""
+    parts = [scan(x[i:i + rows], {k: v[i:i + rows] for k, v in state.items()},
+                  resets[i:i + rows], lengths[i:i + rows]) for i in range(0, x.shape[0], rows)]
+    return (torch.cat([y for y, _ in parts]),
+            {k: torch.cat([final[k] for _, final in parts]) for k in state})
+
+
 def alibi_slopes(heads: int) -> Tensor:
     """m_h = 2^(−8 (h + 1) / n), h = 0 .. n − 1 (ALiBi's geometric slopes), float64 (n,)."""
     return 2.0 ** (-8.0 * torch.arange(1, heads + 1, dtype=torch.float64) / heads)
@@ -233,6 +250,9 @@ class Transformer(RecurrentMemory):
         batch, steps = x.shape[:2]
         if steps == 0:
             return x.new_zeros(batch, 0, self.hidden_size), dict(state)
+        if batch > ROWS_PER_PASS and not torch.is_grad_enabled():
+            return in_row_chunks(lambda *a: self._scan(a[0], a[1], a[2], None, a[3]),
+                                 x, state, resets, lengths, ROWS_PER_PASS)
         split = (batch, -1, self.heads, self.head_size)
         u = self.input(x)                                                  # (B, T, H)
         q, k, v = self.qkv(self.attention_norm(u)).chunk(3, dim=-1)        # (B, T, H) each

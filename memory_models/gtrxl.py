@@ -52,7 +52,9 @@ memory_models.attention.sliding_window_attention (blocks of min(T, W) queries; t
 Transformer-XL position term enters as an additive score term gathered from the (W, n, d)
 table r by offset), the step its `step_attention` over [memory; u_t] (LN₁ and the key and
 value maps recomputed over the W slots at every step, as RLlib's: the state is the unit's
-inputs, not keys). No elapsed time: δ counts steps. Computes in all four float dtypes.
+inputs, not keys); without gradients, more than ROWS_PER_PASS rows run in chunks of rows
+(attention.in_row_chunks: the value pass's memory). No elapsed time: δ counts steps.
+Computes in all four float dtypes.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .attention import (check_heads, default_heads, emptied, sliding_window_attention,
-                        step_attention, window_after)
+from .attention import (ROWS_PER_PASS, check_heads, default_heads, emptied, in_row_chunks,
+                        sliding_window_attention, step_attention, window_after)
 from .checks import check_int
 from .interface import RecurrentMemory, State
 from .registry import register
@@ -166,6 +168,9 @@ class GTrXL(RecurrentMemory):
         batch, steps = x.shape[:2]
         if steps == 0:
             return x.new_zeros(batch, 0, self.hidden_size), dict(state)
+        if batch > ROWS_PER_PASS and not torch.is_grad_enabled():        # the value pass
+            return in_row_chunks(lambda *a: self._scan(a[0], a[1], a[2], None, a[3]),
+                                 x, state, resets, lengths, ROWS_PER_PASS)
         split = (batch, -1, self.heads, self.head_size)
         u = self.input(x)                                                  # (B, T, H)
         memory = torch.cat([state["memory"], u], 1)                        # (B, W−1+T, H)

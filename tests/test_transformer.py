@@ -212,3 +212,25 @@ def test_long_chunk_float32_matches_float64():
     y64, s64 = cell.double().scan(x.double(), cell.initial_state(2), resets=resets)
     torch.testing.assert_close(y32.double(), y64, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(s32["keys"].double(), s64["keys"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["transformer", "gtrxl"])
+def test_rows_in_chunks_without_gradients_equal_one_pass(name, monkeypatch):
+    """A scan without gradients over more than ROWS_PER_PASS rows runs them in chunks
+    (the value pass's memory): the same outputs and state as one pass."""
+    import memory_models.attention as attention
+    import memory_models.gtrxl as gtrxl
+    torch.manual_seed(0)
+    cell = memory_models.make(name, input_size=3, hidden_size=8, window=4).double()
+    x = torch.randn(7, 9, 3, dtype=torch.float64)
+    resets = torch.rand(7, 9) < 0.2
+    lengths = torch.tensor([9, 3, 0, 9, 5, 9, 1])
+    state = {k: torch.randn_like(v) for k, v in cell.initial_state(7).items()}
+    with torch.no_grad():
+        y, final = cell.scan(x, state, resets=resets, lengths=lengths)
+        for module in (attention, gtrxl):
+            monkeypatch.setattr(module, "ROWS_PER_PASS", 3)
+        y_chunks, final_chunks = cell.scan(x, state, resets=resets, lengths=lengths)
+    torch.testing.assert_close(y_chunks, y, **TOL)
+    for key in final:
+        torch.testing.assert_close(final_chunks[key], final[key], **TOL)
