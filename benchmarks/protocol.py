@@ -21,6 +21,8 @@ Subjects:
   popgym:GRU / popgym:LMU / popgym:S4D
                 POPGym's own models on RLlib's old API stack, the class itself as
                 model["custom_model"] with popgym/baselines/ppo.py's custom_model_config
+  rllib:GTrXL   RLlib's own GTrXL (old stack, use_attention; experiments.rllib.rllib_models)
+                at our gtrxl's defaults, its memory of window - 1 steps as its state
   rllib-lstm    RLlib's built-in LSTM (new stack, DefaultPPOTorchRLModule, use_lstm=True,
                 cell 256, encoder 128, heads 128 x 128, shared encoder)
 
@@ -183,7 +185,7 @@ def build_config(subject: str, task: str, epochs: int, envs: int = ENVS):
     from experiments.rllib.ppo import algorithm_config
     runners = {k: settings.pop(k) for k in ("num_env_runners", "num_envs_per_env_runner")}
     name, kwargs = parse_subject(subject)
-    stack = "old" if name.startswith("popgym:") else "new"
+    stack = "old" if name.startswith(("popgym:", "rllib:")) else "new"
     return algorithm_config({"name": name, "kwargs": kwargs, "stack": stack}, task, seed=0,
                             ppo=settings, sizes={}, **runners)
 
@@ -334,8 +336,11 @@ class Network:
             self.state = self.module.get_initial_state() if self.module.is_stateful() else None
             self.obs_size = self.module.observation_space.shape[0]
         else:
+            from experiments.rllib.rollout import _attention_memory
             self.model = algo.get_policy().model
-            self.state = [s.float() for s in self.model.get_initial_state()]
+            memory = _attention_memory(algo.get_policy())     # rllib:GTrXL: (τ, dim) per unit
+            self.state = ([torch.zeros(shape) for shape in memory] if memory else
+                          [s.float() for s in self.model.get_initial_state()])
             self.obs_size = self.model.obs_space.shape[0]
 
     def _expand(self, state, rows):
