@@ -106,10 +106,16 @@ class LRU(ParameterDerived, RecurrentMemory):
                  weights: LRUWeights | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(a, b) of x_t = a_t x_{t-1} + b_t: λ^{Δt}, γ ⊙ B u, (..., N) complex each, and
         D u (..., H) real. [γ B u, D u] is one real matmul, γ B u as (Re, Im) interleaved,
-        viewed as complex (copied where an odd 2N + H leaves no complex view)."""
+        viewed as complex (copied where an odd 2N + H leaves no complex view); in training
+        two (column blocks of the same weight), so that backward does not concatenate their
+        gradients."""
         weights = self.weights() if weights is None else weights
         a = decay_power(weights.log_lambda, integration_timesteps, weights.decay)
-        b, direct = (u @ weights.input).split([2 * self.state_size, self.hidden_size], -1)
+        if torch.is_grad_enabled():     # training: two matmuls, gradients kept apart
+            b, direct = u @ weights.input[:, :2 * self.state_size], \
+                u @ weights.input[:, 2 * self.state_size:]
+        else:                           # rollout steps, value passes: one (launch-bound)
+            b, direct = (u @ weights.input).split([2 * self.state_size, self.hidden_size], -1)
         return a, as_complex(b.unflatten(-1, (self.state_size, 2))), direct
 
     def readout(self, x: Tensor, direct: Tensor, weights: LRUWeights | None = None) -> Tensor:

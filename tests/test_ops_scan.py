@@ -131,3 +131,17 @@ def test_cpu_runs_the_loop_once_a_step_is_large():
     small, large = torch.zeros(4, 100, 3), torch.zeros(157, 53, 256)
     assert scan_module._scan_kernel(small)[0] is scan_module._scan_into
     assert scan_module._scan_kernel(large)[0] is scan_module._loop_into
+
+
+def test_gradients_with_a_decay_shared_by_every_row_and_step(kernel):
+    """An expanded decay (stride 0 over rows and steps, as ffm and lru pass it for Δt ≡ 1):
+    the same gradients as the same decay materialized."""
+    a, b, s0, resets, lengths = elements(3, 12, 2, torch.float64, "cpu", seed=5)
+    shared = a[0, 0].clone().requires_grad_()
+    full = shared.detach().expand(3, 12, 2).clone().requires_grad_()
+    weight = torch.randn_like(b)
+    for scan in (linear_scan, linear_scan_sequential):
+        want = torch.autograd.grad((scan(full, b, s0, resets=resets) * weight).real.sum(), full)
+        got = torch.autograd.grad(
+            (scan(shared.expand(3, 12, 2), b, s0, resets=resets) * weight).real.sum(), shared)
+        torch.testing.assert_close(got[0], want[0].sum((0, 1)), rtol=1e-10, atol=1e-10)

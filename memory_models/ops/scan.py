@@ -119,13 +119,20 @@ class _LinearScan(torch.autograd.Function):
             # scan of the steps t < T-1 with decays conj(a_{t+1}) from the state g_{T-1}
             decays = a[rows, 1:]
             if decays.is_complex():
-                decays = torch.conj_physical(decays)
+                decays = _conj_physical(decays)
             g[rows, -1] = grad_states[rows, -1]
             scan_into(decays, grad_states[rows, :-1], g[rows, :-1], g[rows, -1], reverse=True)
             # ∂L/∂a_t = g_t conj(s_{t-1})
             torch.mul(g[rows, 1:], states[rows, :-1].conj(), out=grad_a[rows, 1:])
         torch.mul(g[:, 0], initial.conj(), out=grad_a[:, 0])
         return grad_a, g, g[:, 0] * a[:, 0].conj()
+
+
+def _conj_physical(x: Tensor) -> Tensor:
+    """conj(x) in memory, computed once per stored element: an expanded x (stride 0, e.g. a
+    decay shared by every row and step) is conjugated on one slice and expanded again."""
+    compact = x[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in x.stride())]
+    return torch.conj_physical(compact).expand(x.shape)
 
 
 def _row_blocks(like: Tensor) -> list[slice]:
