@@ -370,7 +370,7 @@ class SLSTM(RecurrentMemory):
     def _scan(self, x, state, resets, integration_timesteps, lengths):
         if self.scan_impl == "sequential":
             return self._sequential(x, state, resets, lengths)
-        from_x = self.from_x(x)                                               # (B, T, NH, 4D)
+        from_x = self.from_x(x.transpose(0, 1))                               # (T, B, NH, 4D)
         y, *final = slstm_scan(from_x, self.recurrent, *(state[k] for k in SLSTM_STATE),
                                resets, lengths, self.forget_gate)
         return y, dict(zip(SLSTM_STATE, final))

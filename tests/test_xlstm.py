@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import memory_models
+from memory_models import xlstm
 from memory_models.xlstm import MLSTM, SLSTM, default_heads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,6 +97,22 @@ def test_mlstm_chunkwise_equals_sequential(dtype, forget_gate, chunk_size, m_sca
         state = random_state(cell, 4, dtype, m_scale)
         results.append(outputs_and_gradients(cell, x, state, resets, lengths))
     assert_same(*results, dtype)
+
+
+def test_mlstm_row_blocks_equal_one_block(monkeypatch):
+    """The chunkwise form over blocks of rows (one row each here) gives what one block gives:
+    values and gradients equal the sequential reference."""
+    monkeypatch.setattr(xlstm, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(xlstm, "MIN_BLOCK_ROWS", 1)
+    results = []
+    for scan_impl in ("parallel", "sequential"):
+        cell = build(MLSTM, scan_impl=scan_impl, chunk_size=4)
+        assert len(cell._row_blocks(4, STEPS)) == 4
+        x, resets, lengths = data(cell, torch.float64)
+        torch.manual_seed(2)
+        state = random_state(cell, 4, torch.float64)
+        results.append(outputs_and_gradients(cell, x, state, resets, lengths))
+    assert_same(*results, torch.float64)
 
 
 def test_mlstm_step_loop_equals_sequential_scan():

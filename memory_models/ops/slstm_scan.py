@@ -3,8 +3,8 @@
     slstm_scan(from_x, recurrent, h, c, n, m, resets, lengths, forget_gate) -> (y, h, c, n, m)
 
 computes what a loop of `memory_models.xlstm.slstm_step` through autograd computes (the
-reference, `SLSTM(scan_impl="sequential")`). Shapes: from_x = W x_t + b (B, T, NH, 4D), per
-head [ĩ; f̃; z̃; õ]; recurrent R (NH, D, 4D); h, c, n, m (B, H), H = NH·D; resets (B, T) bool;
+reference, `SLSTM(scan_impl="sequential")`). Shapes: from_x = W x_t + b (T, B, NH, 4D)
+(time-major: the projection of x.transpose(0, 1) lays it out so), per head [ĩ; f̃; z̃; õ]; recurrent R (NH, D, 4D); h, c, n, m (B, H), H = NH·D; resets (B, T) bool;
 lengths (B,); forget_gate "sigmoid" (log f = log σ(f̃)) or "exp" (log f = f̃):
 
     [ĩ, f̃, z̃, õ]_t = from_x_t + R h_{t-1}        (h, c, n, m: zero where resets[:, t])
@@ -15,8 +15,9 @@ and rows past lengths[b] keep their state (and output it); y (B, T, H) = h_t. te
 holds the two equal, values and gradients.
 
 Why fused: an autograd loop records ~20 small ops a step and its backward replays ~40. Here
-everything is head-major, (T, NH, B, ·), so that a step's recurrent term is one batched matmul
-(heads as the batch) written straight into the saved pre-activations; the forward loop keeps
+the state and what is saved are head-major, (T, NH, B, ·), so that a step's recurrent term is
+one batched matmul (heads as the batch) written straight into the saved pre-activations (the
+input term is read through a transposed view of from_x, which is never copied); the forward loop keeps
 the gates it computed (decay, gain, tanh z̃, σ(õ)); every factor of the backward that does not
 depend on the incoming gradient is computed for all steps at once before the backward loop,
 which then runs ~18 multiply-adds and one batched matmul a step; R's gradient is one batched
@@ -34,9 +35,9 @@ from torch import Tensor
 def slstm_scan(from_x: Tensor, recurrent: Tensor, h: Tensor, c: Tensor, n: Tensor, m: Tensor,
                resets: Tensor, lengths: Tensor,
                forget_gate: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """from_x (B, T, NH, 4D) from state h, c, n, m (B, H) -> y (B, T, H) and the state after
+    """from_x (T, B, NH, 4D) from state h, c, n, m (B, H) -> y (B, T, H) and the state after
     lengths[b] steps (module docstring)."""
-    batch, steps, heads, _ = from_x.shape
+    steps, batch, heads, _ = from_x.shape
     hidden = h.shape[1]
     if steps == 0:
         return from_x.new_zeros(batch, 0, hidden), h, c, n, m
@@ -44,7 +45,7 @@ def slstm_scan(from_x: Tensor, recurrent: Tensor, h: Tensor, c: Tensor, n: Tenso
     time = torch.arange(steps, device=from_x.device)
     active = (time[:, None] < lengths) if bool((lengths < steps).any()) else None  # (T, B)
     resets = resets.T.contiguous() if bool(resets.any()) else None                  # (T, B)
-    inputs = (from_x.permute(1, 2, 0, 3).contiguous(), recurrent,
+    inputs = (from_x, recurrent,
               *(head_major(s).contiguous() for s in (h, c, n, m)))
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         hs, *final = _SLSTMScan.apply(*inputs, resets, active, forget_gate == "exp")
@@ -56,7 +57,7 @@ def slstm_scan(from_x: Tensor, recurrent: Tensor, h: Tensor, c: Tensor, n: Tenso
 
 
 class _SLSTMScan(torch.autograd.Function):
-    """Head-major recurrence. Inputs: from_x (T, NH, B, 4D), R (NH, D, 4D), h0, c0, n0, m0
+    """Head-major recurrence. Inputs: from_x (T, B, NH, 4D), R (NH, D, 4D), h0, c0, n0, m0
     (NH, B, D), resets (T, B) bool or None (no reset), active (T, B) bool (t < lengths[b])
     or None (every row runs every step), exp_forget. Outputs: h_1..h_T (T, NH, B, D) and
     c_T, n_T, m_T (NH, B, D) (h_T is the last output)."""
@@ -94,7 +95,7 @@ class _SLSTMScan(torch.autograd.Function):
         to_f = None if ctx.exp_forget else torch.expm1(log_f).neg_()
         del read, inverse_n
 
-        grad_pre = torch.empty_like(preact)                    # (T, NH, B, 4, D)
+        grad_pre = preact.new_empty(steps, batch, heads, 4, size)   # from_x's layout
         R_T = R.transpose(1, 2).contiguous()                   # (NH, 4D, D)
         grad_h = grad_y.new_zeros(heads, batch, size)
         grad_c, grad_n, grad_m = grad_c.clone(), grad_n.clone(), grad_m.clone()
@@ -104,7 +105,8 @@ class _SLSTMScan(torch.autograd.Function):
             if active is not None:            # frozen rows pass the gradient by (below)
                 held = ~active[t, :, None]
                 passed = (grad_h, grad_c, grad_n, grad_m)
-            g_i, g_f, g_z, g_o = grad_pre[t].unbind(2)
+            g_pre = grad_pre[t].transpose(0, 1)                            # (NH, B, 4, D)
+            g_i, g_f, g_z, g_o = g_pre.unbind(2)
             # h = o c / n
             grad_c = torch.addcmul(grad_c, grad_h, to_c[t])
             grad_n = torch.addcmul(grad_n, grad_h, to_n[t], value=-1)
@@ -120,7 +122,7 @@ class _SLSTMScan(torch.autograd.Function):
                 g_f.copy_(grad_forget_m)
             else:
                 torch.mul(grad_forget_m, to_f[t], out=g_f)
-            grad_h = torch.bmm(grad_pre[t].view(heads, batch, 4 * size), R_T)   # (NH, B, D)
+            grad_h = torch.bmm(g_pre.reshape(heads, batch, 4 * size), R_T)      # (NH, B, D)
             grad_c, grad_n, grad_m = grad_c * decay[t], grad_n * decay[t], grad_forget_m
             if reset_at[t]:                   # the state read was the (constant) zero state
                 zero = resets[t, :, None]
@@ -130,10 +132,10 @@ class _SLSTMScan(torch.autograd.Function):
                 grad_h, grad_c, grad_n, grad_m = (torch.where(held, p, g) for g, p in zip(
                     (grad_h, grad_c, grad_n, grad_m), passed))
         if active is not None:                # a frozen row's step took nothing
-            grad_pre.masked_fill_(~active[:, None, :, None, None], 0.0)
+            grad_pre.masked_fill_(~active[..., None, None, None], 0.0)
         # R's gradient: Σ_t h_{t-1}ᵀ ∂L/∂preact_t per head, over all T·B rows at once
         grad_R = torch.bmm(h0.permute(1, 3, 0, 2).flatten(2),
-                           grad_pre.permute(1, 0, 2, 3, 4).flatten(1, 2).flatten(-2))
+                           grad_pre.permute(2, 0, 1, 3, 4).reshape(heads, steps * batch, -1))
         return (grad_pre.flatten(-2), grad_R, grad_h, grad_c, grad_n, grad_m, None, None, None)
 
 
@@ -145,7 +147,7 @@ def _forward(from_x, R, h0, c0, n0, m0, resets, active, exp_forget: bool,
     the backward (else one step's, reused), and log σ(f̃) (T, NH, B, D) (None for the exp
     gate or without `keep`). m_t is one max over the adjacent pair (ĩ, log f + m_{t-1}) and
     (gain, decay) one exp of the pair minus m_t."""
-    steps, heads, batch, _ = from_x.shape
+    steps, batch, heads, _ = from_x.shape
     size = R.shape[1]
     states = from_x.new_empty(4, steps + 1, heads, batch, size)
     for k, s in enumerate((h0, c0, n0, m0)):
@@ -160,7 +162,7 @@ def _forward(from_x, R, h0, c0, n0, m0, resets, active, exp_forget: bool,
         h, c, n, m = _before((hs[t], cs[t], ns[t], ms[t]), resets, t, reset_at[t])
         slot = t if keep else 0
         pre, gate = preact[slot], gates[slot]
-        torch.baddbmm(from_x[t], h, R, out=pre.view(heads, batch, 4 * size))
+        torch.baddbmm(from_x[t].transpose(0, 1), h, R, out=pre.view(heads, batch, 4 * size))
         fgate = pre[:, :, 1]
         log_f = _log_forget(fgate, exp_forget)
         if keep and not exp_forget:
