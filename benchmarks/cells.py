@@ -495,6 +495,19 @@ NOTES = {
         "cache the parameter-derived tensors (ffm: the clamped α and the (m, c) decay; lru: "
         "λ, γ and the stacked (Re, Im) weights) between no-grad steps of an unchanged module, "
         "so a step is its two matmuls."),
+    "delta_net": (
+        "delta_net and gated_delta_net against GRU (targets 2x at B=16/T=1024, 1x at the "
+        "learner minibatch; not met) are bounded before their recurrence: their projections "
+        "(128 -> 3·256 + 8 [+ 8 + 256 gated], 256 -> 256) are 164,864 / 198,656 multiply-adds "
+        "per row and step, 56% / 67% of GRU's 294,912, and the short convolution, SiLU and the "
+        "L2 and RMS norms are elementwise passes over the 768 q, k, v channels. With the "
+        "delta-rule op replaced by o = β v (measured separately, 1 thread, CPU time, the same "
+        "run: GRU 697 / 213 ms) the cells take 366 / 409 ms at B=16/T=1024 and 183 / 201 ms at "
+        "the learner minibatch, 0.5x / 0.9x GRU's time without any memory. The chunkwise op "
+        "(ops.delta_rule: ~67k multiply-adds per row and step at 8 heads of 32, chunks of 32; "
+        "batched 32 x 32 matmuls, a triangular solve per chunk, the pass over T/32 chunks) adds "
+        "~470 / ~230 ms there. The step (2.4x / 2.6x GRU's here) is ~45 small ops and writes "
+        "the 32 KiB state of each row once."),
     "elman": (
         "elman is torch's nn.RNN, the module POPGym's Elman runs: the same kernel, so the "
         "ratio is 1x up to the noise of this loaded machine (0.94x / 1.02x here)."),
