@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -88,6 +89,12 @@ class Stored:
             return stream.read().decode()
 
 
+def run_memrl(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def read_progress(trial: Path) -> list[dict]:
     with open(trial / "progress.csv", newline="") as file:
         return list(csv.DictReader(file))
@@ -138,12 +145,11 @@ def test_study_survives_losing_a_node(tmp_path, output):
         else:
             location = str(tmp_path / "results")
         cluster, worker = stack.enter_context(two_node_cluster())
-        process = start_memrl(
-            "train", str(ROOT / "configs" / "smoke.yaml"), "--address", cluster.address,
-            "--set", f"output={location}", "--set", "checkpoint.frequency=1",
-            "--set", "checkpoint.keep=0", "--set", f"stop.env_steps={env_steps}",
-            "--set", "ppo.train_batch_size_per_learner=512",
-            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+        train = ["train", str(ROOT / "configs" / "smoke.yaml"), "--address", cluster.address,
+                 "--set", f"output={location}", "--set", "checkpoint.frequency=1",
+                 "--set", "checkpoint.keep=0", "--set", f"stop.env_steps={env_steps}",
+                 "--set", "ppo.train_batch_size_per_learner=512"]
+        process = start_memrl(*train, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
         stored = Stored(bucket, "memrl/studies/smoke") if output == "s3" else Stored(
             fs.LocalFileSystem(), str(study))
         lost = []
@@ -178,6 +184,9 @@ def test_study_survives_losing_a_node(tmp_path, output):
                 assert not restarts, (name, since_restore)
             assert float(rows[-1][ENV_STEPS]) >= env_steps, (name, rows[-1][ENV_STEPS])
             assert_progress_is_results(study / name)
+        report = run_memrl("report", str(study), "--reps", "100", cwd=ROOT)
+        assert report.returncode == 0, report.stdout + report.stderr
+        assert "| gru |" in (study / "report" / "mmer.md").read_text()
         if output == "s3":                  # checkpoints only in the bucket, the rest copied
             for name in names:
                 assert any(file.startswith("checkpoint_") for file in stored.files(name)), name
@@ -187,11 +196,14 @@ def test_study_survives_losing_a_node(tmp_path, output):
                         stored.text(f"{name}/{file}")
             assert (study / "study.json").read_bytes().decode() == stored.text("study.json")
             assert list((study / "logs").glob("worker-*.log"))
-    report = subprocess.run([sys.executable, "-m", "experiments.cli", "report", str(study),
-                             "--reps", "100"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
-    assert report.returncode == 0, report.stdout + report.stderr
-    assert "| gru |" in (study / "report" / "mmer.md").read_text()
+            resumed = run_memrl(*train, "--resume", cwd=tmp_path)     # Tune's state: the URI's
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+            assert "resuming; finished trials are kept" in resumed.stdout, resumed.stdout
+            assert "2/2 trial(s) finished" in resumed.stdout, resumed.stdout
+            shutil.rmtree(study)        # the local copy gone: the URI still holds the study
+            refused = run_memrl(*train, cwd=tmp_path)
+            assert refused.returncode == 2 and "memrl/studies/smoke?endpoint_override" in \
+                refused.stderr and "already holds a study" in refused.stderr, refused.stderr
 
 
 # --------------------------------------------------------------- an output no node shares
