@@ -115,8 +115,8 @@ class EventSSM(InferenceCacheStep, LTV_LRNN, RecurrentMemory):
     def _readout(self, x: Tensor, s: Tensor, C_out: Tensor) -> Tensor:
         """y = GELU(2·Re(C s) + D x) for s (..., P/2) complex."""
         s_pairs = torch.view_as_real(s).flatten(-2).flatten(0, -2)              # (N, P)
-        skip = torch.addmm(self.D.bias, x.flatten(0, -2), self.D.weight.T)      # (N, hidden)
-        z = torch.addmm(skip, s_pairs, C_out, alpha=2)
+        z = torch.addmm(self.D.bias, x.flatten(0, -2), self.D.weight.T)         # (N, hidden)
+        z.addmm_(s_pairs, C_out, alpha=2)           # in place: no copy of the skip term
         return F.gelu(z).view(*x.shape[:-1], -1)
 
     # ------------------------------------------------------------------ interface
