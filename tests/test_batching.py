@@ -205,6 +205,13 @@ def test_ppo_trains_on_old_stack_minibatches(ray_session, monkeypatch):
     iterator, = seen
     mask = np.asarray(iterator.module_batch[Columns.LOSS_MASK])
     assert mask.sum() >= 512
+    # advantages standardized over the loss's steps (RLlib's GAE: with each episode's masked
+    # bootstrap step, whose advantage is the critic's guess at a last observation), as the
+    # old stack did; the masked ones 0
+    advantages = np.asarray(iterator.module_batch["advantages"])
+    assert advantages[mask].mean() == pytest.approx(0.0, abs=1e-5)
+    assert advantages[mask].std() == pytest.approx(1.0, abs=1e-4)
+    assert not advantages[~mask].any()
     assert iterator.minibatches == old_stack_minibatch_rows(mask.sum(axis=1), 128)
     assert len(forward) == 2 * len(iterator.minibatches)
     assert sorted(forward) == sorted(2 * [len(r) for r in iterator.minibatches])

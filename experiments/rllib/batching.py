@@ -58,6 +58,19 @@ GRU learned markedly worse there (NoisyPositionOnlyCartPoleEasy: 0.60 vs 0.78 ov
    `CompleteEpisodesEnvRunner.get_metrics` reports the mean over the last 100 finished
    episodes (complete_episodes sampling), as the old stack.
 
+6. The advantages' standardization. PPO standardizes the batch's advantages (mean 0, std 1).
+   The new stack's GAE connector does it over every step it computed them for, the extra
+   bootstrap step of each episode included, which the loss masks out; that step's advantage
+   is minus the critic's value of the episode's last observation, an input the critic never
+   trains on (masked), so it is arbitrary (measured on a fresh GRU: -0.07 to -2.0 standard
+   deviations). At a task's ceiling the real steps' advantages shrink and these set the
+   standard deviation, so the real ones are scaled down and the policy stops sharpening:
+   frame_conv on RepeatPreviousEasy held its sampled policy's entropy at 0.075 where the old
+   stack's fell to 0.028, and its MMER below the old stack's 1.000
+   (benchmarks/results/ceiling). The old stack had no such step: `PPOLearner` standardizes
+   again over the loss mask's steps (affine, so the same as standardizing the raw
+   advantages of those steps) and zeroes the masked ones.
+
 `old_stack_minibatch_rows` is the rule itself; tests hold it equal to the old stack's own
 code (`pad_batch_to_sequences_of_same_size` + `SampleBatch` slicing).
 """
@@ -73,6 +86,7 @@ import numpy as np
 import torch
 from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_KL_KEY
 from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import EPISODE_LEN_MEAN, EPISODE_RETURN_MEAN
@@ -82,7 +96,7 @@ from .seeding import env_seeds
 from .workers import use_assigned_cpus
 
 __all__ = ["CompleteEpisodesEnvRunner", "OldStackMinibatches", "PPOLearner",
-           "old_stack_minibatch_rows", "without_padding"]
+           "old_stack_minibatch_rows", "standardize_over_loss_mask", "without_padding"]
 
 
 class CompleteEpisodesEnvRunner(rllib_private.EnvRunner):
@@ -236,6 +250,22 @@ class OldStackMinibatches:
                 yield MultiAgentBatch({self.module_id: minibatch}, self.env_steps)
 
 
+def standardize_over_loss_mask(rows: SampleBatch) -> None:
+    """The advantages of the steps the loss reads (LOSS_MASK) standardized over those steps
+    alone (mean 0, std 1, the std at least 1e-4 as RLlib's and the old stack's), the others
+    0 (see 6. above). In place; nothing to do without advantages or a loss mask."""
+    advantages, mask = rows.get(Postprocessing.ADVANTAGES), rows.get(Columns.LOSS_MASK)
+    if advantages is None or mask is None:
+        return
+    advantages, mask = torch.as_tensor(advantages), torch.as_tensor(mask).bool()
+    real = advantages[mask]
+    if real.numel() == 0:
+        return
+    std = torch.clamp(real.std(correction=0), min=1e-4)
+    rows[Postprocessing.ADVANTAGES] = torch.where(mask, (advantages - real.mean()) / std,
+                                                  torch.zeros_like(advantages))
+
+
 def without_padding(rows: SampleBatch) -> SampleBatch:
     """Rows padded to (B, T, ...) (T = the LOSS_MASK's width) cut to (B, L, ...), L = their
     longest SEQ_LENS; STATE_IN (B, ...) and batches of single steps (no SEQ_LENS) as they
@@ -269,6 +299,8 @@ class PPOLearner(rllib_private.PPOLearner):
 
     def minibatches(self, batch: MultiAgentBatch, *, num_epochs: int, minibatch_size: int,
                     shuffle: bool) -> OldStackMinibatches:
+        for module_batch in batch.policy_batches.values():
+            standardize_over_loss_mask(module_batch)
         return OldStackMinibatches(batch, num_epochs=num_epochs, minibatch_size=minibatch_size,
                                    shuffle=shuffle)
 
