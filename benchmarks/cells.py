@@ -508,6 +508,20 @@ NOTES = {
         "batched 32 x 32 matmuls, a triangular solve per chunk, the pass over T/32 chunks) adds "
         "~470 / ~230 ms there. The step (2.4x / 2.6x GRU's here) is ~45 small ops and writes "
         "the 32 KiB state of each row once."),
+    "mamba": (
+        "mamba and mamba2 against GRU (targets 2x at B=16/T=1024, 1x at the learner minibatch) "
+        "are bounded by their projections: per row and step at input 128, hidden 256, E = 512, "
+        "N = 16, mamba's in (128 -> 1024), x (512 -> 48), Δ (16 -> 512) and out (512 -> 256) "
+        "maps are 294,912 multiply-adds, exactly GRU's 128 x 768 + 256 x 768, and mamba2's "
+        "(128 -> 1064, 512 -> 256) 267,264; torch's fused GRU runs its matmuls at least as "
+        "well, so neither can be 2x GRU with expand 2 whatever its scan costs. On top: mamba's "
+        "selective scan updates E·N = 8192 states per row and step, each with its own "
+        "input-dependent decay exp(Δ_t A) (elementwise, memory-bound: ~30x the GRU's state), "
+        "done as a fused loop over t (ops.selective_scan: one step's decays formed and used in "
+        "cache, a hand-written backward, only the states stored); the materialised form through "
+        "ops.scan (mamba(scan_impl=parallel)) and mambapy's MambaBlock (its pscan over the same "
+        "(B, T, E, N) tensors) are 3-7x slower. mamba2's SSD is masked (L, L) matmuls per chunk "
+        "of at most 64 steps plus its conv, gated RMSNorm and projections."),
     "elman": (
         "elman is torch's nn.RNN, the module POPGym's Elman runs: the same kernel, so the "
         "ratio is 1x up to the noise of this loaded machine (0.94x / 1.02x here)."),
