@@ -506,8 +506,8 @@ NOTES = {
         "the learner minibatch, 0.5x / 0.9x GRU's time without any memory. The chunkwise op "
         "(ops.delta_rule: ~67k multiply-adds per row and step at 8 heads of 32, chunks of 32; "
         "batched 32 x 32 matmuls, a triangular solve per chunk, the pass over T/32 chunks) adds "
-        "~470 / ~230 ms there. The step (2.4x / 2.6x GRU's here) is ~45 small ops and writes "
-        "the 32 KiB state of each row once."),
+        "~470 / ~230 ms there. The step (2.4-4.2x GRU's over three runs at load 10-12, the "
+        "noisiest column) is ~45 small ops and writes the 32 KiB state of each row once."),
     "mamba": (
         "mamba and mamba2 against GRU (targets 2x at B=16/T=1024, 1x at the learner minibatch) "
         "are bounded by their projections: per row and step at input 128, hidden 256, E = 512, "
