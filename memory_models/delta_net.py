@@ -39,8 +39,9 @@ elapsed before observation t decays it by α_t^{Δt_t} = exp(g_t Δt_t) (`elapse
 them: it is not scaled by Δt. DeltaNet has no decay and ignores `integration_timesteps`.
 
 Parallel form: the chunkwise WY / UT form of `ops.delta_rule.chunked_delta_rule` (resets and
-lengths folded into its masks); the short convolution by K shifted, masked adds (no term
-reaches across a reset). `scan_impl="sequential"` runs the step-by-step recurrence instead and
+lengths folded into its masks); the short convolution by `ShortConv` (K shifted multiply-adds
+in place, masked so that no term reaches across a reset); q's scale d^{-1/2} folded exactly
+into the read-out's RMSNorm (`heads_from`, `readout`). `scan_impl="sequential"` runs the step-by-step recurrence instead and
 `chunk_size` sets the chunk length (implementation options, for tests and benchmarks).
 Computes in float32 and float64: the triangular solve has no half-precision CPU kernel.
 
