@@ -119,8 +119,9 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor, C:
                n: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One step of the stabilised recurrence: q, k, v (B, NH, D), ĩ, log f (B, NH), state
     C (B, NH, D, D), n (B, NH, D), m (B, NH) -> h̃ (B, NH, D), C, n, m."""
-    m_new = torch.maximum(log_f + m, igate)                                    # (B, NH)
-    decay, gain = torch.exp(log_f + m - m_new), torch.exp(igate - m_new)       # (B, NH)
+    forget_m = log_f + m                                                       # (B, NH)
+    m_new = torch.maximum(forget_m, igate)
+    decay, gain = torch.exp(forget_m - m_new), torch.exp(igate - m_new)
     gained_k = gain[..., None] * k                                             # (B, NH, D)
     C = torch.addcmul(decay[..., None, None] * C, gained_k[..., :, None], v[..., None, :])
     n = torch.addcmul(gained_k, decay[..., None], n)                           # (B, NH, D)
