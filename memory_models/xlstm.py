@@ -28,8 +28,9 @@ initially (the xlstm package's initial m = 0). The paper's cell: the xLSTM block
 convolution, output norm and skip are not part of it (`layers: N` stacks cells in residual
 blocks as for every cell).
 
-Chunkwise parallel form (`mlstm_chunk`, chunks of L = chunk_size steps; the state carried
-from chunk to chunk). Within a chunk, with local steps t, j and b_t = Σ_{s ≤ t} log f_s:
+Chunkwise parallel form (`mlstm_chunkwise`, chunks of equal length L <= chunk_size (64); the
+state carried from chunk to chunk). Within a chunk, with local steps t, j and
+b_t = Σ_{s ≤ t} log f_s:
 
     log D_tj = b_t − b_j + ĩ_j       j ≤ t in the same episode segment, else −∞  (B, NH, L, L)
     a_t = m_in + b_t                 t before the chunk's first reset (the carried state),
@@ -39,9 +40,12 @@ from chunk to chunk). Within a chunk, with local steps t, j and b_t = Σ_{s ≤ 
           / max(|Σ_j e^{log D_tj − m_t} (q_t·k_j) + e^{a_t − m_t} n_inᵀ q_t|, e^{−m_t})
 
 where the e^{a_t − m_t} terms are those of the carried state (C_in, n_in, m_in), zero after a
-reset; the chunk's last row gives the state carried on. Past lengths[b] a step is the
-identity (log f = 0, ĩ = −∞). `scan_impl="sequential"` runs the recurrence step by step (the
-reference, an implementation option with `chunk_size`).
+reset; the chunk's last row gives the state carried on. Every chunk's own terms are computed
+at once, the states entering the chunks by a loop over them, then every chunk's outputs at
+once; values and normaliser are read by one matmul with [v | 1], the state carried as
+[C | n]. Past lengths[b] a step is the identity (log f = 0, ĩ = −∞). Many rows run in blocks
+(BLOCK_BYTES) so that the (L, L) matrices stay in cache. `scan_impl="sequential"` runs the
+recurrence step by step (the reference; an implementation option, as `chunk_size`).
 
 sLSTM: NH heads (`heads`, as mLSTM's) of size D, a block-diagonal recurrent matrix R (one
 D × 4D block per head); per step:
@@ -53,7 +57,9 @@ D × 4D block per head); per step:
     h_t = σ(õ_t) ⊙ c_t / n_t = y_t                                              (B, H)
 
 (`slstm_step`.) State {"h", "c", "n", "m"} (B, H) each, zero initially. Sequential by nature:
-a loop over t, the input terms W x + b of all steps one matmul before it.
+the input terms W x + b of all steps are one matmul, then a fused loop over t with a
+hand-written backward (`ops.slstm_scan`); `scan_impl="sequential"` is the reference, a loop of
+`slstm_step` through autograd.
 
 Initialisation (the xlstm package's, but for the weights): projections as nn.Linear's default;
 forget-gate biases spaced linearly in [3, 6] (over heads for mLSTM, over each head's units for
@@ -154,7 +160,8 @@ def mlstm_chunkwise(qkv: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor, C
     q, k, v = qkv.view(batch, chunks, length, 3, heads, size).permute(3, 0, 4, 1, 2, 5) \
         .contiguous().unbind(0)                                  # one copy for all three
     k = k / math.sqrt(size)
-    igate, log_f = (t.view(batch, chunks, length, heads).permute(0, 3, 1, 2) for t in (igate, log_f))
+    igate, log_f = (t.view(batch, chunks, length, heads).permute(0, 3, 1, 2)
+                    for t in (igate, log_f))
     cumulative = log_f.cumsum(-1)                                # b_t (B, NH, NC, L)
     causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
     resets = resets.view(batch, chunks, length)

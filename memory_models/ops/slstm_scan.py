@@ -3,26 +3,27 @@
     slstm_scan(from_x, recurrent, h, c, n, m, resets, lengths, forget_gate) -> (y, h, c, n, m)
 
 computes what a loop of `memory_models.xlstm.slstm_step` through autograd computes (the
-reference, `SLSTM(scan_impl="sequential")`). Shapes: from_x = W x_t + b (T, B, NH, 4D)
-(time-major: the projection of x.transpose(0, 1) lays it out so), per head [ĩ; f̃; z̃; õ]; recurrent R (NH, D, 4D); h, c, n, m (B, H), H = NH·D; resets (B, T) bool;
-lengths (B,); forget_gate "sigmoid" (log f = log σ(f̃)) or "exp" (log f = f̃):
+reference, `SLSTM(scan_impl="sequential")`). Shapes: from_x = W x_t + b (T, B, NH, 4D),
+time-major (the projection of x.transpose(0, 1) lays it out so), per head [ĩ; f̃; z̃; õ];
+recurrent R (NH, D, 4D); h, c, n, m (B, H), H = NH·D; resets (B, T) bool; lengths (B,);
+forget_gate "sigmoid" (log f = log σ(f̃)) or "exp" (log f = f̃):
 
     [ĩ, f̃, z̃, õ]_t = from_x_t + R h_{t-1}        (h, c, n, m: zero where resets[:, t])
     m_t = max(log f_t + m_{t-1}, ĩ_t),  decay = e^{log f_t + m_{t-1} − m_t},  gain = e^{ĩ_t − m_t}
     c_t = decay c_{t-1} + gain tanh(z̃_t),  n_t = decay n_{t-1} + gain,  h_t = σ(õ_t) c_t / n_t
 
-and rows past lengths[b] keep their state (and output it); y (B, T, H) = h_t. tests/test_xlstm.py
-holds the two equal, values and gradients.
+and rows past lengths[b] keep their state (and output it); y (B, T, H) = h_t.
+tests/test_xlstm.py holds the two equal, values and gradients.
 
 Why fused: an autograd loop records ~20 small ops a step and its backward replays ~40. Here
 the state and what is saved are head-major, (T, NH, B, ·), so that a step's recurrent term is
 one batched matmul (heads as the batch) written straight into the saved pre-activations (the
-input term is read through a transposed view of from_x, which is never copied); the forward loop keeps
-the gates it computed (decay, gain, tanh z̃, σ(õ)); every factor of the backward that does not
-depend on the incoming gradient is computed for all steps at once before the backward loop,
-which then runs ~18 multiply-adds and one batched matmul a step; R's gradient is one batched
-matmul over all T·B rows afterwards. torch.maximum's gradient convention is kept: a tie in m's
-max splits the gradient in half.
+input term is read through a transposed view of from_x, which is never copied); the forward
+loop keeps the gates it computed (gain, decay, tanh z̃, σ(õ)); every factor of the backward
+that does not depend on the incoming gradient is computed for all steps at once before the
+backward loop, which then runs ~18 multiply-adds and one batched matmul a step; R's gradient
+is one batched matmul over all T·B rows afterwards. torch.maximum's gradient convention is
+kept: a tie in m's max splits the gradient in half.
 """
 
 from __future__ import annotations
