@@ -302,7 +302,7 @@ class Mamba2(_ConvMemory):
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
                  expand: int = 2, head_size: int | None = None, conv_kernel: int = 4,
-                 scan_impl: str = "parallel", chunk_size: int = 64):
+                 scan_impl: str = "parallel", chunk_size: int = 32):
         super().__init__(input_size, hidden_size)
         check_int("state_size", state_size, why=" (modes N per channel)")
         check_expand(expand)

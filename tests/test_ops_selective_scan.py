@@ -5,6 +5,7 @@ input, with resets (at the first and last step too), lengths and a carried state
 import pytest
 import torch
 
+import memory_models.ops.selective_scan as selective_scan_module
 from memory_models.ops.selective_scan import SELECTIVE_SCAN_IMPLS, selective_scan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,9 +36,13 @@ def run(impl, args, resets, lengths):
     return y * valid, final, torch.autograd.grad(loss, leaves)
 
 
-@pytest.mark.parametrize("impl", ["parallel", "fused"])
+@pytest.mark.parametrize("impl", ["parallel", "fused", "fused-blocks"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_equals_the_sequential_reference(impl, dtype):
+def test_equals_the_sequential_reference(impl, dtype, monkeypatch):
+    """fused-blocks: the fused loop over blocks of one row each."""
+    if impl == "fused-blocks":
+        monkeypatch.setattr(selective_scan_module, "BLOCK_BYTES", 1)
+        impl = "fused"
     args = inputs(dtype=dtype)
     resets = torch.rand(3, 17, generator=torch.Generator().manual_seed(2)) < 0.2
     resets[0, 0] = resets[1, 16] = resets[2, 5] = True
@@ -79,6 +84,13 @@ def test_without_gradients_the_loop_keeps_no_states_and_gives_the_same():
     resets[1, 4] = True
     with torch.no_grad():
         y, final = selective_scan(*args, resets, torch.tensor([17, 9, 0]))
+        selective_scan_module.BLOCK_BYTES, default = 1, selective_scan_module.BLOCK_BYTES
+        try:                                           # blocks of one row
+            y_blocks, final_blocks = selective_scan(*args, resets, torch.tensor([17, 9, 0]))
+        finally:
+            selective_scan_module.BLOCK_BYTES = default
+    torch.testing.assert_close(y_blocks, y, atol=0, rtol=0)
+    torch.testing.assert_close(final_blocks, final, atol=0, rtol=0)
     y_ref, final_ref = SELECTIVE_SCAN_IMPLS["sequential"](*args, resets, torch.tensor([17, 9, 0]))
     torch.testing.assert_close(y[:, :9], y_ref[:, :9], **TOL[torch.float64])
     torch.testing.assert_close(final, final_ref, **TOL[torch.float64])
