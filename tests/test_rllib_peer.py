@@ -115,3 +115,16 @@ def test_one_old_stack_ppo_iteration(ray_session):
         assert played["episodes"] == 2 and min(played["lengths"]) > 7      # past the memory
     finally:
         algo.stop()
+
+
+def test_report_compares_gtrxl_with_rllibs():
+    """`memrl report`'s probability of improvement pairs gtrxl with rllib:GTrXL, as each of
+    our cells with its POPGym original (the issue's verdict: ours against RLlib's GTrXL)."""
+    import pandas as pd
+
+    from experiments.report import aggregate
+    rows = [("gtrxl-W64", "gtrxl", "new", {"window": 64}, {}),
+            ("rllib-GTrXL-W64", "rllib:GTrXL", "old", {"window": 64}, {}),
+            ("transformer-W64", "transformer", "new", {"window": 64}, {})]
+    trials = pd.DataFrame(rows, columns=["variant", "model", "stack", "kwargs", "sweep"])
+    assert aggregate.comparisons(trials) == [("gtrxl-W64", "rllib-GTrXL-W64")]

@@ -43,13 +43,15 @@ POPGYM_MODELS: dict[str, str] = {
     "MLP": "ray_mlp", "BasicMLP": "ray_mlp", "Framestack": "ray_framestack",
     "Frameconv": "ray_frameconv",
 }
-# our cell -> its POPGym original (the pairs `memrl report` compares)
+# our cell -> its POPGym original (the pairs `memrl report` compares); gtrxl's original is
+# RLlib's GTrXL (experiments.rllib.rllib_models)
 POPGYM_ORIGINAL = {"gru": "popgym:GRU", "lstm": "popgym:LSTM", "lmu": "popgym:LMU",
                    "s4d": "popgym:S4D", "mlp": "popgym:BasicMLP", "elman": "popgym:Elman",
                    "indrnn": "popgym:IndRNN", "pos_mlp": "popgym:MLP",
                    "fwp": "popgym:FastWeightProgrammer",
                    "linear_attention": "popgym:LinearAttention",
-                   "frame_stack": "popgym:Framestack", "frame_conv": "popgym:Frameconv"}
+                   "frame_stack": "popgym:Framestack", "frame_conv": "popgym:Frameconv",
+                   "gtrxl": "rllib:GTrXL"}
 
 
 def is_popgym(name: str) -> bool:
