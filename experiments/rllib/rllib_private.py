@@ -24,6 +24,16 @@ new version). tests/test_rllib_private.py holds each name to RLlib's own behavio
 | `ray.tune.registry._global_registry` | Tune | is an env id registered | `env_registered` |
 | `_setup_trial`, `_restore_from_remote`, `_trial_files`, `_trial_csv`, `_trial_continue` | Tune's CSV / JSON logger callbacks | a restarted trial's logs (experiments/study/trial_logs.py) | `TrialLogHooks` |
 
+Behaviours of public names that experiments.rllib.batching corrects or relies on (a change
+there fails the tests named):
+
+| behaviour (Ray 2.60) | batching's answer | test |
+|---|---|---|
+| PPO's learner updates the KL coefficient with the KL logged last (window 1) | logs the update's mean KL there | test_rllib_private, test_batching |
+| the GAE connector standardizes advantages with the masked bootstrap steps | standardizes again over the loss mask | test_batching |
+| PPO samples again while a call's own env steps (its metrics) are below the batch | a call steps at least the batch | test_batching |
+| an env runner's metrics clear at each reduce (one iteration's episodes) | logs the last 100 again | test_batching |
+
 Upgrading Ray: run `MEMRL_UNCHECKED_RAY=1 pytest tests/test_rllib_private.py tests/test_batching.py
 tests/test_state_storage.py` on the new version; where a name moved or changed, change it here
 (and its test); then add the version to CHECKED_RAY_VERSIONS and to pyproject.toml's range.
