@@ -26,8 +26,8 @@ IMPORTS_VAR, IMPORT_PATH_VAR, LOG_DIR_VAR = "MEMRL_IMPORTS", "MEMRL_IMPORT_PATH"
 
 def runtime_env(imports: list[str], import_path: str, log_dir: Path | None) -> dict:
     """Ray runtime environment whose workers import `imports` (with `import_path` on sys.path:
-    on a cluster that path must exist on every node, as the study's `output` must) and, with
-    a `log_dir`, write their output there; {} when there is nothing to set up."""
+    on a cluster that path must exist on every node) and, with a `log_dir`, write their
+    output there (made on a node that lacks it); {} when there is nothing to set up."""
     env_vars = {}
     if imports:
         env_vars.update({IMPORTS_VAR: ",".join(imports), IMPORT_PATH_VAR: import_path})
