@@ -127,9 +127,9 @@ def chunked_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, initial: T
         resets = None if resets is None else resets & valid
     if resets is not None and not bool(resets.any()):
         resets = None
-    size = min(chunk_size, steps)
-    chunks = -(-steps // size)
-    pad = chunks * size - steps          # padded steps: β = 0, g = 0, no reset (identity)
+    chunks = -(-steps // chunk_size)
+    size = -(-steps // chunks)           # chunks of at most chunk_size, evened out: T = 53 in
+    pad = chunks * size - steps          # 2 of 27 (1 padded step); padded: β = 0, g = 0, no reset
 
     def chunked(x: Tensor) -> Tensor:                     # (B, T, H, F) -> (B, H, n, C, F)
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
