@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -76,7 +75,6 @@ class Stored:
         self.filesystem, self.path = filesystem, path
 
     def files(self, folder: str) -> list[str]:
-        from pyarrow import fs
         found = self.filesystem.get_file_info(
             fs.FileSelector(f"{self.path}/{folder}", allow_not_found=True))
         return [info.base_name for info in found]
@@ -108,7 +106,6 @@ def s3_server():
     import logging
     pytest.importorskip("moto", reason="moto[server] is in the dev extra")
     from moto.server import ThreadedMotoServer
-    from pyarrow import fs
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)          # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -133,8 +130,9 @@ def test_study_survives_losing_a_node(tmp_path, output):
     worker node goes (`cluster.remove_node`): that trial restarts from its last checkpoint on
     the head node (max_failures), the study completes, every trial's logs hold iterations
     1..N once each up to the stop, and `memrl report` reads the folder. With an s3:// output
-    the checkpoints are in the bucket only (the restarted trial read its own from there) and
-    the driver's local copy (results/<name> in its working directory) has the rest."""
+    the checkpoints are in the bucket only (the restarted trial read its own from there), the
+    driver's local copy (results/<name> in its working directory) has the rest, and --resume
+    restores the study from the bucket."""
     env_steps = 5000
     study = tmp_path / "results" / "smoke"
     names = ["RepeatPreviousEasy-gru-s0", "RepeatPreviousEasy-MLP-s0"]
