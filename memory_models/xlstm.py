@@ -80,6 +80,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import check_int
+from .derived import ParameterDerived
 from .interface import RecurrentMemory, State
 from .ops.scan import check_scan_impl
 from .ops.slstm_scan import slstm_scan
@@ -138,8 +139,8 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, log_f: Tensor, C:
 
 def mlstm_chunkwise(qkv: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor, C: Tensor,
                     n: Tensor, m: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The chunkwise parallel form (module docstring): qkv = [q, W_k x + b_k, v]
-    (B, T, 3, NH, D) (k before its 1/√D), ĩ, log f (B, T, NH) with the identity steps past
+    """The chunkwise parallel form (module docstring): qkv = [q, k, v] (B, T, 3, NH, D)
+    (k scaled by 1/√D), ĩ, log f (B, T, NH) with the identity steps past
     the lengths folded in, resets (B, T) bool, state C, n, m -> h̃ (B, T, NH, D) and the state
     after the last step.
 
@@ -159,7 +160,6 @@ def mlstm_chunkwise(qkv: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor, C
     # (B, NH, NC, L, ·): heads, chunks and their steps
     q, k, v = qkv.view(batch, chunks, length, 3, heads, size).permute(3, 0, 4, 1, 2, 5) \
         .contiguous().unbind(0)                                  # one copy for all three
-    k = k / math.sqrt(size)
     igate, log_f = (t.view(batch, chunks, length, heads).permute(0, 3, 1, 2)
                     for t in (igate, log_f))
     cumulative = log_f.cumsum(-1)                                # b_t (B, NH, NC, L)
@@ -173,8 +173,10 @@ def mlstm_chunkwise(qkv: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor, C
         carried = (segment == 0)[:, None]                        # (B, 1, NC, L)
         since_start = cumulative - before_start                  # a_t − (m_in or 0)
         keep = (causal & (segment[..., :, None] == segment[..., None, :]))[:, None]
+        last_keep = (segment == segment[..., -1:])[:, None]      # the last step's segment
     else:
         carried, since_start, keep = None, cumulative, causal
+        last_keep = None
     log_D = (cumulative[..., :, None] - cumulative[..., None, :] + igate[..., None, :])
     log_D = log_D.masked_fill(~keep, -math.inf)                  # (B, NH, NC, L, L)
     with torch.no_grad():
@@ -186,9 +188,14 @@ def mlstm_chunkwise(qkv: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor, C
     # [v | 1]: one matmul reads the values and the normaliser alike, and the state is [C | n]
     v_ones = F.pad(v, (0, 1), value=1.0)                         # (B, NH, NC, L, D+1)
     own_read = scores @ v_ones                                   # [Σ w (q·k) v | Σ w q·k]
-    last_k = k * weights[..., -1, :, None]                       # (B, NH, NC, L, D)
+    # log D's last row again from the small tensors (a row taken from log_D or weights would
+    # cost their backward a zero-filled copy of the whole matrix)
+    last_log_D = cumulative[..., -1:] - cumulative + igate       # (B, NH, NC, L)
+    if last_keep is not None:
+        last_log_D = last_log_D.masked_fill(~last_keep, -math.inf)
+    last_max = last_log_D.amax(-1)                               # (B, NH, NC), with gradient
+    last_k = k * torch.exp(last_log_D - local[..., -1:])[..., None]   # (B, NH, NC, L, D)
     own_state = last_k.transpose(-1, -2) @ v_ones                # [C | n] at scale e^{r_{L-1}}
-    last_max = log_D[..., -1, :].amax(-1)                        # (B, NH, NC), with gradient
 
     state = torch.cat([C, n[..., None]], -1)                     # [C | n] (B, NH, D, D+1)
     entering = []                                                # ([C | n], m) entering chunk c
@@ -217,13 +224,14 @@ def mlstm_chunkwise(qkv: Tensor, igate: Tensor, log_f: Tensor, resets: Tensor, C
     if carried is not None:
         carried_scale = torch.where(carried, carried_scale, 0.0)
     read = own_scale[..., None] * own_read + (carried_scale[..., None] * q) @ state_in
-    h = read[..., :-1] / torch.maximum(read[..., -1].abs(), floor)[..., None]  # (.., L, D)
+    numerator, qn = read.split([size, 1], -1)
+    h = numerator / torch.maximum(qn.abs(), floor[..., None])   # (B, NH, NC, L, D)
     h = h.permute(0, 2, 3, 1, 4).reshape(batch, chunks * length, heads, size)[:, :steps]
     return h, state[..., :-1], state[..., -1], m
 
 
 @register("mlstm")
-class MLSTM(RecurrentMemory):
+class MLSTM(ParameterDerived, RecurrentMemory):
     """xLSTM's mLSTM cell: multi-head matrix memory, exponential gates, stabiliser in the state."""
 
     dtypes = (torch.float32, torch.float64)
@@ -247,10 +255,27 @@ class MLSTM(RecurrentMemory):
             igate_bias.normal_(0.0, 0.1)
             fgate_bias.copy_(torch.linspace(3.0, 6.0, self.heads))
 
+    def scaled_projection(self) -> tuple[Tensor, Tensor]:
+        """The projection's weight and bias with W_k, b_k's rows scaled by 1/√D (4H + 2NH
+        rows): k comes out scaled, at the cost of scaling a weight, not every step's k."""
+        H = self.hidden_size
+        scale = torch.ones(4 * H + 2 * self.heads, 1, dtype=self.projection.weight.dtype,
+                           device=self.projection.weight.device)
+        scale[H:2 * H] = 1 / math.sqrt(self.head_size)
+        return self.projection.weight * scale, self.projection.bias * scale[:, 0]
+
     def projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """[q, W_k x + b_k, v] (..., 3, NH, D), ĩ, log f (..., NH), o (..., H) of x (..., I)."""
+        """[q, k, v] (..., 3, NH, D) (k scaled by 1/√D), ĩ, log f (..., NH), o (..., H) of
+        x (..., I). A sequence is projected by three matmuls, one per part (no split whose
+        backward copies the whole projection), a step by one."""
         H, NH, D = self.hidden_size, self.heads, self.head_size
-        qkv, igate, fgate, out = self.projection(x).split([3 * H, NH, NH, H], -1)
+        weight, bias = self.derived(self.scaled_projection)
+        if x.ndim == 2:
+            qkv, igate, fgate, out = F.linear(x, weight, bias).split([3 * H, NH, NH, H], -1)
+        else:
+            parts = [slice(0, 3 * H), slice(3 * H, 3 * H + 2 * NH), slice(3 * H + 2 * NH, None)]
+            qkv, gates, out = (F.linear(x, weight[p], bias[p]) for p in parts)
+            igate, fgate = gates.split([NH, NH], -1)
         return (qkv.unflatten(-1, (3, NH, D)), igate, log_forget(fgate, self.forget_gate),
                 torch.sigmoid(out))
 
@@ -258,7 +283,7 @@ class MLSTM(RecurrentMemory):
         """q, k (scaled by 1/√D), v (..., NH, D), ĩ, log f (..., NH), o (..., H) of x (..., I)."""
         qkv, igate, log_f, out = self.projections(x)
         q, k, v = qkv.unbind(-3)
-        return q, k / math.sqrt(self.head_size), v, igate, log_f, out
+        return q, k, v, igate, log_f, out
 
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
         device, dtype = self._defaults(device, dtype)
