@@ -70,10 +70,12 @@ class _Elements(torch.autograd.Function):
         grad_gate = torch.mul(grad_b, g)                                        # ∂L/∂z
         if grad_a is not None:
             grad_gate.sub_(grad_a)
-        grad_gate.mul_(torch.addcmul(z, z, z, value=-1))                        # · z (1 − z)
-        slope = torch.ge(candidate, 0, out=torch.empty_like(s))                 # [c ≥ 0]
-        slope = torch.addcmul(s, s, s, value=-1).add_(slope, alpha=0.75)       # g'(c)
-        grad_candidate = torch.mul(grad_b, z).mul_(slope)
+        scratch = torch.addcmul(z, z, z, value=-1)                              # z (1 − z)
+        grad_gate.mul_(scratch)
+        # (few fresh tensors: each is page-faulted in when the allocator gave it back)
+        step = torch.ge(candidate, 0, out=scratch)                              # [c ≥ 0]
+        slope = torch.addcmul(s, s, s, value=-1).add_(step, alpha=0.75)        # g'(c)
+        grad_candidate = torch.mul(grad_b, z, out=scratch).mul_(slope)
         return grad_gate, grad_candidate
 
 
