@@ -99,9 +99,9 @@ def test_mlstm_chunkwise_equals_sequential(dtype, forget_gate, chunk_size, m_sca
     assert_same(*results, dtype)
 
 
-def test_mlstm_row_blocks_equal_one_block(monkeypatch):
-    """The chunkwise form over blocks of rows (one row each here) gives what one block gives:
-    values and gradients equal the sequential reference."""
+def test_mlstm_row_blocks_equal_the_sequential_reference(monkeypatch):
+    """Without gradients the chunkwise form runs over blocks of rows (one row each here): the
+    outputs (within the lengths) and final state equal the sequential reference's."""
     monkeypatch.setattr(xlstm, "BLOCK_BYTES", 1)
     monkeypatch.setattr(xlstm, "MIN_BLOCK_ROWS", 1)
     results = []
@@ -111,7 +111,9 @@ def test_mlstm_row_blocks_equal_one_block(monkeypatch):
         x, resets, lengths = data(cell, torch.float64)
         torch.manual_seed(2)
         state = random_state(cell, 4, torch.float64)
-        results.append(outputs_and_gradients(cell, x, state, resets, lengths))
+        with torch.no_grad():
+            y, final = cell.scan(x, state, resets=resets, lengths=lengths)
+        results.append((y * (torch.arange(STEPS) < lengths[:, None])[..., None], final, ()))
     assert_same(*results, torch.float64)
 
 
