@@ -283,9 +283,9 @@ def without_padding(rows: SampleBatch) -> SampleBatch:
 
 class PPOLearner(rllib_private.PPOLearner):
     """RLlib's torch PPO learner, with minibatches cut as the old stack did (see 2. above), the
-    KL coefficient updated with the iteration's mean KL (see 4. above), reading each row's
-    memory state where `CompleteEpisodesEnvRunner` stored it (`state_storage`, with
-    `sparse_states`)."""
+    KL coefficient updated with the iteration's mean KL (see 4. above), the advantages
+    standardized over the loss's steps (see 6. above), reading each row's memory state where
+    `CompleteEpisodesEnvRunner` stored it (`state_storage`, with `sparse_states`)."""
 
     sparse_states = True
 
