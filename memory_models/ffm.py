@@ -109,22 +109,21 @@ class FFM(ParameterDerived, RecurrentMemory):
 
     def gates(self, x: Tensor, weights: FFMWeights) -> tuple[Tensor, Tensor, Tensor]:
         """x (..., input_size) -> memory input ŷ ⊙ g_in (..., m), thru (..., H), g_out (..., H)."""
-        rows, sizes = x.flatten(0, -2), [self.memory_size, self.hidden_size,
-                                          self.memory_size + self.hidden_size]
+        rows, shape = x.flatten(0, -2), x.shape[:-1]
+        sizes = [self.memory_size, self.hidden_size, self.memory_size + self.hidden_size]
         if torch.is_grad_enabled():
             # training: one matmul per part (column blocks of W), each output contiguous:
             # elementwise ops over a strided slice cost up to 3x, and the parts' gradients
             # stay apart (splitting one output concatenates them in backward)
             bounds = [0, sizes[0], sizes[0] + sizes[1], None]
-            y_hat, thru, gate = [
-                torch.addmm(weights.pre_bias[start:stop], rows, weights.pre[:, start:stop])
-                for start, stop in zip(bounds, bounds[1:])]
+            y_hat, thru, gate = [torch.addmm(weights.pre_bias[start:stop], rows,
+                                             weights.pre[:, start:stop]).unflatten(0, shape)
+                                 for start, stop in zip(bounds, bounds[1:])]
         else:      # rollout steps, value passes: one matmul (a step is launch-bound)
-            y_hat, thru, gate = torch.addmm(weights.pre_bias, rows, weights.pre).split(sizes, -1)
+            y_hat, thru, gate = torch.addmm(weights.pre_bias, rows, weights.pre).unflatten(
+                0, shape).split(sizes, dim=-1)
         in_gate, out_gate = gate.sigmoid().split([self.memory_size, self.hidden_size], dim=-1)
-        shape = x.shape[:-1]
-        return ((y_hat * in_gate).unflatten(0, shape), thru.unflatten(0, shape),
-                out_gate.unflatten(0, shape))
+        return y_hat * in_gate, thru, out_gate
 
     def decay(self, integration_timesteps: Tensor, weights: FFMWeights | None = None) -> Tensor:
         """γ^{Δt} = exp((α + iω) Δt) (..., m, c) complex for Δt (...)."""
