@@ -80,7 +80,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
     module, _ = build_module("mlp")
     with pytest.raises(ValueError, match="episodes must be a positive int"):
         rollout(module, ENV, episodes=0)
-    with pytest.raises(ValueError, match="unknown POPGym env"):
+    with pytest.raises(ValueError, match="unknown env .popgym-RepeatPrevious-v0."):
         rollout(module, "popgym-RepeatPrevious-v0")
     with pytest.raises(ValueError, match="observations of shape"):
         rollout(module, "popgym-PositionOnlyCartPoleEasy-v0")

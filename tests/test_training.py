@@ -129,7 +129,7 @@ def test_event_time_tasks_default_timesteps_from_obs_and_explicit_values_win():
     assert not reads_timesteps("popgym-RepeatPreviousEasy-EventTime-v0", timesteps_from_obs=False)
     assert not reads_timesteps(ENV)
     assert reads_timesteps(ENV, timesteps_from_obs=True)
-    with pytest.raises(ValueError, match="one POPGym id, got group 'event_time'"):
+    with pytest.raises(ValueError, match="one env id, got group 'event_time'"):
         ppo_config(env="event_time", memory="gru")
 
 
@@ -155,7 +155,7 @@ def test_ppo_config_follows_the_popgym_protocol_unless_overridden():
 def test_ppo_config_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"unknown PPO setting\(s\) \['learning_rate'\]"):
         ppo_config(env=ENV, memory="gru", learning_rate=1e-3)
-    with pytest.raises(ValueError, match="one POPGym id, got group 'game'"):
+    with pytest.raises(ValueError, match="one env id, got group 'game'"):
         ppo_config(env="game", memory="gru")
     with pytest.raises(ValueError, match="Closest: popgym-RepeatPreviousEasy-v0"):
         ppo_config(env="popgym-RepeatPrevEasy-v0", memory="gru")
