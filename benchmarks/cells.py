@@ -521,7 +521,7 @@ NOTES = {
         "cache, a hand-written backward, only the states stored); the materialised form through "
         "ops.scan (mamba(scan_impl=parallel)) and mambapy's MambaBlock (its pscan over the same "
         "(B, T, E, N) tensors) are 3-7x slower. mamba2's SSD is masked (L, L) matmuls per chunk "
-        "of at most 64 steps plus its conv, gated RMSNorm and projections."),
+        "of at most 32 steps plus its conv, gated RMSNorm and projections."),
     "elman": (
         "elman is torch's nn.RNN, the module POPGym's Elman runs: the same kernel, so the "
         "ratio is 1x up to the noise of this loaded machine (0.94x / 1.02x here)."),
