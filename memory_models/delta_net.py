@@ -39,7 +39,7 @@ elapsed before observation t decays it by α_t^{Δt_t} = exp(g_t Δt_t) (`elapse
 them: it is not scaled by Δt. DeltaNet has no decay and ignores `integration_timesteps`.
 
 Parallel form: the chunkwise WY / UT form of `ops.delta_rule.chunked_delta_rule` (resets and
-lengths folded into its masks); the short convolution by `ShortConv` (K shifted multiply-adds
+lengths folded into its masks); the short convolution by `ops.short_conv` (K shifted multiply-adds
 in place, masked so that no term reaches across a reset); q's scale d^{-1/2} folded exactly
 into the read-out's RMSNorm (`heads_from`, `readout`). `scan_impl="sequential"` runs the step-by-step recurrence instead and
 `chunk_size` sets the chunk length (implementation options, for tests and benchmarks).
@@ -61,6 +61,7 @@ from .derived import ParameterDerived
 from .interface import RecurrentMemory, State
 from .ops.delta_rule import (CHUNK_SIZE, DELTA_RULE_IMPLS, check_delta_rule_impl,
                              delta_rule_step)
+from .ops.short_conv import causal_conv, conv_step, episode_positions, window_after
 from .registry import register
 
 HEAD_CANDIDATES = (8, 4, 2, 1)       # default heads: the largest of these that divides hidden_size
@@ -78,42 +79,6 @@ def unit_rms(x: Tensor) -> Tensor:
     """√n · x / sqrt(Σ x² + ε) over the last axis of n entries (0 stays 0): √n times the L2
     normalisation, by torch's fused RMSNorm (Σ x² + ε = n (mean x² + ε/n))."""
     return F.rms_norm(x, (x.shape[-1],), eps=L2_EPSILON / x.shape[-1])
-
-
-class ShortConv(torch.autograd.Function):
-    """The depthwise causal convolution y_t = Σ_j w[:, j] ⊙ p_{t+j} ⊙ valid[:, t, j] over the
-    window-padded inputs p (B, K − 1 + T, C), w (C, K), valid (B, T, K) or None (all valid):
-    tap j is the input at lag K − 1 − j. Written as K in-place multiply-adds forward and
-    backward (autograd of the K shifted slices would allocate and zero a gradient of the whole
-    padded input per tap). Not itself differentiable."""
-
-    @staticmethod
-    def forward(ctx, padded: Tensor, weight: Tensor, valid: Tensor | None) -> Tensor:
-        K = weight.shape[1]
-        steps = padded.shape[1] - K + 1
-        out = torch.mul(padded[:, K - 1:], weight[:, K - 1])                    # lag 0
-        for j in range(K - 1):
-            tap = padded[:, j:j + steps]
-            out.addcmul_(tap if valid is None else tap * valid[..., j, None], weight[:, j])
-        ctx.save_for_backward(padded, weight, valid)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        padded, weight, valid = ctx.saved_tensors
-        K = weight.shape[1]
-        steps = padded.shape[1] - K + 1
-        grad_padded = padded.new_empty(padded.shape)
-        grad_padded[:, :K - 1] = 0
-        torch.mul(grad, weight[:, K - 1], out=grad_padded[:, K - 1:])
-        grad_weight = weight.new_empty(weight.shape)
-        for j in range(K):
-            g = grad if valid is None or j == K - 1 else grad * valid[..., j, None]
-            grad_weight[:, j] = (g * padded[:, j:j + steps]).sum((0, 1))
-            if j < K - 1:
-                grad_padded[:, j:j + steps].addcmul_(g, weight[:, j])
-        return grad_padded, grad_weight, None
 
 
 class _DeltaRuleCell(ParameterDerived, RecurrentMemory):
@@ -195,29 +160,10 @@ class _DeltaRuleCell(ParameterDerived, RecurrentMemory):
                    lengths: Tensor) -> tuple[Tensor, Tensor]:
         """conv(u) (B, T, 3D) over u (B, T, 3D) after the window (B, K − 1, 3D) of the last
         pre-conv inputs, no lag reaching before the episode's start, and the window after
-        lengths[b] steps (its lags from before a reset zeroed, as a reset zeroes it)."""
-        batch, steps = u.shape[:2]
-        K = self.conv_size
-        padded = torch.cat([window, u], 1)                                  # (B, K − 1 + T, 3D)
-        since_start = None                    # steps since the episode's start (K: none seen)
-        if bool(resets.any()):
-            time = torch.arange(steps, device=u.device)
-            last_reset = torch.cummax(torch.where(resets, time, -1), 1).values   # (B, T)
-            since_start = torch.where(last_reset >= 0, time - last_reset, K)
-        valid = None                          # valid[b, t, j]: tap j (lag K − 1 − j) in episode
-        if since_start is not None:
-            lags = torch.arange(K - 1, -1, -1, device=u.device)
-            valid = (lags <= since_start[..., None]).to(u.dtype)                 # (B, T, K)
-        out = ShortConv.apply(padded, self.conv_weight, valid)
-        # the window after lengths[b] steps: u at t = len − K + 1 .. len − 1
-        index = lengths[:, None] + torch.arange(K - 1, device=u.device)          # (B, K − 1)
-        new_window = padded.gather(1, index[..., None].expand(-1, -1, padded.shape[-1]))
-        if since_start is not None:
-            last = since_start.gather(1, (lengths - 1).clamp(min=0)[:, None])    # (B, 1)
-            lag = torch.arange(K - 2, -1, -1, device=u.device)                   # of each slot
-            keep = (lag <= last) | (lengths == 0)[:, None]
-            new_window = new_window * keep[..., None].to(u.dtype)
-        return out, new_window
+        lengths[b] steps (ops.short_conv)."""
+        positions = episode_positions(resets)
+        out = causal_conv(u, window, self.conv_weight, None, positions)
+        return out, window_after(u, window, positions, lengths)
 
     # ------------------------------------------------------------------ interface
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
@@ -267,9 +213,7 @@ class _DeltaRuleCell(ParameterDerived, RecurrentMemory):
         u, b, *gate = self.in_proj(x_t).split(self.split_sizes, -1)
         new_state = {}
         if self.window:
-            window = torch.cat([state["conv"], u[:, None]], 1)               # (B, K, 3D)
-            u = (window * self.conv_weight.T).sum(1)
-            new_state["conv"] = window[:, 1:]
+            u, new_state["conv"] = conv_step(u, state["conv"], self.conv_weight, None)
         elif self.use_short_conv:
             u = u * self.conv_weight[:, 0]
         q, k, v = self.heads_from(F.silu(u))                                 # (B, H, d)
