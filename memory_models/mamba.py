@@ -197,7 +197,7 @@ class _ConvMemory(RecurrentMemory):
     def _conv_scan(self, u: Tensor, state: State, positions: Tensor | None,
                    lengths: Tensor) -> tuple[Tensor, State]:
         """SiLU(conv(u)) (B, T, C) and the conv window after lengths steps."""
-        window = state.get("conv", u.new_zeros(u.shape[0], 0, u.shape[-1]))
+        window = state["conv"] if "conv" in state else u[:, :0]           # K = 1: empty
         out = F.silu(causal_conv(u, window, self.conv_weight, self.conv_bias, positions))
         if self.conv_kernel == 1:
             return out, {}
@@ -205,7 +205,7 @@ class _ConvMemory(RecurrentMemory):
 
     def _conv_step(self, u_t: Tensor, state: State) -> tuple[Tensor, State]:
         """SiLU(conv) (B, C) and the next window, from a state already reset."""
-        window = state.get("conv", u_t.new_zeros(u_t.shape[0], 0, u_t.shape[-1]))
+        window = state["conv"] if "conv" in state else u_t[:, None][:, :0]   # K = 1: empty
         out, window = conv_step(u_t, window, self.conv_weight, self.conv_bias)
         return F.silu(out), ({"conv": window} if self.conv_kernel > 1 else {})
 
