@@ -4,7 +4,7 @@ selective state-space blocks, one layer each, as recurrent memories.
 Mamba (`mamba`): E = expand · hidden_size channels, each with N = state_size real modes.
 
     (u_t, z_t) = W_in x_t                                       (B, E) each     in_proj
-    c_t = SiLU(b_conv + Σ_{j<K} w_{K-1-j} ⊙ u_{t-j})            (B, E)          causal_conv
+    c_t = SiLU(b_conv + Σ_{j<K} w_{K-1-j} ⊙ u_{t-j})            (B, E)          ops.short_conv
     (δ_t, B_t, C_t) = W_x c_t                                   (B, R), (B, N), (B, N)
     Δ_t = softplus(W_Δ δ_t + b_Δ)                               (B, E)          selection
     h_t = exp(Δ_t τ_t A) ⊙ h_{t-1} + (Δ_t ⊙ c_t) ⊗ B_t          (B, E, N)       the SSM
@@ -74,95 +74,9 @@ from .checks import check_int
 from .interface import RecurrentMemory, State
 from .ops.scan import check_scan_impl
 from .ops.selective_scan import SELECTIVE_SCAN_IMPLS, check_selective_scan_impl
+from .ops.short_conv import causal_conv, conv_step, episode_positions, window_after
 from .ops.ssd import ssd_chunked, ssd_sequential
 from .registry import register
-
-NO_RESET = torch.iinfo(torch.long).max // 2        # episode position of steps before any reset
-
-
-# ---------------------------------------------------------------------- the causal conv
-def episode_positions(resets: Tensor) -> Tensor | None:
-    """Steps since the episode began (B, T) long: 0 at a reset, then 1, 2, ...; NO_RESET (every
-    earlier input is of this episode) before a row's first reset. None without resets."""
-    if not bool(resets.any()):
-        return None
-    time = torch.arange(resets.shape[1], device=resets.device)
-    last_start = torch.cummax(torch.where(resets, time, -1), dim=1).values          # (B, T)
-    return torch.where(last_start >= 0, time - last_start, NO_RESET)
-
-
-def causal_conv(u: Tensor, window: Tensor, weight: Tensor, bias: Tensor,
-                positions: Tensor | None) -> Tensor:
-    """b + Σ_{j<K} w_{K-1-j} ⊙ u_{t-j} (B, T, C) for u (B, T, C) after window (B, K-1, C) (the
-    inputs before u, oldest first), weight (C, K) (nn.Conv1d's layout: w_{K-1} takes u_t),
-    bias (C,). Tap j (lag j) is dropped where positions[b, t] < j: it would reach back across
-    the start of the episode that t is in."""
-    kernel = weight.shape[1]
-    padded = torch.cat([window, u], 1) if kernel > 1 else u               # (B, K-1+T, C)
-    keep = None
-    if positions is not None:                                             # (B, T, K): tap k
-        lags = torch.arange(kernel - 1, -1, -1, device=u.device)          # has lag K-1-k
-        keep = (positions[..., None] >= lags).to(u.dtype)
-    return _CausalConv.apply(padded, weight, bias, keep)
-
-
-class _CausalConv(torch.autograd.Function):
-    """out_t = b + Σ_k w_k ⊙ p_{t+k} (⊙ keep_{t,k}) over padded p (B, K-1+T, C): K in-place
-    multiply-adds into one buffer, no graph per tap; the gradients are the same sums
-    transposed: ∂p_{t+k} += w_k ⊙ g_t (⊙ keep), ∂w_k = Σ_{b,t} g_t ⊙ p_{t+k} (⊙ keep),
-    ∂b = Σ g. Not itself differentiable."""
-
-    @staticmethod
-    def forward(ctx, padded: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None):
-        kernel = weight.shape[1]
-        steps = padded.shape[1] - kernel + 1
-        out = torch.addcmul(bias, padded[:, kernel - 1:], weight[:, -1])   # lag 0: kept
-        for k in range(kernel - 1):
-            tap = padded[:, k:k + steps]
-            out.addcmul_(tap if keep is None else tap * keep[..., k, None], weight[:, k])
-        ctx.save_for_backward(padded, weight, keep)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        padded, weight, keep = ctx.saved_tensors
-        kernel = weight.shape[1]
-        steps = padded.shape[1] - kernel + 1
-        grad_padded = torch.zeros_like(padded) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.empty_like(weight)
-        for k in range(kernel):
-            g = grad if keep is None or k == kernel - 1 else grad * keep[..., k, None]
-            if grad_padded is not None:
-                grad_padded[:, k:k + steps].addcmul_(g, weight[:, k])
-            grad_weight[:, k] = (g * padded[:, k:k + steps]).sum((0, 1))
-        return grad_padded, grad_weight, grad.sum((0, 1)), None
-
-
-def window_after(u: Tensor, window: Tensor, positions: Tensor | None,
-                 lengths: Tensor) -> Tensor:
-    """The conv window after lengths[b] steps (B, K-1, C): the last K−1 inputs up to step
-    lengths[b] − 1, those from before that step's episode zeroed (window itself for 0 steps)."""
-    kernel_less_one = window.shape[1]
-    padded = torch.cat([window, u], 1)                                    # (B, K-1+T, C)
-    offsets = torch.arange(kernel_less_one, device=u.device)
-    index = (lengths[:, None] + offsets)[..., None].expand(-1, -1, u.shape[-1])
-    last = padded.gather(1, index)                                        # (B, K-1, C)
-    if positions is None:
-        return last
-    position = positions.gather(1, (lengths - 1).clamp(min=0)[:, None])   # (B, 1)
-    position = torch.where(lengths[:, None] > 0, position, NO_RESET)
-    lag = kernel_less_one - 1 - offsets                                   # of each entry
-    return last * (position >= lag)[..., None]
-
-
-def conv_step(u_t: Tensor, window: Tensor, weight: Tensor,
-              bias: Tensor) -> tuple[Tensor, Tensor]:
-    """One step of causal_conv: (conv output (B, C), the next window (B, K-1, C))."""
-    if weight.shape[1] == 1:
-        return torch.addcmul(bias, u_t, weight[:, 0]), window
-    padded = torch.cat([window, u_t[:, None]], 1)                         # (B, K, C)
-    return bias + (padded * weight.T).sum(1), padded[:, 1:]
 
 
 def inverse_softplus_step_bias(size: int, dt_min: float = 1e-3, dt_max: float = 0.1,

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 import memory_models
 from memory_models import Mamba, Mamba2
-from memory_models.mamba import causal_conv, episode_positions
 from scan_cell_checks import (TOL, assert_long_float32_run_matches_float64,
                               assert_parallel_equals_sequential, assert_scan_equals_loop,
                               random_state)
@@ -224,22 +223,6 @@ def test_lengths_with_resets_give_the_state_after_the_length(cls):
                            resets=resets[b:b + 1, :n])
         for key in final:
             torch.testing.assert_close(final[key][b:b + 1], cut[key], **TOL[torch.float64])
-
-
-@pytest.mark.parametrize("conv_kernel", [1, 2, 4])
-def test_causal_conv_backward_is_the_gradient(conv_kernel):
-    """The conv's hand-written backward (input, window, weight, bias), with and without taps
-    masked at resets, passes torch.autograd.gradcheck in float64."""
-    generator = torch.Generator().manual_seed(0)
-    u, window, weight, bias = (torch.randn(*shape, generator=generator, dtype=torch.float64,
-                                           requires_grad=True)
-                               for shape in [(2, 7, 3), (2, conv_kernel - 1, 3),
-                                             (3, conv_kernel), (3,)])
-    resets = torch.zeros(2, 7, dtype=torch.bool)
-    resets[0, 3] = resets[1, 0] = True
-    for positions in (None, episode_positions(resets)):
-        assert torch.autograd.gradcheck(
-            lambda *args: causal_conv(*args, positions), (u, window, weight, bias))
 
 
 # ---------------------------------------------------------------------- sizes and arguments
