@@ -75,10 +75,7 @@ class LRU(ParameterDerived, RecurrentMemory):
         self.state_size, self.scan_impl = state_size, scan_impl
         self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
 
-        u1, u2 = 1 - torch.rand(state_size), 1 - torch.rand(state_size)        # (0, 1]
-        self.nu_log = nn.Parameter(
-            torch.log(-0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2)))
-        self.theta_log = nn.Parameter(torch.log(max_phase * u2))
+        self.nu_log, self.theta_log = ring_init(state_size, r_min, r_max, max_phase)
         self.B_re = nn.Parameter(torch.randn(state_size, input_size) / math.sqrt(2 * input_size))
         self.B_im = nn.Parameter(torch.randn(state_size, input_size) / math.sqrt(2 * input_size))
         self.C_re = nn.Parameter(torch.randn(hidden_size, state_size) / math.sqrt(state_size))
@@ -88,11 +85,11 @@ class LRU(ParameterDerived, RecurrentMemory):
     # ------------------------------------------------------------------ the equations
     def log_lambda(self) -> Tensor:
         """log λ = −exp(ν) + i exp(θ) (N,) complex."""
-        return torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log))
+        return ring_log_lambda(self.nu_log, self.theta_log)
 
     def normalisation(self) -> Tensor:
-        """γ = sqrt(1 − |λ|²) = sqrt(−expm1(−2 exp(ν))) (N,) real."""
-        return torch.sqrt(-torch.expm1(-2 * torch.exp(self.nu_log)))
+        """γ = sqrt(1 − |λ|²) (N,) real."""
+        return ring_normalisation(self.nu_log)
 
     def weights(self) -> LRUWeights:
         """What the equations take from the parameters (see LRUWeights)."""
@@ -170,6 +167,25 @@ def decay_power(log_decay: Tensor, integration_timesteps: Tensor,
         decay = torch.exp(log_decay) if decay is None else decay
         return decay.expand(*integration_timesteps.shape, *log_decay.shape)
     return torch.exp(log_decay * broadcast)
+
+
+def ring_init(n: int, r_min: float, r_max: float,
+              max_phase: float) -> tuple[nn.Parameter, nn.Parameter]:
+    """(ν, θ_log) (n,) each: |λ|² uniform on [r_min², r_max²], arg λ uniform on (0, max_phase]
+    (the LRU paper's ring initialisation, λ = exp(−exp(ν) + i exp(θ_log)))."""
+    u1, u2 = 1 - torch.rand(n), 1 - torch.rand(n)                          # (0, 1]
+    nu_log = torch.log(-0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2))
+    return nn.Parameter(nu_log), nn.Parameter(torch.log(max_phase * u2))
+
+
+def ring_log_lambda(nu_log: Tensor, theta_log: Tensor) -> Tensor:
+    """log λ = −exp(ν) + i exp(θ_log) (N,) complex."""
+    return torch.complex(-torch.exp(nu_log), torch.exp(theta_log))
+
+
+def ring_normalisation(nu_log: Tensor) -> Tensor:
+    """γ = sqrt(1 − |λ|²) = sqrt(−expm1(−2 exp(ν))) (N,) real."""
+    return torch.sqrt(-torch.expm1(-2 * torch.exp(nu_log)))
 
 
 def check_ring(r_min, r_max, max_phase) -> None:

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from .derived import ParameterDerived
 from .interface import RecurrentMemory, State
 from .lrnn import as_complex
-from .lru import check_ring, decay_power
+from .lru import check_ring, decay_power, ring_init, ring_log_lambda, ring_normalisation
 from .ops.scan import SCAN_IMPLS, check_scan_impl
 from .registry import register
 
@@ -82,21 +82,18 @@ class RTU(ParameterDerived, RecurrentMemory):
         self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
 
         n = self.units
-        u1, u2 = 1 - torch.rand(n), 1 - torch.rand(n)                          # (0, 1]
-        self.nu_log = nn.Parameter(
-            torch.log(-0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2)))
-        self.theta_log = nn.Parameter(torch.log(max_phase * u2))
+        self.nu_log, self.theta_log = ring_init(n, r_min, r_max, max_phase)
         self.W_c1 = nn.Parameter(torch.randn(n, input_size) / math.sqrt(input_size))
         self.W_c2 = nn.Parameter(torch.randn(n, input_size) / math.sqrt(input_size))
 
     # ------------------------------------------------------------------ the equations
     def log_lambda(self) -> Tensor:
         """log λ = −exp(ν) + i exp(θ_log) (N,) complex: λ = r e^{iθ} = g + i φ."""
-        return torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log))
+        return ring_log_lambda(self.nu_log, self.theta_log)
 
     def normalisation(self) -> Tensor:
         """γ = sqrt(1 − r²) = sqrt(−expm1(−2 exp(ν))) (N,) real."""
-        return torch.sqrt(-torch.expm1(-2 * torch.exp(self.nu_log)))
+        return ring_normalisation(self.nu_log)
 
     def weights(self) -> RTUWeights:
         """What the equations take from the parameters (see RTUWeights)."""
