@@ -61,12 +61,18 @@ def is_popgym(name: str) -> bool:
 
 def canonical_name(name: str) -> str:
     """`popgym:gru` -> `popgym:GRU`; an unknown class raises ValueError listing the valid."""
-    wanted = name[len(PREFIX):] if name.startswith(PREFIX) else name
-    for cls in POPGYM_MODELS:
+    return spelled_as(name, PREFIX, POPGYM_MODELS, "POPGym")
+
+
+def spelled_as(name: str, prefix: str, classes, owner: str) -> str:
+    """`<prefix><class>` with the class spelled as in `classes` (case-insensitive match; the
+    prefix optional in `name`); an unknown class raises ValueError listing the valid."""
+    wanted = name[len(prefix):] if name.startswith(prefix) else name
+    for cls in classes:
         if cls.lower() == wanted.lower():
-            return PREFIX + cls
-    raise ValueError(f"unknown POPGym model {name!r}; available: "
-                     f"{[PREFIX + cls for cls in POPGYM_MODELS]}")
+            return prefix + cls
+    raise ValueError(f"unknown {owner} model {name!r}; available: "
+                     f"{[prefix + cls for cls in classes]}")
 
 
 def _class_name(name: str) -> str:

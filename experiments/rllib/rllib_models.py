@@ -31,6 +31,8 @@ differences). Importing this module imports neither torch nor ray.
 
 from __future__ import annotations
 
+from experiments.rllib.popgym_models import spelled_as
+
 __all__ = ["PREFIX", "RLLIB_MODELS", "is_rllib", "canonical_name", "check_rllib_model",
            "rllib_model_config"]
 
@@ -48,12 +50,7 @@ def is_rllib(name: str) -> bool:
 
 def canonical_name(name: str) -> str:
     """`rllib:gtrxl` -> `rllib:GTrXL`; an unknown class raises ValueError listing the valid."""
-    wanted = name[len(PREFIX):] if name.startswith(PREFIX) else name
-    for cls in RLLIB_MODELS:
-        if cls.lower() == wanted.lower():
-            return PREFIX + cls
-    raise ValueError(f"unknown RLlib model {name!r}; available: "
-                     f"{[PREFIX + cls for cls in RLLIB_MODELS]}")
+    return spelled_as(name, PREFIX, RLLIB_MODELS, "RLlib")
 
 
 def _unit_sizes(kwargs: dict, hidden_size: int) -> dict:
