@@ -90,6 +90,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import EPISODE_LEN_MEAN, EPISODE_RETURN_MEAN
+from ray.rllib.utils.numpy import convert_to_numpy
 
 from . import rllib_private, state_storage
 from .seeding import env_seeds
@@ -236,7 +237,7 @@ class OldStackMinibatches:
         rows = len(self.module_batch[Columns.SEQ_LENS]) \
             if self.module_batch.get(Columns.SEQ_LENS) is not None else len(self.module_batch)
         valid = np.ones(rows, dtype=np.int64) if mask is None else \
-            np.asarray(mask).reshape(rows, -1).sum(axis=1)
+            convert_to_numpy(mask).reshape(rows, -1).sum(axis=1)     # mask on any device
         self.minibatches = old_stack_minibatch_rows(valid, minibatch_size)
         self.num_epochs, self.shuffle = num_epochs, shuffle
         self.env_steps = batch.env_steps()
@@ -273,7 +274,7 @@ def without_padding(rows: SampleBatch) -> SampleBatch:
     seq_lens, mask = rows.get(Columns.SEQ_LENS), rows.get(Columns.LOSS_MASK)
     if seq_lens is None or mask is None or len(seq_lens) == 0:
         return rows
-    steps, longest = mask.shape[1], int(max(seq_lens))
+    steps, longest = mask.shape[1], int(seq_lens.max())      # one host sync on a GPU
     for column, values in list(rows.items()):
         if column != Columns.STATE_IN and getattr(values, "ndim", 0) >= 2 \
                 and values.shape[1] == steps:
