@@ -3,6 +3,7 @@ cumulative-sum maths re-derived, parallel == sequential, elapsed time, long runs
 the paper's RLlib model, bad arguments."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -14,14 +15,13 @@ from scan_cell_checks import (assert_elapsed_time_is_decay_power,
                               assert_long_float32_run_matches_float64,
                               assert_parallel_equals_sequential, assert_scan_equals_loop,
                               random_state)
+from small_sizes import seeded_cell
 
 SMALL = dict(input_size=3, hidden_size=5, memory_size=4, context_size=3)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-def build(dtype=torch.float64, seed=0, **kw):
-    torch.manual_seed(seed)
-    return FFM(**{**SMALL, **kw}).to(dtype)
+build = partial(seeded_cell, FFM, **SMALL)         # build(dtype=float64, seed=0, **overrides)
 
 
 def split_pre(cell, x_t):
@@ -169,11 +169,6 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
                       (dict(min_period=5, max_period=5), "min_period must be < max_period"),
                       (dict(min_period=0), "min_period must be a finite number > 0"),
                       (dict(max_period=float("inf")), "max_period must be a finite number > 0"),
-                      (dict(forgotten_at=1.0), r"forgotten_at must be a number in \(0, 1\)"),
-                      (dict(scan_impl="fast"), "scan_impl must be one of")]:
+                      (dict(forgotten_at=1.0), r"forgotten_at must be a number in \(0, 1\)")]:
         with pytest.raises(ValueError, match=match):
             FFM(3, 5, **kw)
-    with pytest.raises(ValueError, match="unknown keyword.*'state_size'.*context_size"):
-        memory_models.make("ffm", input_size=3, hidden_size=5, state_size=4)
-    with pytest.raises(ValueError, match="unknown keyword.*'scan_impl'"):
-        memory_models.make("ffm", input_size=3, hidden_size=5, scan_impl="sequential")

@@ -266,17 +266,6 @@ def test_gates_start_near_the_identity():
     assert (open_gate(h, x) - h).abs().mean() / h.abs().mean() > 0.5
 
 
-def test_ignores_integration_timesteps():
-    torch.manual_seed(0)
-    cell = GTrXL(3, 8, window=4).double()
-    x = torch.randn(2, 9, 3, dtype=torch.float64)
-    state = cell.initial_state(2)
-    dt = torch.rand(2, 9, dtype=torch.float64) * 3
-    torch.testing.assert_close(cell.scan(x, state, integration_timesteps=dt)[0],
-                               cell.scan(x, state)[0], **TOL)
-    assert not GTrXL.elapsed_time
-
-
 @pytest.mark.parametrize("hidden", [4, 12, 20, 64, 100, 256])
 def test_defaults_follow_hidden_size(hidden):
     cell = memory_models.make("gtrxl", input_size=3, hidden_size=hidden)

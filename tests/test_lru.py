@@ -2,6 +2,7 @@
 time, long runs, defaults, bad arguments."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -11,14 +12,13 @@ from memory_models import LRU
 from scan_cell_checks import (assert_elapsed_time_is_decay_power,
                               assert_long_float32_run_matches_float64,
                               assert_parallel_equals_sequential, assert_scan_equals_loop)
+from small_sizes import seeded_cell
 
 SMALL = dict(input_size=3, hidden_size=5, state_size=6)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-def build(dtype=torch.float64, seed=0, **kw):
-    torch.manual_seed(seed)
-    return LRU(**{**SMALL, **kw}).to(dtype)
+build = partial(seeded_cell, LRU, **SMALL)         # build(dtype=float64, seed=0, **overrides)
 
 
 def written_out(cell, u, dt, resets, state):
@@ -124,12 +124,9 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
                       (dict(r_min=0.5, r_max=0.5), "r_min must be < r_max"),
                       (dict(r_max=1.0), r"r_max must be a number in \[0, 1\)"),
                       (dict(r_min=-0.1), r"r_min must be a number in \[0, 1\)"),
-                      (dict(max_phase=0), "max_phase must be a finite number > 0"),
-                      (dict(scan_impl="fast"), "scan_impl must be one of")]:
+                      (dict(max_phase=0), "max_phase must be a finite number > 0")]:
         with pytest.raises(ValueError, match=match):
             LRU(3, 5, **kw)
-    with pytest.raises(ValueError, match="unknown keyword.*'memory_size'.*state_size"):
-        memory_models.make("lru", input_size=3, hidden_size=5, memory_size=4)
 
 
 @pytest.mark.parametrize("name", ["lru", "ffm"])

@@ -2,6 +2,7 @@
 long runs, defaults, bad arguments."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -11,15 +12,13 @@ from memory_models import RTU
 from scan_cell_checks import (assert_elapsed_time_is_decay_power,
                               assert_long_float32_run_matches_float64,
                               assert_parallel_equals_sequential, assert_scan_equals_loop)
+from small_sizes import seeded_cell
 
 SMALL = dict(input_size=3, hidden_size=8)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def build(dtype=torch.float64, seed=0, **kw):
-    torch.manual_seed(seed)
-    return RTU(**{**SMALL, **kw}).to(dtype)
+build = partial(seeded_cell, RTU, **SMALL)         # build(dtype=float64, seed=0, **overrides)
 
 
 def written_out(cell, x, dt, resets, state, activation=torch.relu):
@@ -114,12 +113,9 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
                       (dict(activation="gelu"), r"activation must be one of \('relu', 'tanh'"),
                       (dict(r_min=0.9, r_max=0.5), "r_min must be < r_max"),
                       (dict(r_max=1.0), r"r_max must be a number in \[0, 1\)"),
-                      (dict(max_phase=0), "max_phase must be a finite number > 0"),
-                      (dict(scan_impl="fast"), "scan_impl must be one of")]:
+                      (dict(max_phase=0), "max_phase must be a finite number > 0")]:
         with pytest.raises(ValueError, match=match):
-            RTU(**{**SMALL, **kw})
-    with pytest.raises(ValueError, match="unknown keyword.*'state_size'"):
-        memory_models.make("rtu", input_size=3, hidden_size=4, state_size=4)
+            build(**kw)
 
 
 def test_steps_without_autograd_follow_parameter_changes():

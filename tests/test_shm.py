@@ -1,6 +1,8 @@
 """SHM: the equations written out (the authors' POPGym agent and the bare memory, θ cycling
-through the table; the paper's random draw), parallel == sequential, float32 at T = 1024, no
-elapsed time, the counter, defaults, bad arguments."""
+through the table; the paper's random draw), parallel == sequential, float32 at T = 1024, the
+counter, defaults, bad arguments (that it ignores elapsed time: tests/test_interface.py)."""
+
+from functools import partial
 
 import pytest
 import torch
@@ -9,15 +11,13 @@ import memory_models
 from memory_models import SHM
 from scan_cell_checks import (assert_long_float32_run_matches_float64,
                               assert_parallel_equals_sequential, random_state)
+from small_sizes import seeded_cell
 
 SMALL = dict(input_size=3, hidden_size=5, memory_size=4, num_thetas=3)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def build(dtype=torch.float64, seed=0, **kw):
-    torch.manual_seed(seed)
-    return SHM(**{**SMALL, **kw}).to(dtype)
+build = partial(seeded_cell, SHM, **SMALL)         # build(dtype=float64, seed=0, **overrides)
 
 
 def integer_state(cell, batch):
@@ -136,17 +136,6 @@ def test_random_draw_is_the_papers():
     assert counts.sum() == 5000 and counts.min() > 800
 
 
-def test_ignores_integration_timesteps():
-    cell = build()
-    x = torch.randn(2, 7, 3, dtype=torch.float64)
-    state = integer_state(cell, 2)
-    y, final = cell.scan(x, state)
-    y_dt, final_dt = cell.scan(x, state, integration_timesteps=torch.rand(2, 7).double() * 5)
-    torch.testing.assert_close(y_dt, y, rtol=0, atol=0)
-    for k in final:
-        torch.testing.assert_close(final_dt[k], final[k], rtol=0, atol=0)
-
-
 def test_float32_at_1024_steps_is_finite_and_matches_float64():
     """At the default table (L = 128) and d = 16, random inputs, 1024 steps."""
     assert_long_float32_run_matches_float64(build(hidden_size=16, memory_size=16,
@@ -208,9 +197,6 @@ def test_bad_arguments_name_the_keyword_and_the_allowed_values():
                       (dict(theta_draw="uniform"), r"theta_draw must be one of \('cycle', "),
                       (dict(shortcut=1), "shortcut must be True or False"),
                       (dict(position_embedding="sine"), "position_embedding must be a bool"),
-                      (dict(max_len=0), "max_len must be a positive int"),
-                      (dict(scan_impl="fast"), "scan_impl must be one of")]:
+                      (dict(max_len=0), "max_len must be a positive int")]:
         with pytest.raises(ValueError, match=match):
-            SHM(**{**SMALL, **kw})
-    with pytest.raises(ValueError, match="unknown keyword.*'theta'.*num_thetas"):
-        memory_models.make("shm", input_size=3, hidden_size=4, theta=3)
+            build(**kw)

@@ -2,7 +2,8 @@
 gradients, resets inside and at the edges of chunks, lengths, carried state with its
 stabiliser m), the paper's unstabilised equations written out, the xlstm package's native
 PyTorch backends (2.0.6: `xlstm.blocks.mlstm.backends`, `xlstm.blocks.slstm.src.vanilla`, which
-run on the CPU) given our projections, no elapsed time, defaults and bad arguments.
+run on the CPU) given our projections, defaults and bad arguments (that they ignore elapsed
+time, and the checks every cell shares: tests/test_interface.py).
 
 Tolerances: float64 1e-10 (1e-12 against the xlstm package, whose denominators we call with
 eps=0; its default eps=1e-6 is the one difference from the paper's form); float32 2e-4 for
@@ -11,6 +12,7 @@ between the fast and the reference paths and is summed over B·T for a weight's 
 """
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 import memory_models
 from memory_models import xlstm
 from memory_models.xlstm import MLSTM, SLSTM, default_heads
+from small_sizes import seeded_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,10 +29,7 @@ TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10
 GRAD_TOL = {**TOL, torch.float32: dict(atol=1e-3, rtol=1e-3)}
 STEPS = 13
 
-
-def build(cls, dtype=torch.float64, seed=0, **kw):
-    torch.manual_seed(seed)
-    return cls(**{"input_size": 3, "hidden_size": 8, "heads": 2, **kw}).to(dtype)
+build = partial(seeded_cell, input_size=3, hidden_size=8, heads=2)   # build(cls, dtype, seed)
 
 
 def random_state(cell, batch, dtype, m_scale=1.0):
@@ -300,20 +300,6 @@ def test_slstm_equals_the_xlstm_package():
 
 
 # ---------------------------------------------------------------------- both
-@pytest.mark.parametrize("cls", [MLSTM, SLSTM], ids=["mlstm", "slstm"])
-def test_ignores_integration_timesteps(cls):
-    cell = build(cls)
-    x = torch.randn(2, 7, 3, dtype=torch.float64)
-    state = random_state(cell, 2, torch.float64)
-    y, final = cell.scan(x, state)
-    y_dt, final_dt = cell.scan(x, state, integration_timesteps=torch.rand(2, 7).double() * 5)
-    torch.testing.assert_close(y_dt, y, rtol=0, atol=0)
-    for k in final:
-        torch.testing.assert_close(final_dt[k], final[k], rtol=0, atol=0)
-    y_t, _ = cell.step(x[:, 0], state, integration_timestep=torch.full((2,), 7.0).double())
-    torch.testing.assert_close(y_t, y[:, 0], **TOL[torch.float64])
-
-
 @pytest.mark.parametrize("name", ["mlstm", "slstm"])
 def test_defaults_follow_hidden_size(name):
     for hidden, heads in [(4, 4), (6, 2), (12, 4), (20, 4), (64, 4), (256, 4), (7, 1)]:
@@ -327,16 +313,5 @@ def test_defaults_follow_hidden_size(name):
 
 @pytest.mark.parametrize("name", ["mlstm", "slstm"])
 def test_bad_arguments_name_the_keyword_and_the_allowed_values(name):
-    with pytest.raises(ValueError, match=r"heads must divide hidden_size=12 \(one of \[1, 2, 3"):
-        memory_models.make(name, input_size=3, hidden_size=12, heads=5)
-    with pytest.raises(ValueError, match="heads must be a positive int"):
-        memory_models.make(name, input_size=3, hidden_size=12, heads=0)
     with pytest.raises(ValueError, match=r"forget_gate must be one of \('sigmoid', 'exp'\)"):
         memory_models.make(name, input_size=3, hidden_size=12, forget_gate="tanh")
-    with pytest.raises(ValueError, match="unknown keyword.*'chunk_size'"):
-        memory_models.make(name, input_size=3, hidden_size=12, chunk_size=4)
-    with pytest.raises(ValueError, match="scan_impl must be one of"):
-        memory_models.get(name)(3, 12, scan_impl="log")
-    if name == "mlstm":
-        with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-            MLSTM(3, 12, chunk_size=0)
