@@ -79,7 +79,8 @@ def test_no_other_module_uses_a_private_ray_name():
         r"create_iterator_if_necessary|make_batch_if_necessary|set_slicing_by_batch_id|"
         r"learner_connector|learner\b|counters|get_dist_cls_from_action_space|"
         r"update_module_kl_coeff|restore_from_remote|setup_trial|trial_files|trial_csv|"
-        r"trial_continue)|import .*\b_global_registry")
+        r"trial_continue)|import .*\b_global_registry|\"_added_single_ts_time_rank\"|"
+        r"\"memorized_map_structure\"")
     found = []
     for folder in ("experiments", "benchmarks", "envs"):
         for path in (root / folder).rglob("*.py"):
@@ -168,6 +169,38 @@ def test_env_runner_pipelines_and_running_state(ray_session):
         last = chunk.get_extra_model_outputs(Columns.STATE_OUT, -1)
         for key, value in last.items():
             np.testing.assert_array_equal(np.asarray(state_in[key][i]), np.asarray(value))
+
+
+def test_shared_data_keys_of_rllibs_env_runner_pieces(ray_session):
+    """TIME_RANK_ADDED and EPISODE_OF_ROW are the keys RLlib's default pieces set (env-to-module)
+    and read (module-to-env): a batch of a stateful module gets T = 1 and back."""
+    from ray.rllib.connectors.common import (AddObservationsFromEpisodesToBatch,
+                                             AddTimeDimToBatchAndZeroPad, BatchIndividualItems)
+    from ray.rllib.connectors.module_to_env import (RemoveSingleTsTimeRankFromBatch,
+                                                    UnBatchToIndividualItems)
+    runner = SingleAgentEnvRunner(config=tiny_config())
+    try:
+        runner.sample(num_timesteps=4)
+        episodes, module = rllib_private.ongoing_episodes(runner), runner.module
+    finally:
+        runner.stop()
+    shared, batch = {}, {}
+    for piece in (AddObservationsFromEpisodesToBatch(), AddTimeDimToBatchAndZeroPad(),
+                  BatchIndividualItems()):
+        batch = piece(rl_module=module, batch=batch, episodes=episodes, shared_data=shared)
+    assert shared == {rllib_private.TIME_RANK_ADDED: True,
+                      rllib_private.EPISODE_OF_ROW: [e.id_ for e in episodes]}
+    assert batch[Columns.OBS].shape[:2] == (len(episodes), 1)
+    for piece in (UnBatchToIndividualItems(), RemoveSingleTsTimeRankFromBatch()):
+        batch = piece(rl_module=module, batch=batch, episodes=episodes, shared_data=shared)
+    assert list(batch[Columns.OBS]) == [(e.id_,) for e in episodes]
+    for episode in episodes:
+        np.testing.assert_array_equal(batch[Columns.OBS][(episode.id_,)][0],
+                                      episode.get_observations(-1))
+    batch = RemoveSingleTsTimeRankFromBatch()(                  # without the key: unchanged
+        rl_module=module, batch={Columns.OBS: {("x",): [np.zeros((1, 3))]}}, episodes=episodes,
+        shared_data={})
+    assert batch[Columns.OBS][("x",)][0].shape == (1, 3)
 
 
 # --- Learner -------------------------------------------------------------------------------

@@ -25,13 +25,14 @@ from ray.rllib.algorithms.ppo import PPOConfig
 
 import envs
 
-from .batching import CompleteEpisodesEnvRunner, PPOLearner
+from .batching import PPOLearner
 from .old_stack import CUSTOM_MODEL_CONFIG_KEYS, old_stack_ppo_config, register_old_stack_models
 from .defaults import POPGYM_PPO
 from .popgym_models import (custom_model_config, is_popgym, popgym_class,
                             position_table_problem)
 from .rl_module import memory_module_spec
 from .rllib_models import is_rllib, rllib_model_config
+from .sampling import BatchedEnvRunner
 from .seeding import check_layout, rllib_seed
 from .settings import register_rllib_envs, split_ppo_settings
 
@@ -51,7 +52,8 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
     over the Δt the env appends to each observation. `seed` is the trial's seed: RLlib gets
     `seeding.rllib_seed(seed)`, so that trials of different seeds share no env stream.
     Sampling and minibatches follow RLlib's old stack (`batching.CompleteEpisodesEnvRunner`,
-    `batching.PPOLearner`).
+    `batching.PPOLearner`); the env runner (`sampling.BatchedEnvRunner`) does its default
+    connector work once per vector step on batched arrays.
     """
     env_id = envs.resolve_one(env)
     register_rllib_envs(env_id)
@@ -71,7 +73,7 @@ def ppo_config(*, env: str, memory: str, memory_kwargs: dict | None = None,
         .environment(env_id)
         .env_runners(num_env_runners=num_env_runners,
                      num_envs_per_env_runner=num_envs_per_env_runner,
-                     env_runner_cls=CompleteEpisodesEnvRunner, **env_runner_args)
+                     env_runner_cls=BatchedEnvRunner, **env_runner_args)
         .rl_module(rl_module_spec=spec)
         .training(**training)
         .learners(learner_class=PPOLearner)

@@ -14,6 +14,8 @@ new version). tests/test_rllib_private.py holds each name to RLlib's own behavio
 | `_env_to_module`, `_module_to_env` | SingleAgentEnvRunner | its connector pipelines (sparse states swap pieces) | `env_runner_pipelines` |
 | `_cached_to_module` | SingleAgentEnvRunner | the module input of the next step (its STATE_IN) | `next_state_in` |
 | `_ongoing_episodes` | SingleAgentEnvRunner | the episodes the next `sample()` continues | `ongoing_episodes` |
+| shared_data `"_added_single_ts_time_rank"` | AddTimeDimToBatchAndZeroPad, RemoveSingleTsTimeRankFromBatch | an env runner's batch has a time rank of 1 (set by the one, read by the other) | `TIME_RANK_ADDED` |
+| shared_data `"memorized_map_structure"` | BatchIndividualItems, UnBatchToIndividualItems | the episode id of each row of an env runner's batch | `EPISODE_OF_ROW` |
 | `_create_iterator_if_necessary(*, training_data, num_total_minibatches, num_epochs, minibatch_size, shuffle_batch_per_epoch, **kwargs)` | Learner | override: our own minibatches | `PPOLearner.minibatches` |
 | `_make_batch_if_necessary(training_data=)` | Learner | the learner batch (its connector run on the episodes) | (inside `PPOLearner`) |
 | `_set_slicing_by_batch_id(batch, value=)` | Learner | rows of a recurrent batch sliced by row | (inside `PPOLearner`) |
@@ -81,7 +83,8 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch  # noqa: E402
 from ray.tune.registry import ENV_CREATOR, _global_registry  # noqa: E402
 
 __all__ = ["CHECKED_RAY_VERSIONS", "UNCHECKED_VAR", "check_ray_version", "EnvRunner",
-           "env_runner_pipelines", "next_state_in", "ongoing_episodes", "PPOLearner",
+           "env_runner_pipelines", "next_state_in", "ongoing_episodes", "TIME_RANK_ADDED",
+           "EPISODE_OF_ROW", "PPOLearner",
            "learner_connector", "local_learner", "env_steps_sampled", "action_dist_cls",
            "env_registered", "TrialLogHooks"]
 
@@ -120,6 +123,12 @@ def next_state_in(runner: SingleAgentEnvRunner) -> Any | None:
 def ongoing_episodes(runner: SingleAgentEnvRunner) -> list:
     """The episodes `runner`'s next `sample()` continues, one per sub-env (index = sub-env)."""
     return runner._ongoing_episodes
+
+
+# shared_data keys that RLlib's default env runner pieces pass between them (sampling's
+# batched pieces stand in for them, and leave the same keys for RLlib's pieces that remain)
+TIME_RANK_ADDED = "_added_single_ts_time_rank"     # True: the module's input has T = 1
+EPISODE_OF_ROW = "memorized_map_structure"         # [episode id of batch row i]
 
 
 # --- Learner -------------------------------------------------------------------------------
