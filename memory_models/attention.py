@@ -55,25 +55,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check_int
+from .checks import check_heads, check_int, default_heads
 from .interface import RecurrentMemory, State
 from .registry import register
 
 HEAD_CANDIDATES = (4, 2, 1)
-
-
-def default_heads(hidden_size: int) -> int:
-    """The largest of HEAD_CANDIDATES that divides hidden_size."""
-    return next(n for n in HEAD_CANDIDATES if hidden_size % n == 0)
-
-
-def check_heads(heads: int, width: int, what: str) -> None:
-    """heads must be a positive int dividing `width` (named `what` in the message)."""
-    check_int("heads", heads)
-    if width % heads:
-        divisors = [n for n in range(1, width + 1) if width % n == 0]
-        raise ValueError(f"heads must divide {what} = {width} (allowed: {divisors}), "
-                         f"got {heads}")
 
 
 def log_weights(weights: Tensor) -> Tensor:
@@ -220,8 +206,8 @@ class Transformer(RecurrentMemory):
                  heads: int | None = None, mlp_size: int | None = None):
         super().__init__(input_size, hidden_size)
         check_int("window", window, why=" (steps each step attends to, itself included)")
-        heads = default_heads(hidden_size) if heads is None else heads
-        check_heads(heads, hidden_size, "hidden_size")
+        heads = default_heads(hidden_size, HEAD_CANDIDATES) if heads is None else heads
+        check_heads(heads, hidden_size)
         mlp_size = hidden_size if mlp_size is None else mlp_size
         check_int("mlp_size", mlp_size, why=" (width of the position-wise MLP)")
         self.window, self.heads, self.mlp_size = window, heads, mlp_size

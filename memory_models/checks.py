@@ -3,6 +3,7 @@
     check_int("memory_size", memory_size)                      an int >= 1 (bool is not an int)
     check_int("state_size", n, minimum=2, even=True, why=" (N/2 conjugate pairs)")
     check_positive("theta", theta, why=" (window length in steps)")   a finite number > 0
+    check_heads(heads, hidden_size)                            a positive int dividing the width
 
 Each raises ValueError naming the argument, what it must be and the value it got.
 """
@@ -32,3 +33,17 @@ def check_positive(name: str, value, *, why: str = "") -> None:
             and math.isfinite(value) and value > 0:
         return
     raise ValueError(f"{name} must be a finite number > 0{why}, got {value!r}")
+
+
+def default_heads(width: int, candidates: tuple[int, ...]) -> int:
+    """The first of `candidates` (largest first, ending in 1) that divides `width`."""
+    return next(n for n in candidates if width % n == 0)
+
+
+def check_heads(heads, width: int, what: str = "hidden_size") -> None:
+    """heads must be a positive int dividing `width` (named `what` in the message)."""
+    check_int("heads", heads)
+    if width % heads:
+        divisors = [n for n in range(1, width + 1) if width % n == 0]
+        raise ValueError(f"heads must divide {what} = {width} (allowed: {divisors}), "
+                         f"got {heads}")

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check_int
+from .checks import check_heads, check_int, default_heads
 from .derived import ParameterDerived
 from .interface import RecurrentMemory, State
 from .ops.delta_rule import (CHUNK_SIZE, DELTA_RULE_IMPLS, check_delta_rule_impl,
@@ -68,11 +68,6 @@ HEAD_CANDIDATES = (8, 4, 2, 1)       # default heads: the largest of these that 
 L2_EPSILON = 1e-6                 # fla's l2norm: x / sqrt(Σx² + 1e-6)
 NORM_EPSILON = 1e-5               # fla's RMSNorm of the read-out
 BLOCK_STEPS = 2048                # scan rows in blocks of about this many steps (see _scan)
-
-
-def default_heads(hidden_size: int) -> int:
-    """The largest of HEAD_CANDIDATES that divides hidden_size."""
-    return next(h for h in HEAD_CANDIDATES if hidden_size % h == 0)
 
 
 def unit_rms(x: Tensor) -> Tensor:
@@ -93,12 +88,8 @@ class _DeltaRuleCell(ParameterDerived, RecurrentMemory):
                  chunk_size: int = CHUNK_SIZE):
         super().__init__(input_size, hidden_size)
         if heads is None:
-            heads = default_heads(hidden_size)
-        check_int("heads", heads, why=" (or None: the largest of 8, 4, 2, 1 that divides "
-                                       "hidden_size)")
-        if hidden_size % heads:
-            raise ValueError(f"heads must divide hidden_size={hidden_size} (head size "
-                             f"hidden_size / heads), got heads={heads}")
+            heads = default_heads(hidden_size, HEAD_CANDIDATES)
+        check_heads(heads, hidden_size)
         if not isinstance(use_short_conv, bool):
             raise ValueError(f"use_short_conv must be True or False, got {use_short_conv!r}")
         check_int("conv_size", conv_size, why=" (kernel of the short convolution, in steps)")

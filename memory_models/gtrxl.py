@@ -64,9 +64,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .attention import (ROWS_PER_PASS, check_heads, default_heads, emptied, in_row_chunks,
+from .attention import (HEAD_CANDIDATES, ROWS_PER_PASS, emptied, in_row_chunks,
                         sliding_window_attention, step_attention, window_after)
-from .checks import check_int
+from .checks import check_heads, check_int, default_heads
 from .interface import RecurrentMemory, State
 from .registry import register
 
@@ -120,7 +120,7 @@ class GTrXL(RecurrentMemory):
         super().__init__(input_size, hidden_size)
         check_int("window", window, why=" (steps each step attends to, itself included)")
         if heads is None:
-            heads = default_heads(hidden_size)
+            heads = default_heads(hidden_size, HEAD_CANDIDATES)
         if head_dim is None:
             check_heads(heads, hidden_size, "hidden_size (or give head_dim)")
             head_dim = hidden_size // heads

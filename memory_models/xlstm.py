@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check_int
+from .checks import check_heads, check_int, default_heads
 from .derived import ParameterDerived
 from .interface import RecurrentMemory, State
 from .ops.scan import check_scan_impl
@@ -92,23 +92,6 @@ HEAD_CANDIDATES = (4, 2, 1)         # default heads: the largest of these dividi
 FORGET_GATES = ("sigmoid", "exp")
 SLSTM_SCAN_IMPLS = ("fused", "sequential")
 SLSTM_STATE = ("h", "c", "n", "m")
-
-
-def default_heads(hidden_size: int) -> int:
-    """The largest of HEAD_CANDIDATES that divides hidden_size."""
-    return next(h for h in HEAD_CANDIDATES if hidden_size % h == 0)
-
-
-def check_heads(heads, hidden_size: int) -> int:
-    """heads (None: default_heads) must be a positive int dividing hidden_size; -> heads."""
-    if heads is None:
-        return default_heads(hidden_size)
-    check_int("heads", heads)
-    if hidden_size % heads:
-        divisors = [d for d in range(1, hidden_size + 1) if hidden_size % d == 0]
-        raise ValueError(f"heads must divide hidden_size={hidden_size} (one of {divisors}), "
-                         f"got {heads!r}")
-    return heads
 
 
 def check_forget_gate(forget_gate) -> None:
@@ -241,7 +224,8 @@ class MLSTM(ParameterDerived, RecurrentMemory):
                  forget_gate: str = "sigmoid", scan_impl: str = "parallel",
                  chunk_size: int = 64):
         super().__init__(input_size, hidden_size)
-        self.heads = check_heads(heads, hidden_size)
+        self.heads = default_heads(hidden_size, HEAD_CANDIDATES) if heads is None else heads
+        check_heads(self.heads, hidden_size)
         check_forget_gate(forget_gate)
         check_scan_impl(scan_impl)
         check_int("chunk_size", chunk_size, why=" (steps per chunk of the parallel form)")
@@ -384,7 +368,8 @@ class SLSTM(RecurrentMemory):
     def __init__(self, input_size: int, hidden_size: int, heads: int | None = None,
                  forget_gate: str = "sigmoid", scan_impl: str = "fused"):
         super().__init__(input_size, hidden_size)
-        self.heads = check_heads(heads, hidden_size)
+        self.heads = default_heads(hidden_size, HEAD_CANDIDATES) if heads is None else heads
+        check_heads(self.heads, hidden_size)
         check_forget_gate(forget_gate)
         if scan_impl not in SLSTM_SCAN_IMPLS:
             raise ValueError(f"scan_impl must be one of {SLSTM_SCAN_IMPLS}, got {scan_impl!r}")

@@ -81,12 +81,9 @@ def test_chunk_size_must_be_a_positive_int(name):
 
 
 HEADS_MODELS = [n for n in memory_models.available() if "heads" in memory_models.keywords(n)]
-LISTS_NO_HEADS = pytest.mark.xfail(strict=True, reason="delta_net's error for heads that do not "
-                                   "divide hidden_size does not list the allowed ones")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=LISTS_NO_HEADS) if "delta_net" in n else n
-                                  for n in HEADS_MODELS])
+@pytest.mark.parametrize("name", HEADS_MODELS)
 def test_heads_must_be_a_positive_divisor_of_hidden_size(name):
     """heads = 0 fails as not a positive int; heads = 5 with hidden_size 12 names the hidden
     size, the heads given and the allowed ones, the divisors of 12."""

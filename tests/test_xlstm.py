@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 import memory_models
 from memory_models import xlstm
-from memory_models.xlstm import MLSTM, SLSTM, default_heads
+from memory_models.checks import default_heads
+from memory_models.xlstm import HEAD_CANDIDATES, MLSTM, SLSTM
 from small_sizes import seeded_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -303,7 +304,7 @@ def test_slstm_equals_the_xlstm_package():
 @pytest.mark.parametrize("name", ["mlstm", "slstm"])
 def test_defaults_follow_hidden_size(name):
     for hidden, heads in [(4, 4), (6, 2), (12, 4), (20, 4), (64, 4), (256, 4), (7, 1)]:
-        assert default_heads(hidden) == heads
+        assert default_heads(hidden, HEAD_CANDIDATES) == heads
     for hidden in (4, 8, 12, 20, 36):
         cell = memory_models.make(name, input_size=3, hidden_size=hidden)
         y, _ = cell.scan(torch.randn(2, 5, 3), cell.initial_state(2))
