@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/cells.py [--quick] [--models lmu,lmu_fft] [--repeats 3]
                                          [--kinds learner,value] [--threads 1] [--clock cpu]
+                                         [--device cuda]
 
 For each cell of memory_models.available() (or --models) and each peer of PEERS, at the
 shapes of Sizes:
@@ -16,11 +17,14 @@ train, learner and value: median of --repeats runs after one warm-up; step: medi
 Ratios are against torch's nn.GRU (the "torch.nn.GRU" peer); TARGETS lists the pass/fail checks.
 Prints a table and writes it as markdown to benchmarks/results/cells.md (--out to change).
 Peers are a dict so other cells' published versions can be added beside them.
+--device cuda builds every subject and its inputs on the GPU (torch's default device) and
+waits for the GPU around each timed call (wall clock only); without a CUDA device it refuses.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import os
@@ -151,10 +155,16 @@ def torch_gru(sizes: Sizes) -> Subject:
                              lambda rows: torch.randn(1, rows, sizes.hidden) * 0.5, sizes, step)
 
 
+def _building_device() -> torch.device:
+    """The device subjects are built on (`measure`'s): popgym's LMUs and S4 make buffers
+    from numpy, on the CPU whatever torch's default device, and are moved there."""
+    return torch.get_default_device()
+
+
 def popgym_lmu(sizes: Sizes) -> Subject:
     """popgym's LMU layer (its Python loop of LMUCell); step = one LMUCell call."""
     from popgym.baselines.models.lmu import LMU
-    lmu = LMU(sizes.input, sizes.hidden, sizes.memory, theta=64.0)
+    lmu = LMU(sizes.input, sizes.hidden, sizes.memory, theta=64.0).to(_building_device())
 
     def make_state(rows: int):
         return (torch.randn(rows, sizes.hidden) * 0.5, torch.randn(rows, sizes.memory) * 0.5)
@@ -174,7 +184,9 @@ def popgym_lmu_fft(sizes: Sizes) -> Subject:
     from popgym.baselines.models.lmu import LMUFFT
     closures: Subject = {}
     for kind, (rows, steps) in sizes.shapes().items():
-        lmu_fft = LMUFFT(sizes.input, sizes.hidden, sizes.memory, seq_len=steps, theta=64.0)
+        with torch.device("cpu"):        # its constructor mixes numpy-made buffers in
+            lmu_fft = LMUFFT(sizes.input, sizes.hidden, sizes.memory, seq_len=steps, theta=64.0)
+        lmu_fft = lmu_fft.to(_building_device())
         closures[kind] = sequence_closure(lambda x, _, f=lmu_fft: f(x)[0], lambda rows: None,
                                           kind, rows, steps, sizes.input)
     return closures
@@ -186,9 +198,11 @@ def popgym_s4d(sizes: Sizes) -> Subject:
     step = map + S4.step after setup_step."""
     from popgym.baselines.models.s4d import S4
     project = nn.Linear(sizes.input, sizes.hidden)
-    core = S4(d_model=sizes.hidden, d_state=popgym_s4d_state_size(sizes), mode="diag",
-              measure="diag-lin", bidirectional=False, disc="zoh", real_type="exp",
-              transposed=False)
+    with torch.device("cpu"):            # its constructor computes in numpy
+        core = S4(d_model=sizes.hidden, d_state=popgym_s4d_state_size(sizes), mode="diag",
+                  measure="diag-lin", bidirectional=False, disc="zoh", real_type="exp",
+                  transposed=False)
+    core = core.to(_building_device())
     core.eval()                                  # S4.step asserts eval mode; no dropout anyway
     core.setup_step()
     x_t = torch.randn(sizes.batch, sizes.input)
@@ -227,7 +241,7 @@ def popgym_ray_memory(class_name: str, **config) -> Callable[[Sizes], Subject]:
             if model.cfg["embedding"] is not None:
                 x = model.apply_embedding(x, t_starts)
             return model.forward_memory(x, state, t_starts,
-                                        torch.full((x.shape[0],), x.shape[1]))
+                                        torch.full((x.shape[0],), x.shape[1], device=x.device))
 
         def make_state(rows: int) -> list:
             return [torch.randn(rows, *s.shape) * 0.5 for s in model.initial_state()]
@@ -241,7 +255,8 @@ def popgym_ray_memory(class_name: str, **config) -> Callable[[Sizes], Subject]:
                 _, rollout["state"] = memory(x_t, rollout["state"], step_t)
 
         return sequence_closures(
-            lambda x, state: memory(x, state, torch.zeros(x.shape[0], dtype=torch.long))[0],
+            lambda x, state: memory(x, state, torch.zeros(x.shape[0], dtype=torch.long,
+                                                       device=x.device))[0],
             make_state, sizes, step)
     return build
 
@@ -288,7 +303,8 @@ def rllib_gtrxl_net(sizes: Sizes) -> Subject:
 
     def forward(x: Tensor, memory: Tensor) -> Tensor:
         rows, steps = x.shape[:2]
-        out, _ = net({"obs": x.reshape(rows * steps, -1)}, [memory], torch.full((rows,), steps))
+        out, _ = net({"obs": x.reshape(rows * steps, -1)}, [memory],
+                     torch.full((rows,), steps, device=x.device))
         return out
 
     def make_state(rows: int) -> Tensor:
@@ -299,7 +315,8 @@ def rllib_gtrxl_net(sizes: Sizes) -> Subject:
 
     def step():
         with torch.no_grad():
-            _, (new,) = net({"obs": x_t}, [rollout["memory"]], torch.ones(sizes.batch))
+            _, (new,) = net({"obs": x_t}, [rollout["memory"]],
+                              torch.ones(sizes.batch, device=x_t.device))
             rollout["memory"] = torch.cat([rollout["memory"][:, 1:], new[:, None]], 1)
 
     return sequence_closures(forward, make_state, sizes, step)
@@ -536,23 +553,30 @@ NOTES = {
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_run(run: Callable[[], None], clock: Callable[[], float]) -> float:
+def time_run(run: Callable[[], None], clock: Callable[[], float],
+             synchronize: Callable[[], None] = lambda: None) -> float:
     """Seconds of one call on `clock` (of CLOCKS): wall time, or the process's CPU time (all
-    threads; with one thread, the time a loaded machine lets the call run)."""
+    threads; with one thread, the time a loaded machine lets the call run). `synchronize`
+    waits for a GPU's queued work, before the start and before the end."""
+    synchronize()
     start = clock()
     run()
+    synchronize()
     return clock() - start
 
 
 def measure(subjects: dict[str, Callable[[], Subject]], repeats: int, steps: int,
-            clock: Callable[[], float] = CLOCKS["wall"]):
+            clock: Callable[[], float] = CLOCKS["wall"],
+            synchronize: Callable[[], None] = lambda: None, device: str = "cpu"):
     """Median seconds per subject and kind ({name: {kind: seconds}}). Subjects take turns
     (round robin) so that a change of machine load hits them all alike; each kind is warmed
-    up first (steps: a tenth of them)."""
+    up first (steps: a tenth of them). Subjects are built on `device` (torch's default
+    device while they are built; their runs make their tensors as their code says)."""
     built = {}
     for name, build in subjects.items():
         torch.manual_seed(0)
-        built[name] = build()
+        with torch.device(device) if device != "cpu" else contextlib.nullcontext():
+            built[name] = build()
         for kind, run in built[name].items():
             for _ in range(max(steps // 10, 1) if kind == "step" else 1):
                 run()
@@ -560,7 +584,7 @@ def measure(subjects: dict[str, Callable[[], Subject]], repeats: int, steps: int
     for _ in range(repeats):
         for name, closures in built.items():
             for kind, run in closures.items():
-                times[name][kind] += [time_run(run, clock) for _ in
+                times[name][kind] += [time_run(run, clock, synchronize) for _ in
                                       range(steps // repeats if kind == "step" else 1)]
     results = {}
     for name in built:
@@ -638,9 +662,22 @@ def main(argv=None) -> int:
                         help="a line about the conditions of this run, written to the results")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: leave as is)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where subjects and inputs live (cuda: the GPU, wall clock)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    synchronize = lambda: None  # noqa: E731
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device cuda: no CUDA device (torch.cuda.is_available() is False; "
+                         f"torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+        if args.clock == "cpu":
+            parser.error("--clock cpu times the host, not the GPU: use --clock wall with "
+                         "--device cuda")
+        synchronize = torch.cuda.synchronize
+    device = (f"GPU: {torch.cuda.get_device_name()}" if args.device == "cuda"
+              else f"CPU: {cpu_name()}")
 
     sizes = Sizes(steps=256) if args.quick else Sizes()
     repeats = args.repeats or (3 if args.quick else 5)
@@ -667,10 +704,10 @@ def main(argv=None) -> int:
         subjects[cell] = only(lambda cell=cell: cell_subject(cell, sizes))
 
     print(f"B={sizes.batch} T={sizes.steps} input={sizes.input} hidden={sizes.hidden} "
-          f"memory={sizes.memory} state={sizes.state} float32 CPU "
+          f"memory={sizes.memory} state={sizes.state} float32 {device} "
           f"threads={torch.get_num_threads()}")
     load_before = os.getloadavg()
-    results = measure(subjects, repeats, n_steps, CLOCKS[args.clock])
+    results = measure(subjects, repeats, n_steps, CLOCKS[args.clock], synchronize, args.device)
     load_after = os.getloadavg()
     lines = table(results, cells)
     checks = verdicts(results, cells)
@@ -680,7 +717,7 @@ def main(argv=None) -> int:
         "# Cell speed benchmark", "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- command: `{command.strip()}`",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_name()}; "
+        f"- torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; "
         f"clock: {args.clock} time",
         f"- sizes: B={sizes.batch}, T={sizes.steps}, input={sizes.input}, hidden={sizes.hidden}, "
         f"memory_size={sizes.memory}, state_size={sizes.state}, float32",
@@ -708,7 +745,8 @@ def main(argv=None) -> int:
         f"{sizes.batch}, median of {n_steps}. Subjects take turns (round robin) within each "
         "repeat.",
         f"- load average (1 min) {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the "
-        "end; CPU only (no GPU was available to this run)",
+        "end; " + ("on the GPU (--device cuda)" if args.device == "cuda"
+                   else "CPU only (no GPU was available to this run)"),
         "- GRU step = one `nn.GRU` call on a length-1 sequence; popgym.LMU step = one "
         "`LMUCell` call; popgym.LMUFFT has no initial state and no step.", "",
         *lines, "",
