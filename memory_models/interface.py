@@ -257,12 +257,12 @@ def _timesteps(name: str, value, shape: tuple[int, ...], like: Tensor) -> Tensor
     if value is None:
         return torch.ones(shape, dtype=like.dtype, device=like.device)
     _check_tensor_arg(name, value, FLOAT_DTYPES, shape, "a floating")
-    if bool((value < 0).any()) or not bool(torch.isfinite(value).all()):
+    if bool(((value < 0) | ~torch.isfinite(value)).any()):          # one host sync
         raise ValueError(f"{name} must be finite and >= 0 (time elapsed between observations)")
     return value.to(device=like.device, dtype=like.dtype)
 
 
 def _check_lengths(lengths, batch: int, steps: int) -> None:
     _check_tensor_arg("lengths", lengths, (torch.int32, torch.int64), (batch,), "an int64")
-    if bool((lengths < 0).any()) or bool((lengths > steps).any()):
+    if bool(((lengths < 0) | (lengths > steps)).any()):              # one host sync
         raise ValueError(f"lengths must lie in [0, T={steps}], got {lengths.tolist()}")
