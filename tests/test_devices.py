@@ -204,6 +204,49 @@ def test_learner_update_on_a_device_is_the_cpu_update(name):
     assert_update_equal(actual, expected, "virtual device")
 
 
+def module_passes(module, obs, lengths) -> dict:
+    """Every forward pass of MemoryRLModule on `obs` (B, T, D) (on whatever device module
+    and obs are): the learner's (forward_train, compute_values) on rows of `lengths`, the
+    inference pass's STATE_OUT, one env-runner step from the initial state; for a stateless
+    module, the (N, D) layout RLlib sends it."""
+    batch_size, steps = obs.shape[:2]
+    with torch.no_grad():
+        if not module.is_stateful():
+            flat = {Columns.OBS: obs.reshape(batch_size * steps, -1)}
+            return {"logits": module.forward_train(flat)[Columns.ACTION_DIST_INPUTS],
+                    "values": module.compute_values(flat)}
+        state = {k: torch.as_tensor(v, device=obs.device)[None].repeat(
+                     batch_size, *([1] * v.ndim)) for k, v in module.get_initial_state().items()}
+        rows = {Columns.OBS: obs, Columns.SEQ_LENS: lengths, Columns.STATE_IN: state}
+        step = module.forward_exploration({Columns.OBS: obs[:, :1], Columns.STATE_IN: state})
+        return {"logits": module.forward_train(rows)[Columns.ACTION_DIST_INPUTS],
+                "values": module.compute_values(rows),
+                **{f"state out {k}": v for k, v in
+                   module.forward_inference(rows)[Columns.STATE_OUT].items()},
+                "step logits": step[Columns.ACTION_DIST_INPUTS],
+                **{f"step state {k}": v for k, v in step[Columns.STATE_OUT].items()}}
+
+
+@pytest.mark.parametrize("name, timesteps_from_obs", [("mlp", False), ("gru", True),
+                                                      ("event_ssm", True), ("ffm", True)])
+def test_module_passes_on_a_device_are_the_cpu_ones(name, timesteps_from_obs):
+    """The layouts the learner test leaves out: a stateless module's (N, D) rows, Δt read from
+    the observations, and the env runners' step, whose initial state comes as numpy."""
+    from test_rl_module import build
+
+    module, env = build(name, "popgym-RepeatPreviousEasy-EventTime-v0",
+                        timesteps_from_obs=timesteps_from_obs)
+    g = torch.Generator().manual_seed(2)
+    obs = torch.randn(3, SIZES["max_seq_len"], env.observation_space.shape[0], generator=g)
+    obs[..., -1] = torch.randint(0, 4, obs.shape[:2], generator=g).float()      # Δt
+    lengths = torch.tensor([SIZES["max_seq_len"], 5, 1])
+    expected = module_passes(module, obs, lengths)
+    with VirtualDevice() as device:
+        actual = device.take(module_passes(device.move(module), device.put(obs),
+                                           device.put(lengths)))
+    assert_update_equal(actual, expected, "virtual device")
+
+
 def test_learner_minibatches_of_a_batch_on_a_device_are_the_cpu_ones():
     """PPOLearner cuts the learner batch after RLlib moved it to the learner's device."""
     from experiments.rllib.batching import OldStackMinibatches
