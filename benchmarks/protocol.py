@@ -150,7 +150,8 @@ NOTES = [
     "their iterations): CPU times inflated like the 12-02 rows', against which their 'vs "
     "popgym:GRU' is computed (popgym:GRU's row is 12-02's: measuring it again, and slstm, "
     "delta_net, gated_delta_net, shm and rtu, failed at Ray's 30 s node start-up or ran at "
-    "~3% of a core beside the studies' trials at nice -5, load 20-35). mamba's learning is "
+    "~3% of a core beside the studies' trials at nice -5, load 20-48, in tries from 06:03 to "
+    "06:52). mamba's learning is "
     "its learn floor (1.00x): the cell's forward and backward at the learner's shapes, not "
     "the pipeline. Peak memory 5.2 / 3.3 / 2.2 GiB (mamba / mamba2 / mlstm) is the "
     "iteration's own.",
