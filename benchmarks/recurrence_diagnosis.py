@@ -31,14 +31,16 @@ minibatch) for 732 updates: the study's PPO update count (150k env steps / 4096 
 at every step; PPO gets ±1/48 after a sampled action: the probe bounds what the cell can
 learn at the study's budget and step size. Accuracy on 512 held-out sequences.
 
-SHM's variants (keywords of the cell; `theta×c`: Θ scaled by c after its init, c = 0 gives
-C_t ≡ 1, a memory that only sums its writes) separate its causes: the memory's size d, the
-calibration's table and draw, the embedding, the shortcut, the calibration's scale. For SHM
-the table also gives the read's share of the memory's output before the output projection,
-|M_t q_t| / (|M_t q_t| + |W_s x̂_t + b_s|) (mean over steps, after training), and the largest
-|C_t − 1|: how much the memory is used and how much it forgets.
+SHM's variants (keywords of the cell; `Θ×c`: Θ scaled by c after its init, c = 0 gives
+C_t ≡ 1 at the start, a memory that only sums its writes until Θ has learned) separate its
+causes: the memory's size d, the calibration's table and draw, the embedding, the shortcut,
+the calibration's scale. For SHM the table also gives the read's share of the memory's output
+before the output projection, |M_t q_t| / (|M_t q_t| + |W_s x̂_t + b_s|), and the mean
+|C_t − 1| (both means over steps and rows, after training): how much the memory is used and
+how far it is from keeping every entry.
 
-Parts: `cells` (gru, mlstm, slstm, shm) and `controls` (below) at the study's lr, `fast` the
+Parts: `cells` (gru, mlstm, slstm, shm) and `controls` (CONTROLS: fwp, mamba and delta_net with and
+without their convolution) at the study's lr, `fast` the
 cells at lr 3e-3, `shm` SHM's variants at the study's lr; each on every chosen task. Runs on
 the CPU with one thread (torch.set_num_threads(1)); prints the table row by row, --out
 appends it to a file as it goes.
@@ -236,7 +238,7 @@ SHM_VARIANTS = [
     Variant("shm θ drawn at random (the paper)", "shm:theta_draw='random'"),
     Variant("shm no position embedding", "shm:position_embedding=False"),
     Variant("shm no shortcut", "shm:shortcut=False"),
-    Variant("shm Θ×0 (C ≡ 1: no calibration)", "shm", theta_scale=0.0),
+    Variant("shm Θ×0 at init (C ≡ 1 at the start)", "shm", theta_scale=0.0),
     Variant("shm Θ×10", "shm", theta_scale=10.0),
 ]
 
