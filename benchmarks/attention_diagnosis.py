@@ -29,9 +29,9 @@ averaged over held-out steps t >= 6), so the learned pattern can be read.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/attention_diagnosis.py \
         --out benchmarks/results/attention/diagnosis.md
 
-One torch thread (torch.set_num_threads(1)): about 40 s a run (600 steps) on a free core,
-the variants one after another; the report is rewritten after each variant. `--only LABEL
-...` runs some of them.
+One torch thread (torch.set_num_threads(1)): about 30 s a transformer run (600 steps) on a
+free core, the variants one after another; the report is rewritten after each variant.
+`--only LABEL ...` runs some of them.
 """
 
 from __future__ import annotations
