@@ -155,6 +155,11 @@ NOTES = [
     "its learn floor (1.00x): the cell's forward and backward at the learner's shapes, not "
     "the pipeline. Peak memory 5.2 / 3.3 / 2.2 GiB (mamba / mamba2 / mlstm) is the "
     "iteration's own.",
+    "slstm, delta_net, gated_delta_net, shm, rtu, transformer and gtrxl on RepeatPreviousEasy "
+    "(2026-12-06, 07:12-07:35, commit ac8b93d, beside a run of the test suite) sample with "
+    "experiments.rllib.sampling's batched connector pieces (BatchedEnvRunner, the default "
+    "since 4bca06c): their sampling column (6-10 s) is not comparable with the older rows' "
+    "(RLlib's per-item pieces, 14-23 s for the same networks); their learning column is.",
 ]
 
 
