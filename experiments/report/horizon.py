@@ -202,25 +202,35 @@ def markdown(families: list[tuple[Family, pd.DataFrame]], single: list[Family],
 
 
 def plot(families: list[tuple[Family, pd.DataFrame]], title: str, path: Path) -> None:
-    """horizon.png: one panel per family, score against L per model with CI error bars."""
+    """horizon.png: one panel per family, score against L per model with CI error bars. The
+    models sit side by side around each L (a small offset on the log axis), one colour and
+    marker each; the axis spans the seeds' scores, so an interval wider than the seeds (a
+    t-interval over 3 seeds often is) runs off it rather than squeezing the data."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.4 * len(families), 4.4), dpi=110)
+    figure = Figure(figsize=(6.4 * len(families) + 2.4, 4.6), dpi=110)
     FigureCanvasAgg(figure)
+    colours, markers = colormaps["tab20"].colors, "osD^vPX<>*"
     for index, (family, frame) in enumerate(families):
         axes = figure.add_subplot(1, len(families), index + 1)
-        for model, rows in frame.groupby("model", sort=False):
-            rows = rows[rows["n"] > 0]
+        models = list(frame["model"].unique())
+        for rank, model in enumerate(models):
+            rows = frame[(frame["model"] == model) & (frame["n"] > 0)]
             errors = np.abs(np.stack([rows["mean"] - rows["ci_low"],
                                       rows["ci_high"] - rows["mean"]]).astype(float))
-            axes.errorbar(rows["L"], rows["mean"], yerr=np.nan_to_num(errors), marker="o",
-                          capsize=3, label=model)
+            dodge = 1.015 ** (rank - (len(models) - 1) / 2)
+            axes.errorbar(rows["L"] * dodge, rows["mean"], yerr=np.nan_to_num(errors),
+                          marker=markers[rank % len(markers)], markersize=4, capsize=2,
+                          linewidth=1, color=colours[rank % len(colours)], label=model)
         chance = chance_level(family)
         if chance is not None:
             axes.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance})")
         axes.axhline(SOLVED_AT, color="black", linestyle="--", linewidth=0.8,
                      label=f"solved ({SOLVED_AT})")
+        low = min([frame["min"].min(), SOLVED_AT] + ([chance] if chance is not None else []))
+        axes.set_ylim(low - 0.1, max(frame["max"].max(), SOLVED_AT) + 0.1)
         axes.set_xscale("log")
         axes.minorticks_off()
         axes.set_xticks(list(family.tasks), [str(n) for n in family.tasks])
@@ -228,7 +238,7 @@ def plot(families: list[tuple[Family, pd.DataFrame]], title: str, path: Path) ->
         axes.set_xlabel("length L")
         axes.set_ylabel("score (mean, 95% CI over seeds)")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, format="png")
 
