@@ -109,12 +109,12 @@ def test_long_sequence_float32_is_finite_and_matches_float64():
 
 
 def test_defaults():
-    """r_min 0, max_phase 2π (the paper's code), r_max 0.99 (< 1, see the module), N = 256."""
-    assert dict(state_size=256, r_min=0.0, r_max=0.99,
+    """r_min 0, max_phase 2π (the paper's code), r_max 0.99 (< 1, see the module), N = 80."""
+    assert dict(state_size=80, r_min=0.0, r_max=0.99,
                 max_phase=2 * math.pi).items() <= memory_models.keywords("lru").items()
     cell = memory_models.make("lru", input_size=8, hidden_size=256)
-    assert cell.initial_state(2)["x"].shape == (2, 256, 2)
-    assert cell.B_re.shape == (256, 8) and cell.C_im.shape == (256, 256)
+    assert cell.initial_state(2)["x"].shape == (2, 80, 2)
+    assert cell.B_re.shape == (80, 8) and cell.C_im.shape == (256, 80)
     assert cell.D.shape == (256, 8)
 
 
