@@ -24,6 +24,7 @@ from ray.rllib.core.columns import Columns
 from experiments.rllib import rllib_private, sampling, state_storage
 from experiments.rllib.batching import CompleteEpisodesEnvRunner
 from experiments.rllib.ppo import ppo_config
+from experiments.rllib.rl_module import memory_module_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -204,3 +205,27 @@ def test_unexpected_env_to_module_pipeline_is_an_error():
             sampling.use_batched_connectors(*rllib_private.env_runner_pipelines(runner))
     finally:
         runner.stop()
+
+
+@pytest.mark.parametrize("forward", ["forward_exploration", "forward_inference"])
+def test_rollout_forward_walks_no_submodules_in_eval_mode(forward, monkeypatch):
+    """An eval-mode module (an env runner's) runs its rollout forward without RLlib's
+    eval()/train() walk; a training module is switched as RLlib does and switched back."""
+    spec = memory_module_spec("gru", **TINY)
+    spec.observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    spec.action_space = gym.spaces.Discrete(2)
+    module = spec.build()
+    batch = {Columns.OBS: torch.randn(4, 1, module.observation_space.shape[0]),
+             Columns.STATE_IN: {k: torch.as_tensor(np.stack([v] * 4))
+                                for k, v in module.get_initial_state().items()}}
+    walks = []
+    original_train = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train",
+                        lambda self, mode=True: walks.append(mode) or original_train(self, mode))
+    training_out = getattr(module, forward)(batch)
+    assert walks and module.training                 # eval() for the forward, train() after
+    module.eval()
+    walks.clear()
+    eval_out = getattr(module, forward)(batch)
+    assert walks == [] and not module.training
+    torch.testing.assert_close(eval_out, training_out)

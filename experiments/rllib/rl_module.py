@@ -164,6 +164,21 @@ class MemoryRLModule(TorchRLModule, ValueFunctionAPI):
         state = self.memory.initial_state(1, device="cpu")
         return {k: v[0].detach().numpy() for k, v in state.items()}
 
+    # ------------------------------------------------------------------ rollout forwards
+    # RLlib's TorchRLModule puts the module in eval mode before every rollout forward (a walk
+    # over every submodule, ~22k per 8192-step sample() of 16 envs) and back to train mode
+    # after it when it was training. An env runner's module stays in eval mode
+    # (sampling.BatchedEnvRunner), so there the forward runs without the walk: the same mode.
+    def forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if self.training:
+            return super().forward_exploration(batch, **kwargs)
+        return self._forward_exploration(batch, **kwargs)
+
+    def forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if self.training:
+            return super().forward_inference(batch, **kwargs)
+        return self._forward_inference(batch, **kwargs)
+
     # ------------------------------------------------------------------ forward passes
     # Features and head outputs exist only up to the batch's longest row; `_pad` restores
     # RLlib's (B, max_seq_len) layout with zeros (finite, and masked out by the loss).

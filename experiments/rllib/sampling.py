@@ -169,7 +169,8 @@ class BatchedEnvRunner(CompleteEpisodesEnvRunner):
 
     Its module is put in eval mode once: RLlib's `forward_exploration` switches a module to
     eval mode for each step and back to train mode after it when it found it training (each
-    switch a walk over every submodule); from eval mode it skips the switch back.
+    switch a walk over every submodule); MemoryRLModule's rollout forwards skip both walks
+    in eval mode.
     """
 
     batched_connectors = True
