@@ -13,11 +13,11 @@ flag; the actions uniformly random, as an untrained policy's) with a cross-entro
 the target suit, Adam, 32 episodes a step. No RL: if a cell cannot learn the recall from
 labels, PPO's advantages will not teach it either.
 
-Variants of the transformer cell (window W, learning rate, layers) and three probe-only
-changes of its position term, made on the built cell (memory_models.attention is untouched):
+Variants of the transformer cell (window W, learning rate, layers) and of its `position`
+keyword (memory_models.attention):
 
-    alibi       s_{t,j} = q_t·k_j/√d − m_h (t − j)              the cell as committed
-    no-alibi    s_{t,j} = q_t·k_j/√d                            m_h = 0
+    alibi       s_{t,j} = q_t·k_j/√d − m_h (t − j)              the default, as the study ran
+    none        s_{t,j} = q_t·k_j/√d
     learned     s_{t,j} = q_t·k_j/√d + b_h[t − j]               b (n, W) learned, from −m_h δ
     rotary      s_{t,j} = (R_t q_t)·(R_j k_j)/√d                R_t: rotary, angle t θ_i
 
@@ -26,7 +26,7 @@ an episode has 51 steps, so every W >= 51 is the same computation as W = 64 here
 one-layer transformers the table gives the attention mass at the target offset δ = 3 (the largest over heads,
 averaged over held-out steps t >= 6), so the learned pattern can be read.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/attention_diagnosis.py \
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/attention_diagnosis.py --seeds 0 1 2 \
         --out benchmarks/results/attention/diagnosis.md
 
 One torch thread (torch.set_num_threads(1)): about 30 s a transformer run (600 steps) on a
@@ -59,20 +59,18 @@ CHANCE_LOSS = math.log(SUITS)
 
 @dataclass
 class Variant:
-    """One probe run: a registered memory, its keywords, the learning rate and (transformer
-    only) the position term: "alibi" (as built), "none", "learned" or "rotary"."""
+    """One probe run: a registered memory, its keywords and the learning rate."""
     label: str
     memory: str
     kwargs: dict = field(default_factory=dict)
     lr: float = 5e-4
-    position: str = "alibi"
 
 
 VARIANTS = [
     Variant("transformer W=64 (study)", "transformer", {"window": 64}),
-    Variant("transformer rotary, no ALiBi", "transformer", {"window": 64}, position="rotary"),
-    Variant("transformer learned b_h[δ]", "transformer", {"window": 64}, position="learned"),
-    Variant("transformer no ALiBi", "transformer", {"window": 64}, position="none"),
+    Variant("transformer position=rotary", "transformer", {"window": 64, "position": "rotary"}),
+    Variant("transformer position=learned", "transformer", {"window": 64, "position": "learned"}),
+    Variant("transformer position=none", "transformer", {"window": 64, "position": "none"}),
     Variant("transformer W=4", "transformer", {"window": 4}),
     Variant("gru (study)", "gru"),
     Variant("gtrxl W=64 (study)", "gtrxl", {"window": 64}),
@@ -110,51 +108,10 @@ def episodes(count: int, seed: int) -> tuple[Tensor, Tensor]:
     return torch.tensor(np.stack(all_obs)), torch.tensor(all_targets)
 
 
-def learned_offset_bias(cell: nn.Module) -> None:
-    """Replace the cell's ALiBi term −m_h δ by a learned table b_h[δ] (n, W), initialised at
-    −m_h δ; the probe's only change to the cell (its scan passes `self.alibi` as the term)."""
-    offsets = torch.arange(cell.window, dtype=torch.float32)
-    cell.offset_bias = nn.Parameter(-cell.slopes[:, None] * offsets)            # (n, W)
-    cell.alibi = lambda query_blocks, offsets: cell.offset_bias[:, offsets].to(query_blocks.dtype)
-
-
-class RotaryQKV(nn.Module):
-    """The cell's W_qkv followed by rotary positions on q and k (probe only): each pair i of a
-    head's dims of q_t and k_t rotated by the angle t·θ_i, θ_i = 10000^(−2i/d), so that
-    q_t·k_j depends on t − j. Positions count from the first step of the input (B, T, H),
-    right for the probe's scans of whole episodes from the initial state, not for a carried
-    window."""
-
-    def __init__(self, qkv: nn.Linear, heads: int, head_size: int):
-        super().__init__()
-        self.qkv, self.heads, self.head_size = qkv, heads, head_size
-        frequency = 10000.0 ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
-        self.register_buffer("frequency", frequency)                            # θ (d/2,)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)                                  # (B, T, H)
-        angle = torch.arange(x.shape[1], dtype=x.dtype)[:, None, None] * self.frequency
-        cos, sin = angle.cos(), angle.sin()                                     # (T, 1, d/2)
-
-        def rotate(t: Tensor) -> Tensor:
-            pairs = t.view(*t.shape[:2], self.heads, self.head_size // 2, 2)
-            even, odd = pairs[..., 0], pairs[..., 1]
-            return torch.stack([even * cos - odd * sin, even * sin + odd * cos],
-                               -1).view_as(t)
-        return torch.cat([rotate(q), rotate(k), v], -1)
-
-
 def build(variant: Variant, obs_size: int) -> nn.Module:
     config = check_model_config({"memory": variant.memory, "memory_kwargs": variant.kwargs,
                                  **SIZES})
     pre, memory, actor, _ = build_layers(obs_size, SUITS, config)
-    if variant.position == "none":
-        memory.slopes.zero_()
-    elif variant.position == "learned":
-        learned_offset_bias(memory)
-    elif variant.position == "rotary":
-        memory.slopes.zero_()
-        memory.qkv = RotaryQKV(memory.qkv, memory.heads, memory.head_size)
     return nn.ModuleDict({"pre": pre, "memory": memory, "actor": actor})
 
 
@@ -184,12 +141,13 @@ def attention_by_offset(cell: nn.Module, x: Tensor, offsets: int = 8) -> Tensor:
         u = cell.input(x)
         q, k, _ = cell.qkv(cell.attention_norm(u)).chunk(3, dim=-1)
         batch, steps = x.shape[:2]
-        q, k = (t.view(batch, steps, cell.heads, cell.head_size).transpose(1, 2) for t in (q, k))
+        q, k = cell.rotated(*(t.view(batch, steps, cell.heads, cell.head_size) for t in (q, k)))
+        q, k = q.transpose(1, 2), k.transpose(1, 2)                             # (B, n, L, d)
         position = torch.arange(steps)
         delta = position[:, None] - position[None, :]                           # (L, L)
         seen = (delta >= 0) & (delta < cell.window)
         scores = q @ k.transpose(-1, -2) / math.sqrt(cell.head_size) \
-            + cell.alibi(q, delta.clamp(0, cell.window - 1))                    # (B, n, L, L)
+            + cell.position_bias(q, delta.clamp(0, cell.window - 1))            # (B, n, L, L)
         weights = scores.masked_fill(~seen, -torch.inf).softmax(-1)
         t = torch.arange(offsets - 2, steps)
         by_offset = torch.stack([weights[:, :, t, t - d].mean((0, 2))

@@ -360,6 +360,10 @@ PEERS: dict[str, tuple[Callable[[Sizes], Subject], tuple[str, ...]]] = {
     "transformer(window=256)": (lambda sizes: cell_subject("transformer", sizes, window=256),
                                 ("transformer",)),
     "gtrxl(window=256)": (lambda sizes: cell_subject("gtrxl", sizes, window=256), ("gtrxl",)),
+    "transformer(position=rotary)": (
+        lambda sizes: cell_subject("transformer", sizes, position="rotary"), ("transformer",)),
+    "transformer(position=learned)": (
+        lambda sizes: cell_subject("transformer", sizes, position="learned"), ("transformer",)),
     "rllib.GTrXLNet": (rllib_gtrxl_net, ("gtrxl",)),
     "ops.linear_scan_sequential": (scan_op(linear_scan_sequential), ("event_ssm",)),
 }

@@ -5,7 +5,7 @@ max(t − W + 1, episode start) .. t, then a position-wise MLP, both with residu
 
     u_t = W_in x_t + b_in                                              (B, H)
     q_t, k_t, v_t = split(W_qkv LN₁(u_t) + b_qkv)                      (B, n, d) each
-    s_{t,j} = q_t·k_j / √d − m_h (t − j) + log ω_j,   j ∈ S_t          (B, n)   per key j
+    s_{t,j} = q_t·k_j / √d + P_h(t − j) + log ω_j,    j ∈ S_t          (B, n)   per key j
     o_t = Σ_{j ∈ S_t} softmax_j(s_{t,j}) v_j                           (B, n, d)
     a_t = u_t + W_o o_t + b_o                                          (B, H)   residual 1
     y_t = a_t + W_2 GELU(W_1 LN₂(a_t) + b_1) + b_2                     (B, H)   residual 2
@@ -16,14 +16,29 @@ t − W < j ≤ t of t's episode: the window. LN₁, LN₂ affine LayerNorms. ω
 validity of key j (1 for every step of the current chunk; the state's flag for a cached key),
 so log ω_j = −inf takes a slot out: softmax_j is the softmax weighted by ω.
 
-Positions: ALiBi (Press et al. 2022), a bias −m_h (t − j) on the score that is linear in the
-offset t − j, with the fixed slopes m_h = 2^(−8 (h + 1) / n) of the paper (h = 0 .. n−1).
-Chosen over rotary because the bias depends on the offset alone and not on the keys: the
-cache holds the keys as they were computed (rotary would rotate each cached key by its
-offset again at every step), the bias joins the window and episode mask in the one additive
-mask of scaled_dot_product_attention, and each head's slope is a recency scale from ~W steps
-(the smallest slope) to a few steps (the largest), a prior that suits the recent past of a
-POMDP. No elapsed time: the offset counts steps, `integration_timesteps` are ignored (an
+Positions (`position`, the term P_h(t − j) of s_{t,j} above; every choice depends on the
+offset t − j alone, so the cache holds no absolute positions):
+
+    "alibi"    −m_h (t − j) + q_t·k_j/√d        (default) ALiBi (Press et al. 2022), the fixed
+               slopes m_h = 2^(−8 (h + 1) / n) of the paper (h = 0 .. n−1)
+    "learned"  b_h[t − j] + q_t·k_j/√d          a learned bias per head and offset, b (n, W),
+               ALiBi's −m_h δ at init (from zero it learned the probe's recall 3x slower)
+    "rotary"   (R_{p_t} q_t)·(R_{p_j} k_j)/√d = q_t·R_{p_j − p_t} k_j/√d   (RoFormer, Su et al.
+               2021) in place of q_t·k_j/√d: R_p rotates each pair (z_i, z_{i+d'/2}) of the
+               first d' = 2⌊d/2⌋ features of a head by the angle p θ_i, θ_i = 10000^(−2i/d')
+               (i = 0 .. d'/2 − 1; an odd d's last feature is not rotated). p is the key's
+               index in the window [cache; chunk] (0 .. W − 2 + T) and the query's own index
+               there (W − 1 + its step in the chunk): the cache keeps the keys unrotated, they
+               are rotated when a scan or a step uses them, and p_j − p_t = −(t − j)
+    "none"     q_t·k_j/√d                       no position term
+
+ALiBi is the default (the committed attention study ran it): the bias joins the window and
+episode mask in the one additive mask of scaled_dot_product_attention, and each head's slope
+is a recency scale from ~W steps (the smallest slope) to a few steps (the largest). Its
+penalty is monotone in the offset, so no head can single out one offset (t − 3 in
+RepeatPreviousEasy) over the steps nearer t: the probe in
+benchmarks/results/attention/diagnosis.md measured chance there, rotary and learned offsets
+not. No elapsed time: every position counts steps, `integration_timesteps` are ignored (an
 offset in elapsed time would be new, and is left out).
 
 State (a window of keys and values, W − 1 slots, the oldest first):
@@ -36,7 +51,7 @@ The initial state is all zeros (an empty window); a reset empties the window bef
 After `lengths[b]` steps the state is the window of the last W − 1 steps before that point.
 
 Parallel form (`sliding_window_attention`): the chunk's queries against [cached keys; chunk
-keys] under one additive mask (within W, causal, same episode, log ω, ALiBi), computed by
+keys] under one additive mask (within W, causal, same episode, log ω, the position bias), by
 torch.nn.functional.scaled_dot_product_attention in blocks of Q = min(T, W) queries, each
 against the W − 1 + Q keys before and in its block, so the cost is linear in T:
 O(T (W + Q) H) and a mask of (B, T / Q, n, Q, W − 1 + Q). `step` (`step_attention`) is
@@ -60,6 +75,8 @@ from .interface import RecurrentMemory, State
 from .registry import register
 
 HEAD_CANDIDATES = (4, 2, 1)
+POSITIONS = ("alibi", "rotary", "learned", "none")     # the position term (module doc)
+ROTARY_BASE = 10000.0
 
 
 def log_weights(weights: Tensor) -> Tensor:
@@ -198,19 +215,41 @@ def alibi_slopes(heads: int) -> Tensor:
     return 2.0 ** (-8.0 * torch.arange(1, heads + 1, dtype=torch.float64) / heads)
 
 
+def rotary_frequencies(head_size: int) -> Tensor:
+    """θ_i = 10000^(−2i/d'), i = 0 .. d'/2 − 1, d' = 2⌊d/2⌋: float64 (d'/2,)."""
+    rotated = head_size - head_size % 2
+    return ROTARY_BASE ** (-torch.arange(0, rotated, 2, dtype=torch.float64) / max(rotated, 1))
+
+
+def rotate(z: Tensor, positions: Tensor, frequencies: Tensor) -> Tensor:
+    """R_p z: each pair (z_i, z_{i+d'/2}) of the first d' features turned by the angle p θ_i.
+
+    z (..., P, n, d); positions (P,) (float64 or long); frequencies θ (d'/2,) float64.
+    The angles are taken in float64 and their cos and sin cast to z's dtype."""
+    angles = positions.to(torch.float64)[:, None] * frequencies.to(positions.device)  # (P, d'/2)
+    cos, sin = (f(angles).to(z.dtype)[:, None, :] for f in (torch.cos, torch.sin))   # (P, 1, d'/2)
+    half = frequencies.numel()
+    first, second, rest = z[..., :half], z[..., half:2 * half], z[..., 2 * half:]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos, rest], -1)
+
+
 @register("transformer")
 class Transformer(RecurrentMemory):
     """A pre-LayerNorm transformer block over a sliding window of W steps (module doc)."""
 
     def __init__(self, input_size: int, hidden_size: int, window: int = 64,
-                 heads: int | None = None, mlp_size: int | None = None):
+                 heads: int | None = None, mlp_size: int | None = None,
+                 position: str = "alibi"):
         super().__init__(input_size, hidden_size)
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS} (the attention's position "
+                             f"term), got {position!r}")
         check_int("window", window, why=" (steps each step attends to, itself included)")
         heads = default_heads(hidden_size, HEAD_CANDIDATES) if heads is None else heads
         check_heads(heads, hidden_size)
         mlp_size = hidden_size if mlp_size is None else mlp_size
         check_int("mlp_size", mlp_size, why=" (width of the position-wise MLP)")
-        self.window, self.heads, self.mlp_size = window, heads, mlp_size
+        self.window, self.heads, self.mlp_size, self.position = window, heads, mlp_size, position
         self.head_size = hidden_size // heads
         self.input = nn.Linear(input_size, hidden_size)                   # W_in, b_in
         self.attention_norm = nn.LayerNorm(hidden_size)                   # LN₁
@@ -219,7 +258,12 @@ class Transformer(RecurrentMemory):
         self.mlp_norm = nn.LayerNorm(hidden_size)                         # LN₂
         self.mlp = nn.Sequential(nn.Linear(hidden_size, mlp_size), nn.GELU(),
                                  nn.Linear(mlp_size, hidden_size))        # W_1, b_1, W_2, b_2
-        self.register_buffer("slopes", alibi_slopes(heads).float())       # m_h (n,)
+        if position == "alibi":
+            self.register_buffer("slopes", alibi_slopes(heads).float())   # m_h (n,)
+        if position == "learned":
+            offsets = torch.arange(window, dtype=torch.float64)
+            self.offset_bias = nn.Parameter(                               # b_h[δ] (n, W)
+                (-alibi_slopes(heads)[:, None] * offsets).float())
 
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
         device, dtype = self._defaults(device, dtype)
@@ -228,9 +272,27 @@ class Transformer(RecurrentMemory):
         return {"keys": zeros, "values": zeros.clone(),
                 "valid": torch.zeros(batch_size, cache, device=device, dtype=dtype)}
 
-    def alibi(self, query_blocks: Tensor, offsets: Tensor) -> Tensor:
-        """−m_h (t − j): (n, Q, span), to broadcast over (B, N)."""
-        return -self.slopes.to(query_blocks.dtype)[:, None, None] * offsets.to(query_blocks.dtype)
+    def position_bias(self, query_blocks: Tensor, offsets: Tensor) -> Tensor:
+        """The additive position term at the offsets t − j (long, in [0, W − 1]):
+        −m_h (t − j) ("alibi"), b_h[t − j] ("learned"), 0 (rotary, none), (n, *offsets.shape),
+        to broadcast over (B, N)."""
+        dtype = query_blocks.dtype
+        if self.position == "alibi":
+            return -self.slopes.to(dtype).view(-1, *[1] * offsets.ndim) * offsets.to(dtype)
+        if self.position == "learned":
+            return self.offset_bias.to(dtype)[:, offsets]
+        return query_blocks.new_zeros((1,) * (1 + offsets.ndim))
+
+    def rotated(self, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotary positions (module doc) on the queries (B, T, n, d) and the keys
+        [cache; chunk] (B, W − 1 + T, n, d): key j turned by j θ, query i by (W − 1 + i) θ.
+        Unchanged for the other positions."""
+        if self.position != "rotary":
+            return queries, keys
+        slots = torch.arange(keys.shape[1], device=keys.device)
+        frequencies = rotary_frequencies(self.head_size)      # float64 whatever the cell's dtype
+        return (rotate(queries, slots[keys.shape[1] - queries.shape[1]:], frequencies),
+                rotate(keys, slots, frequencies))
 
     def _scan(self, x, state, resets, integration_timesteps, lengths):
         batch, steps = x.shape[:2]
@@ -244,8 +306,9 @@ class Transformer(RecurrentMemory):
         q, k, v = self.qkv(self.attention_norm(u)).chunk(3, dim=-1)        # (B, T, H) each
         keys = torch.cat([state["keys"], k], 1)                            # (B, W−1+T, H)
         values = torch.cat([state["values"], v], 1)
-        o = sliding_window_attention(q.reshape(split), keys.view(split), values.view(split),
-                                     state["valid"], resets, self.window, self.alibi)
+        queries, rotated_keys = self.rotated(q.reshape(split), keys.view(split))
+        o = sliding_window_attention(queries, rotated_keys, values.view(split),
+                                     state["valid"], resets, self.window, self.position_bias)
         a = u + self.attention_out(o.reshape(batch, steps, self.hidden_size))
         y = a + self.mlp(self.mlp_norm(a))                                 # (B, T, H)
         return y, window_after({"keys": keys, "values": values}, state["valid"], resets,
@@ -261,9 +324,10 @@ class Transformer(RecurrentMemory):
         weight = torch.cat([state["valid"], state["valid"].new_ones(batch, 1)], 1)   # (B, W)
         offsets = torch.arange(self.window - 1, -1, -1, device=x_t.device)
         split = (batch, self.window, self.heads, self.head_size)
-        o = step_attention(q.view(batch, self.heads, self.head_size), keys.view(split),
-                           values.view(split), weight,
-                           self.alibi(q, offsets)[:, 0])                   # (B, n, d)
+        query, rotated_keys = self.rotated(q.view(batch, 1, self.heads, self.head_size),
+                                           keys.view(split))
+        o = step_attention(query[:, 0], rotated_keys, values.view(split), weight,
+                           self.position_bias(q, offsets))                 # (B, n, d)
         a = u + self.attention_out(o.reshape(batch, self.hidden_size))
         y = a + self.mlp(self.mlp_norm(a))
         return y, {"keys": keys[:, 1:], "values": values[:, 1:], "valid": weight[:, 1:]}

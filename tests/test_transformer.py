@@ -1,7 +1,8 @@
 """transformer (memory_models/attention.py): the blocked sliding-window attention equals a
-per-step loop written out here (values and gradients, float64), with resets inside a chunk,
-at the window's edges and at block boundaries, lengths, a carried window; window < T and
-window > T; bad keywords. The interface laws (tests/test_laws.py) cover it by registration."""
+per-step loop written out here (values and gradients, float64) for every `position`, with
+resets inside a chunk, at the window's edges and at block boundaries, lengths, a carried
+window; window < T and window > T; bad keywords. The interface laws (tests/test_laws.py)
+cover the default by registration, and every other `position` here."""
 
 import math
 
@@ -9,19 +10,41 @@ import pytest
 import torch
 
 import memory_models
-from memory_models.attention import Transformer, alibi_slopes
+from memory_models import laws
+from memory_models.attention import POSITIONS, Transformer, alibi_slopes
+from small_sizes import small_memory_kwargs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = dict(atol=1e-10, rtol=1e-10)
 
 
+def rotated_by(z, angle_steps: int):
+    """R_δ z for one head's z (d,): pairs (z_i, z_{i+d'/2}) as complex numbers times
+    exp(i δ θ_i), θ_i = 10000^(−2i/d'), d' = 2⌊d/2⌋; an odd d's last feature kept."""
+    half = z.shape[0] // 2
+    theta = 10000.0 ** (-torch.arange(half, dtype=torch.float64) * 2 / max(2 * half, 1))
+    turned = torch.complex(z[:half], z[half:2 * half]) * torch.exp(1j * angle_steps * theta)
+    return torch.cat([turned.real, turned.imag, z[2 * half:]])
+
+
+def position_score(cell: Transformer, q_h, k_h, h: int, age: int):
+    """q·k/√d plus the position term at offset `age` = t − j, written per position."""
+    scale = math.sqrt(cell.head_size)
+    if cell.position == "rotary":                 # (R_t q)·(R_j k) = (R_{t−j} q)·k
+        return rotated_by(q_h, age) @ k_h / scale
+    term = {"alibi": lambda: -alibi_slopes(cell.heads)[h] * age,
+            "learned": lambda: cell.offset_bias[h, age],
+            "none": lambda: 0.0}[cell.position]()
+    return q_h @ k_h / scale + term
+
+
 def per_step_reference(cell: Transformer, x, state, resets, lengths):
     """The module docstring's equations, one row and one step at a time: a Python list holds
-    the window's (k, v, ω) entries, the oldest first; a reset empties it.
+    the window's (k, v, ω) entries, the oldest first; a reset empties it. Positions enter
+    through the offset (age) of each entry only.
     -> (y (B, T, H), state after lengths[b] steps)."""
     batch, steps = x.shape[:2]
     n, d, window, hidden = cell.heads, cell.head_size, cell.window, cell.hidden_size
-    slopes = alibi_slopes(n).to(x.dtype)
     outputs, finals = [], {"keys": [], "values": [], "valid": []}
     for b in range(batch):
         entries = [(state["keys"][b, j], state["values"][b, j], state["valid"][b, j])
@@ -40,7 +63,7 @@ def per_step_reference(cell: Transformer, x, state, resets, lengths):
                 for age, (k_j, v_j, w_j) in enumerate(reversed(entries)):
                     if w_j <= 0:
                         continue
-                    scores.append(q[part] @ k_j[part] / math.sqrt(d) - slopes[h] * age
+                    scores.append(position_score(cell, q[part], k_j[part], h, age)
                                   + torch.log(w_j))
                     vals.append(v_j[part])
                 weights = torch.softmax(torch.stack(scores), 0)
@@ -95,15 +118,26 @@ def run_both(cell, x, state, resets, lengths):
     return results
 
 
+def built(position: str, **kwargs) -> Transformer:
+    """A float64 cell with hidden 10 and 2 heads (d = 5: rotary turns 4 features, keeps 1);
+    a learned position bias drawn at random (it starts at ALiBi's)."""
+    torch.manual_seed(0)
+    cell = Transformer(3, 10, heads=2, mlp_size=10, position=position, **kwargs).double()
+    if position == "learned":
+        with torch.no_grad():
+            cell.offset_bias.normal_()
+    return cell
+
+
+@pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("window, steps, reset_steps", [
     (4, 19, [(0, 0), (0, 3), (0, 4), (1, 8), (1, 9), (2, 12)]),    # W < T: edges, blocks
     (5, 23, [(0, 11), (1, 1), (2, 5), (2, 6)]),                      # blocks of 5, padding
     (30, 7, [(0, 2), (1, 6)]),                                       # W > T: one block
     (1, 6, [(0, 3)]),                                                # itself only
 ])
-def test_scan_equals_per_step_reference(window, steps, reset_steps):
-    torch.manual_seed(0)
-    cell = Transformer(3, 8, window=window, mlp_size=10).double()
+def test_scan_equals_per_step_reference(window, steps, reset_steps, position):
+    cell = built(position, window=window)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(3, steps, 3, generator=generator, dtype=torch.float64)
     resets = torch.zeros(3, steps, dtype=torch.bool)
@@ -123,10 +157,10 @@ def test_scan_equals_per_step_reference(window, steps, reset_steps):
         torch.testing.assert_close(g, g_ref, **TOL, msg=name)
 
 
-def test_step_loop_equals_scan_across_window_edges():
+@pytest.mark.parametrize("position", POSITIONS)
+def test_step_loop_equals_scan_across_window_edges(position):
     """step after step (resets at W − 1 and W) equals one scan, outputs and window."""
-    torch.manual_seed(0)
-    cell = Transformer(3, 8, window=4).double()
+    cell = built(position, window=4)
     x = torch.randn(2, 12, 3, dtype=torch.float64)
     resets = torch.zeros(2, 12, dtype=torch.bool)
     resets[0, 3] = resets[1, 4] = True
@@ -178,10 +212,43 @@ def test_defaults_follow_hidden_size(hidden):
     ({"window": 0}, r"window must be a positive int"),
     ({"window": 2.5}, r"window must be a positive int"),
     ({"mlp_size": 0}, r"mlp_size must be a positive int"),
+    ({"position": "rope"}, r"position must be one of \('alibi', 'rotary', 'learned', 'none'\)"),
 ])
 def test_bad_keywords_fail_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         memory_models.make("transformer", input_size=4, hidden_size=6, **kwargs)
+
+
+@pytest.mark.parametrize("law", list(laws.LAWS))
+@pytest.mark.parametrize("position", [p for p in POSITIONS if p != "alibi"])
+@pytest.mark.parametrize("dtype", laws.accepted_dtypes("transformer"),
+                         ids=lambda d: str(d).replace("torch.", ""))
+def test_laws_hold_for_every_position(law, position, dtype):
+    """The interface laws for the non-default positions (test_laws runs the default)."""
+    laws.LAWS[law]("transformer", dtype, **small_memory_kwargs("transformer",
+                                                               position=position))
+
+
+@pytest.mark.parametrize("position", ["rotary", "learned"])
+def test_position_term_moves_the_output(position):
+    """Against "none", the position term changes y (the keyword reaches the attention)."""
+    x = torch.randn(2, 9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y_none = built("none", window=5).scan(x, built("none", window=5).initial_state(2))[0]
+    cell = built(position, window=5)
+    y = cell.scan(x, cell.initial_state(2))[0]
+    assert not torch.allclose(y[:, 1:], y_none[:, 1:])
+    torch.testing.assert_close(y[:, 0], y_none[:, 0], **TOL)     # one key, offset 0
+
+
+def test_learned_offsets_start_at_alibi():
+    """At init position="learned" computes what "alibi" does: b_h[δ] = −m_h δ."""
+    x = torch.randn(2, 9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    outputs = []
+    for position in ("alibi", "learned"):
+        torch.manual_seed(0)
+        cell = Transformer(3, 8, window=5, position=position).double()
+        outputs.append(cell.scan(x, cell.initial_state(2))[0])
+    torch.testing.assert_close(outputs[1], outputs[0], **TOL)
 
 
 def test_long_chunk_float32_matches_float64():
