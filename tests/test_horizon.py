@@ -25,6 +25,9 @@ EVAL = {("gru-bptt8", 10): [1.0, 0.95, 0.92], ("gru-bptt8", 30): [1.0, 0.85, 0.9
         ("win", 10): [1.0, 1.0, 1.0], ("win", 30): [0.5, 0.5, 0.5], ("win", 100): [0.5, 0.45, 0.6],
         ("lru", 10): [0.9, 1.0, 0.95], ("lru", 30): [0.92, 0.97, 1.0],
         ("lru", 100): [1.0, 0.9, None]}
+# (label, L) -> the peak training return of every seed where it is not 0.6: "win" learned
+# L = 30 during training (MMER 0.95) and lost it by its last evaluation (0.5)
+PEAK = {("win", 10): 0.95, ("win", 30): 0.95, ("lru", 10): 0.95, ("lru", 30): 0.95}
 
 
 def write_progress(path, returns, evaluation, steps_per_iteration):
@@ -38,7 +41,7 @@ def write_progress(path, returns, evaluation, steps_per_iteration):
         writer.writerows(rows)
 
 
-def make_study(folder, tasks=PASSIVE, evaluation=True, name="horizon-toy"):
+def make_study(folder, tasks=PASSIVE, evaluation=True, name="horizon-toy", peak=None):
     trials = []
     for length, task in tasks.items():
         for label, (model, kwargs, ppo) in MODELS.items():
@@ -50,7 +53,8 @@ def make_study(folder, tasks=PASSIVE, evaluation=True, name="horizon-toy"):
                                "label": label, "kwargs": kwargs, "seed": seed,
                                "ppo": {**ppo, **batch}, "model_config": {}})
                 final = EVAL[label, length][seed]
-                write_progress(folder / trial / "progress.csv", [0.3, 0.6, 0.4 + seed / 10],
+                top = (peak or {}).get((label, length), 0.6)
+                write_progress(folder / trial / "progress.csv", [0.3, top, 0.4 + seed / 10],
                                final if evaluation else None, 1000 * length)
     study = {"name": name, "stop": {"env_steps": 3000 * max(tasks)}}
     (folder / STUDY_FILE).write_text(json.dumps({"study": study, "trials": trials}))
@@ -71,25 +75,28 @@ def test_length_families_group_one_env_by_l():
 
 
 def test_table_scores_cis_solved_lengths_and_bounding_settings(tmp_path):
-    folder = make_study(tmp_path / "study")
+    folder = make_study(tmp_path / "study", peak=PEAK)
     paths = report.report(folder, tmp_path / "out", reps=50)
     assert paths["horizon"] == tmp_path / "out" / "horizon.md"
     assert paths["horizon_plot"].stat().st_size > 1000
     text = paths["horizon"].read_text()
     rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")
             for line in text.splitlines() if line.startswith("| ")}
-    assert rows["model"] == ["model", "BPTT", "window", "L=10", "L=30", "L=100", "longest L solved"]
+    assert rows["model"] == ["model", "BPTT", "window", "L=10", "L=30", "L=100",
+                             "longest L solved", "longest L learned"]
     # gru at BPTT 8: solves 10 (every seed >= 0.9), not 30 (one seed 0.85): longest 10
-    assert rows["gru-bptt8"][1:3] == ["8", "—"] and rows["gru-bptt8"][-1] == "10"
+    assert rows["gru-bptt8"][1:3] == ["8", "—"] and rows["gru-bptt8"][-2:] == ["10", "—"]
     values = [1.0, 0.95, 0.92]
     half = stats.t.ppf(0.975, 2) * pd.Series(values).std() / math.sqrt(3)
     mean = sum(values) / 3
     assert rows["gru-bptt8"][3] == f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] (3) ✓"
     assert not rows["gru-bptt8"][4].endswith("✓")
     # the windowed memory: window 16 shown, solves only L = 10; BPTT the protocol's 1024
-    assert rows["win"][1:3] == ["1024", "16"] and rows["win"][-1] == "10"
-    # lru: 30 on every seed; at 100 one seed has no evaluation: 2 seeds, still solved
-    assert rows["lru"][-1] == "100" and rows["lru"][5].endswith("(2) ✓")
+    # ... and learned 30 in training (MMER 0.95 on every seed), lost by its evaluation
+    assert rows["win"][1:3] == ["1024", "16"] and rows["win"][-2:] == ["10", "30"]
+    # lru: 30 on every seed; at 100 one seed has no evaluation: 2 seeds, still solved;
+    # learned (MMER) only to 30: the two columns are independent
+    assert rows["lru"][-2:] == ["100", "30"] and rows["lru"][5].endswith("(2) ✓")
     assert "every seed's score >= 0.9" in text
     assert "Chance level (no memory of the cue): 0.5" in text
     assert "last evaluation's mean return" in text
@@ -99,6 +106,7 @@ def test_table_scores_cis_solved_lengths_and_bounding_settings(tmp_path):
     table = pd.read_csv(paths["horizon_csv"])
     assert len(table) == 9 and set(table["L"]) == {10, 30, 100}
     assert not table.set_index(["model", "L"]).loc[("win", 30), "solved"]
+    assert table.set_index(["model", "L"]).loc[("win", 30), "learned"]
 
 
 def test_without_evaluations_the_score_is_mmer_and_says_why_to_add_eval(tmp_path):
@@ -106,6 +114,7 @@ def test_without_evaluations_the_score_is_mmer_and_says_why_to_add_eval(tmp_path
     paths = report.report(folder, tmp_path / "out", reps=50)
     text = paths["horizon"].read_text()
     assert "Score: MMER" in text and "add `eval:`" in text
+    assert "longest L learned" not in text                # the score is MMER already
     frame = pd.read_csv(paths["horizon_csv"]).set_index(["model", "L"])
     assert frame.loc[("lru", 10), "mean"] == pytest.approx((0.6 + 0.6 + 0.6) / 3)
 

@@ -7,7 +7,7 @@ tasks form a length family (one env at several lengths L, e.g. `tmaze-Passive-L1
                       (ppo.max_seq_len, a windowed memory's `window`, the budget per L: env
                       steps reached and PPO train batch, read from the trials, so a study run
                       in pieces with a budget each reports each L's own)
-    OUT/horizon.csv   one row per (family, model, L): n, mean, CI, min, max, solved
+    OUT/horizon.csv   one row per (family, model, L): n, mean, CI, min, max, solved, learned
     OUT/horizon.png   score against L (log axis), one line per model with its 95% CIs as error
                       bars, one panel per family with two lengths or more; the chance level
                       (T-Maze: 0.5) and the threshold dashed
@@ -23,6 +23,13 @@ a success rate of at least s.
 
 Solved: a model solves L when EVERY seed's score is >= SOLVED_AT (0.9), not the mean. The
 longest L solved is the largest such L ("—" if none); the table marks each solved L.
+Learned (scored by evaluations only): every seed's MMER >= SOLVED_AT, i.e. at some iteration
+the sampled policy's mean return over that iteration's episodes reached 0.9: the memory carried
+the cue L steps at some point of training. The table's last column gives the longest L learned
+beside the longest L solved: where they differ, the policy learned the recall and lost it
+before the last evaluation (PPO's updates undoing a solved policy), which the final score
+counts against the memory. With PPO batches of 128 episodes, as configs/horizon.yaml, an
+iteration's mean at chance (0.5) does not reach 0.9 by luck.
 The 95% CI over seeds is Student's t interval, mean ± t(0.975, n-1) · std / √n (none for one
 seed). A family with one length gets a note in horizon.md and no plot. Files are written
 whole or not at all (each to a temporary name first, then renamed); a stale horizon.png of an
@@ -44,7 +51,7 @@ from experiments.rllib.defaults import POPGYM_PPO
 from experiments.study.results import short_task
 
 __all__ = ["SOLVED_AT", "CHANCE_LEVELS", "Family", "length_families", "horizon_frame",
-           "markdown", "plot", "write"]
+           "longest", "markdown", "plot", "write"]
 
 SOLVED_AT = 0.9
 # family name prefix -> the score of a policy without memory of the cue
@@ -91,30 +98,38 @@ def t_interval(values: np.ndarray) -> tuple[float, float]:
     return values.mean() - half, values.mean() + half
 
 
+def every_seed_reaches(values: np.ndarray) -> bool:
+    """Some seeds, and every one of them >= SOLVED_AT."""
+    return bool(len(values)) and bool((values >= SOLVED_AT).all())
+
+
 def horizon_frame(trials: pd.DataFrame, family: Family, score: str) -> pd.DataFrame:
     """Per (model, L) of `family`, every pair in study order: n, mean, ci_low, ci_high, min,
-    max of the seeds' `score`, and `solved` (every seed >= SOLVED_AT, n >= 1)."""
+    max of the seeds' `score`, `solved` (every seed's score >= SOLVED_AT, n >= 1) and
+    `learned` (every seed's MMER >= SOLVED_AT)."""
     models = list(trials["variant"].unique())
     rows = []
     for model in models:
         for length, task in family.tasks.items():
-            values = trials.loc[(trials["variant"] == model) & (trials["task"] == task),
-                                score].dropna().to_numpy(dtype=float)
+            chosen = trials[(trials["variant"] == model) & (trials["task"] == task)]
+            values = chosen[score].dropna().to_numpy(dtype=float)
             low, high = t_interval(values)
             rows.append({"family": family.name, "model": model, "L": length, "task": task,
                          "n": len(values), "mean": values.mean() if len(values) else math.nan,
                          "ci_low": low, "ci_high": high,
                          "min": values.min() if len(values) else math.nan,
                          "max": values.max() if len(values) else math.nan,
-                         "solved": bool(len(values)) and bool((values >= SOLVED_AT).all())})
+                         "solved": every_seed_reaches(values),
+                         "learned": every_seed_reaches(
+                             chosen["mmer"].dropna().to_numpy(dtype=float))})
     return pd.DataFrame(rows)
 
 
-def longest_solved(frame: pd.DataFrame) -> dict[str, int | None]:
-    """model -> the largest L it solves (None if none)."""
-    solved = frame[frame["solved"]]
-    return {model: (int(solved.loc[solved["model"] == model, "L"].max())
-                    if (solved["model"] == model).any() else None)
+def longest(frame: pd.DataFrame, column: str = "solved") -> dict[str, int | None]:
+    """model -> the largest L where `column` ("solved" or "learned") holds (None if none)."""
+    held = frame[frame[column]]
+    return {model: (int(held.loc[held["model"] == model, "L"].max())
+                    if (held["model"] == model).any() else None)
             for model in frame["model"].unique()}
 
 
@@ -171,22 +186,29 @@ def markdown(families: list[tuple[Family, pd.DataFrame]], single: list[Family],
              f"Score: {what}; mean [95% t-interval] over seeds (n seeds). ✓: solved, every "
              f"seed's score >= {SOLVED_AT}. Longest L: the largest L solved. BPTT: "
              f"ppo.max_seq_len (the trained gradient reaches at most that many steps back); "
-             f"window: the memory's `window` keyword, if any.", ""]
+             f"window: the memory's `window` keyword, if any."
+             + (f" Longest L learned: the largest L at which every seed's MMER (training, "
+                f"sampled actions) reached {SOLVED_AT}; above the longest L solved, a policy "
+                f"learned the recall and lost it before its last evaluation."
+                if score == "eval_return" else ""), ""]
     for family, frame in families:
         lengths = list(family.tasks)
         chance = chance_level(family)
         lines += [f"## {family.name}", ""]
         if chance is not None:
             lines += [f"Chance level (no memory of the cue): {chance}.", ""]
-        header = ["model", "BPTT", "window", *(f"L={n}" for n in lengths), "longest L solved"]
+        columns = {"solved": "longest L solved"}
+        if score == "eval_return":
+            columns["learned"] = "longest L learned"
+        header = ["model", "BPTT", "window", *(f"L={n}" for n in lengths), *columns.values()]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        longest = longest_solved(frame)
+        best = {column: longest(frame, column) for column in columns}
         for model in frame["model"].unique():
             cells = [_cell(row) for row in frame[frame["model"] == model].itertuples()]
-            best = longest[model]
-            lines.append("| " + " | ".join([model, _setting(trials, model, _bptt),
-                                            _setting(trials, model, _window), *cells,
-                                            "—" if best is None else str(best)]) + " |")
+            lines.append("| " + " | ".join(
+                [model, _setting(trials, model, _bptt), _setting(trials, model, _window),
+                 *cells, *("—" if best[c][model] is None else str(best[c][model])
+                           for c in columns)]) + " |")
         lines += ["", "Budget per L: the env steps its trials reached, and their PPO train "
                   "batch (ppo.train_batch_size_per_learner):", "",
                   "| L | task | env steps | train batch |", "|---|---|---|---|"]
@@ -262,7 +284,7 @@ def write(trials: pd.DataFrame, study: dict | None, out: Path, title: str) -> di
     frames = [frame for _, frame in plotted]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["family", "model", "L", "task", "n", "mean", "ci_low", "ci_high", "min",
-                 "max", "solved"])
+                 "max", "solved", "learned"])
     targets = {"horizon": out / "horizon.md", "horizon_csv": out / "horizon.csv"}
     if plotted:
         targets["horizon_plot"] = out / "horizon.png"
