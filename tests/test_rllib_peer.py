@@ -83,8 +83,10 @@ def test_attention_study_config_validates():
 
     from experiments.study import config
     study = config.load(Path(__file__).resolve().parents[1] / "configs" / "attention.yaml")
-    assert [m.name for m in study.models] == ["transformer", "gtrxl", "rllib:GTrXL", "gru",
-                                              "popgym:GRU"]
+    assert [m.name for m in study.models] == ["transformer", "transformer", "transformer",
+                                              "gtrxl", "rllib:GTrXL", "gru", "popgym:GRU"]
+    assert [m.kwargs.get("position", "alibi") for m in study.models[:3]] == \
+        ["alibi", "rotary", "learned"]
 
 
 def test_one_old_stack_ppo_iteration(ray_session):
