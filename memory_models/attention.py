@@ -264,6 +264,9 @@ class Transformer(RecurrentMemory):
             offsets = torch.arange(window, dtype=torch.float64)
             self.offset_bias = nn.Parameter(                               # b_h[δ] (n, W)
                 (-alibi_slopes(heads)[:, None] * offsets).float())
+        # θ (d'/2,), float64 whatever the cell's dtype: a plain attribute, not a buffer, so
+        # that .float() / .half() leave it in float64 (rotate moves it to the device)
+        self.rotary_frequencies = rotary_frequencies(self.head_size)
 
     def initial_state(self, batch_size, *, device=None, dtype=None) -> State:
         device, dtype = self._defaults(device, dtype)
@@ -290,9 +293,9 @@ class Transformer(RecurrentMemory):
         if self.position != "rotary":
             return queries, keys
         slots = torch.arange(keys.shape[1], device=keys.device)
-        frequencies = rotary_frequencies(self.head_size)      # float64 whatever the cell's dtype
-        return (rotate(queries, slots[keys.shape[1] - queries.shape[1]:], frequencies),
-                rotate(keys, slots, frequencies))
+        return (rotate(queries, slots[keys.shape[1] - queries.shape[1]:],
+                       self.rotary_frequencies),
+                rotate(keys, slots, self.rotary_frequencies))
 
     def _scan(self, x, state, resets, integration_timesteps, lengths):
         batch, steps = x.shape[:2]

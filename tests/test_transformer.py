@@ -233,7 +233,8 @@ def test_laws_hold_for_every_position(law, position, dtype):
 def test_position_term_moves_the_output(position):
     """Against "none", the position term changes y (the keyword reaches the attention)."""
     x = torch.randn(2, 9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    y_none = built("none", window=5).scan(x, built("none", window=5).initial_state(2))[0]
+    plain = built("none", window=5)
+    y_none = plain.scan(x, plain.initial_state(2))[0]
     cell = built(position, window=5)
     y = cell.scan(x, cell.initial_state(2))[0]
     assert not torch.allclose(y[:, 1:], y_none[:, 1:])
