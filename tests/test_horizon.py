@@ -154,3 +154,29 @@ def test_nothing_is_half_written_when_the_plot_fails(tmp_path, monkeypatch):
     paths = horizon.write(trials, {}, out, "toy")
     assert sorted(p.name for p in out.iterdir()) == ["horizon.csv", "horizon.md", "horizon.png"]
     assert paths["horizon"].read_text().startswith("# Horizon: toy")
+
+
+def test_the_plot_is_one_panel_per_model_with_every_seed_and_each_family_a_line(tmp_path):
+    """Small multiples: a panel per model in study order titled with its longest L solved and
+    learned; in each, one line per family (mean over seeds) and a dot per seed's score."""
+    make_study(tmp_path / "passive", peak=PEAK)
+    active = {n: task.replace("Passive", "Active") for n, task in PASSIVE.items()}
+    make_study(tmp_path / "active", tasks=active, peak=PEAK)
+    trials = report.trial_table(sources.load([tmp_path / "passive",
+                                              tmp_path / "active"]).iterations)
+    families = [(family, horizon.horizon_frame(trials, family, "eval_return"))
+                for family in horizon.length_families(trials["task"].unique())]
+    drawing = horizon.figure(families, trials, "eval_return", "toy")
+    panels = [axes for axes in drawing.axes if axes.get_visible()]
+    assert [axes.get_title().split("\n")[0] for axes in panels] == list(MODELS)
+    # win: solved L = 10 only, learned up to 30 (MMER 0.95), in both families
+    assert panels[1].get_title().split("\n")[1] == \
+        "solved: L ≤ 10, L ≤ 10 · learned: L ≤ 30, L ≤ 30"
+    # lru at L = 100 has 2 evaluated seeds of 3: 3 + 3 + 2 dots per family
+    lru = panels[2]
+    from matplotlib.collections import PathCollection
+    dots = [c.get_offsets() for c in lru.collections if isinstance(c, PathCollection)]
+    assert sum(len(d) for d in dots) == 2 * 8
+    means = [line for line in lru.get_lines() if line.get_linestyle() == "-"]
+    assert [list(line.get_xdata()) for line in means] == [[10, 30, 100]] * 2
+    assert means[0].get_ydata()[0] == pytest.approx((0.9 + 1.0 + 0.95) / 3)

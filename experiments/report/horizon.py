@@ -8,9 +8,10 @@ tasks form a length family (one env at several lengths L, e.g. `tmaze-Passive-L1
                       steps reached and PPO train batch, read from the trials, so a study run
                       in pieces with a budget each reports each L's own)
     OUT/horizon.csv   one row per (family, model, L): n, mean, CI, min, max, solved, learned
-    OUT/horizon.png   score against L (log axis), one line per model with its 95% CIs as error
-                      bars, one panel per family with two lengths or more; the chance level
-                      (T-Maze: 0.5) and the threshold dashed
+    OUT/horizon.png   score against L (log axis), one panel per model (small multiples,
+                      shared axes): the seeds' scores as dots, their mean and 95% CI, one
+                      colour per family with two lengths or more; the chance level (T-Maze:
+                      0.5) dotted and the threshold dashed
 
 The score of a trial is its last evaluation's mean return (a study with `eval:`; greedy, many
 episodes) when the family's trials have evaluations (a trial without one yet is left out of n),
@@ -51,7 +52,7 @@ from experiments.rllib.defaults import POPGYM_PPO
 from experiments.study.results import short_task
 
 __all__ = ["SOLVED_AT", "CHANCE_LEVELS", "Family", "length_families", "horizon_frame",
-           "longest", "markdown", "plot", "write"]
+           "longest", "markdown", "figure", "plot", "write"]
 
 SOLVED_AT = 0.9
 # family name prefix -> the score of a policy without memory of the cue
@@ -223,46 +224,90 @@ def markdown(families: list[tuple[Family, pd.DataFrame]], single: list[Family],
     return "\n".join(lines)
 
 
-def plot(families: list[tuple[Family, pd.DataFrame]], title: str, path: Path) -> None:
-    """horizon.png: one panel per family, score against L per model with CI error bars. The
-    models sit side by side around each L (a small offset on the log axis), one colour and
-    marker each; the axis spans the seeds' scores, so an interval wider than the seeds (a
-    t-interval over 3 seeds often is) runs off it rather than squeezing the data."""
+def figure(families: list[tuple[Family, pd.DataFrame]], trials: pd.DataFrame, score: str,
+           title: str):
+    """horizon.png's figure: one panel per model (small multiples, shared axes, in study
+    order), each with score against L for every family (one colour each): the seeds' scores
+    as dots, their mean joined by a line with its 95% CI as error bars, the chance level
+    (dotted) and the solved threshold (dashed); the panel's title gives the model's longest L
+    solved (and learned). The y axis spans the seeds' scores, so an interval wider than the
+    seeds (a t-interval over 3 seeds often is) runs off it rather than squeezing the data."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.4 * len(families) + 2.4, 4.6), dpi=110)
-    FigureCanvasAgg(figure)
-    colours, markers = colormaps["tab20"].colors, "osD^vPX<>*"
-    for index, (family, frame) in enumerate(families):
-        axes = figure.add_subplot(1, len(families), index + 1)
-        models = list(frame["model"].unique())
-        for rank, model in enumerate(models):
-            rows = frame[(frame["model"] == model) & (frame["n"] > 0)]
-            errors = np.abs(np.stack([rows["mean"] - rows["ci_low"],
-                                      rows["ci_high"] - rows["mean"]]).astype(float))
-            dodge = 1.015 ** (rank - (len(models) - 1) / 2)
-            axes.errorbar(rows["L"] * dodge, rows["mean"], yerr=np.nan_to_num(errors),
-                          marker=markers[rank % len(markers)], markersize=4, capsize=2,
-                          linewidth=1, color=colours[rank % len(colours)], label=model)
-        chance = chance_level(family)
-        if chance is not None:
-            axes.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance})")
-        axes.axhline(SOLVED_AT, color="black", linestyle="--", linewidth=0.8,
-                     label=f"solved ({SOLVED_AT})")
-        low = min([frame["min"].min(), SOLVED_AT] + ([chance] if chance is not None else []))
-        axes.set_ylim(low - 0.1, max(frame["max"].max(), SOLVED_AT) + 0.1)
-        axes.set_xscale("log")
-        axes.minorticks_off()
-        axes.set_xticks(list(family.tasks), [str(n) for n in family.tasks])
-        axes.set_title(f"{title}: {family.name}")
-        axes.set_xlabel("length L")
-        axes.set_ylabel("score (mean, 95% CI over seeds)")
+    models = list(dict.fromkeys(m for _, frame in families for m in frame["model"]))
+    columns = min(5, len(models))
+    rows = math.ceil(len(models) / columns)
+    drawing = Figure(figsize=(2.7 * columns + 0.6, 2.3 * rows + 1.0), dpi=110)
+    FigureCanvasAgg(drawing)
+    grid = drawing.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
+    colours = colormaps["tab10"].colors
+    lengths = sorted({n for family, _ in families for n in family.tasks})
+    chances = {chance_level(family) for family, _ in families} - {None}
+    seeds_low = min(frame["min"].min() for _, frame in families)
+    seeds_high = max(frame["max"].max() for _, frame in families)
+    best = {column: {} for column in ("solved", "learned")}
+    for family, frame in families:
+        for column in best:
+            for model, length in longest(frame, column).items():
+                best[column].setdefault(model, []).append(length)
+    for axes, model in zip(grid.flat, models):
+        for rank, (family, frame) in enumerate(families):
+            colour = colours[rank % len(colours)]
+            points = frame[(frame["model"] == model) & (frame["n"] > 0)]
+            errors = np.abs(np.stack([points["mean"] - points["ci_low"],
+                                      points["ci_high"] - points["mean"]]).astype(float))
+            axes.errorbar(points["L"], points["mean"], yerr=np.nan_to_num(errors), marker="o",
+                          markersize=3, capsize=2, linewidth=1.2, color=colour,
+                          label=family.name)
+            for length, task in family.tasks.items():
+                seeds = trials.loc[(trials["variant"] == model) & (trials["task"] == task),
+                                   score].dropna().to_numpy(dtype=float)
+                spread = 1.07 ** (np.arange(len(seeds)) - (len(seeds) - 1) / 2)
+                axes.scatter(length * spread, seeds, s=14, alpha=0.6, color=colour,
+                             linewidths=0)
+        for chance in chances:
+            axes.axhline(chance, color="grey", linestyle=":", linewidth=1)
+        axes.axhline(SOLVED_AT, color="black", linestyle="--", linewidth=0.8)
+        heading = f"{model}\nsolved: {_reach(best['solved'][model])}"
+        if score == "eval_return":
+            heading += f" · learned: {_reach(best['learned'][model])}"
+        axes.set_title(heading, fontsize="small")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.tight_layout()
-    figure.savefig(path, format="png")
+    for axes in grid.flat[len(models):]:
+        axes.set_visible(False)
+    for column in range(columns):           # each column's lowest panel shows its L axis
+        lowest = grid[(len(models) - 1 - column) // columns, column]
+        lowest.xaxis.set_tick_params(labelbottom=True)
+        lowest.set_xlabel("length L")
+    first = grid.flat[0]
+    first.set_xscale("log")
+    first.minorticks_off()
+    first.set_xticks(lengths, [str(n) for n in lengths])
+    low = min([seeds_low, SOLVED_AT, *chances])
+    first.set_ylim(low - 0.1, max(seeds_high, SOLVED_AT) + 0.1)
+    for axes in grid[:, 0]:
+        axes.set_ylabel("score")
+    what = "last evaluation" if score == "eval_return" else "MMER"
+    legend = [f"{f.name}: seeds (dots), mean and 95% CI" for f, _ in families]
+    notes = ([f"chance {', '.join(str(c) for c in sorted(chances))} (dotted)"] if chances
+             else []) + [f"solved {SOLVED_AT} (dashed)"]
+    drawing.suptitle(f"{title}: score ({what}) against L; " + "; ".join(legend + notes),
+                     fontsize="small")
+    drawing.tight_layout()
+    return drawing
+
+
+def _reach(lengths: list[int | None]) -> str:
+    """A panel title's longest L, one per family: "L ≤ 30", "none", "L ≤ 30, none"."""
+    return ", ".join("none" if n is None else f"L ≤ {n}" for n in lengths)
+
+
+def plot(families: list[tuple[Family, pd.DataFrame]], trials: pd.DataFrame, score: str,
+         title: str, path: Path) -> None:
+    """horizon.png: `figure`'s small multiples."""
+    figure(families, trials, score, title).savefig(path, format="png")
 
 
 def write(trials: pd.DataFrame, study: dict | None, out: Path, title: str) -> dict:
@@ -293,7 +338,7 @@ def write(trials: pd.DataFrame, study: dict | None, out: Path, title: str) -> di
         temporary["horizon"].write_text(text)
         table.to_csv(temporary["horizon_csv"], index=False)
         if plotted:
-            plot(plotted, title, temporary["horizon_plot"])
+            plot(plotted, trials, score, title, temporary["horizon_plot"])
     except BaseException:
         for path in temporary.values():
             path.unlink(missing_ok=True)
