@@ -160,6 +160,12 @@ NOTES = [
     "experiments.rllib.sampling's batched connector pieces (BatchedEnvRunner, the default "
     "since 4bca06c): their sampling column (6-10 s) is not comparable with the older rows' "
     "(RLlib's per-item pieces, 14-23 s for the same networks); their learning column is.",
+    "transformer and its positions (transformer[position=rotary], [position=learned]) on "
+    "RepeatPreviousEasy (2026-12-06, 22:39, one after the other beside two learning trials, "
+    "load 2.6-3.8): rotary samples in 15.0 s against ALiBi's 11.3 s (each rollout step turns "
+    "the W - 1 cached keys by their new offsets), learned in 12.0 s; their learning is "
+    "within 10% of one another. Their 'vs popgym:GRU' is computed against popgym:GRU's row "
+    "in this file, measured at load ~9: it overstates them.",
 ]
 
 
