@@ -16,7 +16,8 @@ from ray.rllib.connectors.common import (AddObservationsFromEpisodesToBatch,
                                          AddTimeDimToBatchAndZeroPad, BatchIndividualItems,
                                          TensorToNumpy)
 from ray.rllib.connectors.connector_v2 import ConnectorV2
-from ray.rllib.connectors.module_to_env import (ListifyDataForVectorEnv, NormalizeAndClipActions,
+from ray.rllib.connectors.module_to_env import (GetActions, ListifyDataForVectorEnv,
+                                                NormalizeAndClipActions,
                                                 RemoveSingleTsTimeRankFromBatch,
                                                 UnBatchToIndividualItems)
 from ray.rllib.core.columns import Columns
@@ -91,7 +92,8 @@ def test_episodes_equal_rllibs_pipeline(task, memory):
     same_episodes(ours, rllibs, states=False)
     env_to_module, module_to_env = rllib_private.env_runner_pipelines(runner)
     assert any(type(c) is sampling.BatchedObservations for c in env_to_module.connectors)
-    assert [type(c) for c in module_to_env.connectors][-1] is sampling.BatchedActionsToEnv
+    assert [type(c) for c in module_to_env.connectors][-2:] == \
+        [sampling.CategoricalActions, sampling.BatchedActionsToEnv]
     assert not runner.module.training
     if memory == "gru":                    # a state carried past row starts, not zeros only
         assert any(len(state_storage.stored_states(e)) > 1 for e in ours)
@@ -229,3 +231,30 @@ def test_rollout_forward_walks_no_submodules_in_eval_mode(forward, monkeypatch):
     eval_out = getattr(module, forward)(batch)
     assert walks == [] and not module.training
     torch.testing.assert_close(eval_out, training_out)
+
+
+@pytest.mark.parametrize("time_rank", [True, False])
+def test_categorical_actions_draw_what_rllibs_get_actions_draws(time_rank):
+    """The same actions from the same random stream, the same logps; explore=False (greedy)
+    and a batch with actions already go through RLlib's GetActions."""
+    runner, _ = sample(config(), calls=1)
+    module = runner.module
+    logits = 3 * torch.randn((64, 1, 2) if time_rank else (64, 2),
+                             generator=torch.Generator().manual_seed(1))
+
+    def actions(piece, explore=True, **batch):
+        torch.manual_seed(7)
+        return piece(rl_module=module, batch={Columns.ACTION_DIST_INPUTS: logits, **batch},
+                     episodes=[object()], explore=explore, shared_data={})
+    ours = actions(sampling.CategoricalActions(piece=GetActions()))
+    theirs = actions(GetActions())
+    assert ours[Columns.ACTIONS].shape == logits.shape[:-1]
+    assert len(set(ours[Columns.ACTIONS].flatten().tolist())) == 2        # both actions drawn
+    for column in (Columns.ACTIONS, Columns.ACTION_LOGP):
+        assert ours[column].dtype == theirs[column].dtype
+        assert torch.equal(ours[column], theirs[column]), column
+    greedy = actions(sampling.CategoricalActions(piece=GetActions()), explore=False)
+    assert torch.equal(greedy[Columns.ACTIONS], logits.argmax(-1))
+    given = actions(sampling.CategoricalActions(piece=GetActions()),
+                    **{Columns.ACTIONS: torch.zeros(logits.shape[:-1], dtype=torch.long)})
+    assert Columns.ACTION_LOGP not in given and not given[Columns.ACTIONS].any()

@@ -26,7 +26,16 @@ stood (the pipelines stay RLlib pipelines, RLlib's timers and a user's pieces st
         of each row; TIME_RANK_ADDED). A batch that already holds columns (a user's piece
         added some, kept per episode) or observations that are not plain arrays go through
         RLlib's three pieces instead.
-    BatchedActionsToEnv (module-to-env, in place of the last five, after GetActions):
+    CategoricalActions (module-to-env, in place of GetActions): for a Categorical exploration
+        distribution (every POPGym task with one Discrete action), from the logits z (B, 1, A):
+            z' = z - logsumexp(z)        (RLlib's TorchCategorical: torch's Categorical)
+            a ~ multinomial(softmax(z'))  the draw Categorical.sample makes, from the same
+                                          random stream
+            logp = z'[a]                 Categorical.log_prob
+        without building the distribution objects (their argument checks cost a host sync and
+        ~50 us a step). Other distributions, explore=False, or a batch that already holds
+        ACTIONS go through RLlib's GetActions.
+    BatchedActionsToEnv (module-to-env, in place of the last five, after the actions):
         every column -> numpy, (B, 1, ...) -> (B, ...) where the time rank was added;
         ACTIONS_FOR_ENV = unsquash (normalize_actions) or clip (clip_actions) of the batched
         ACTIONS (RLlib's own functions: elementwise, so the same values). The env runner
@@ -47,6 +56,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 import tree
 from ray.rllib.connectors.common import (AddObservationsFromEpisodesToBatch,
                                          AddTimeDimToBatchAndZeroPad, BatchIndividualItems,
@@ -58,6 +68,8 @@ from ray.rllib.connectors.module_to_env import (GetActions, ListifyDataForVector
                                                 RemoveSingleTsTimeRankFromBatch,
                                                 UnBatchToIndividualItems)
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
+from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.spaces.space_utils import (clip_action, get_base_struct_from_space,
@@ -67,8 +79,8 @@ from . import rllib_private
 from .batching import CompleteEpisodesEnvRunner
 from .state_storage import KeepStateOut, StateInFromRunner
 
-__all__ = ["BatchedObservations", "BatchedActionsToEnv", "BatchedEnvRunner",
-           "use_batched_connectors"]
+__all__ = ["BatchedObservations", "CategoricalActions", "BatchedActionsToEnv",
+           "BatchedEnvRunner", "use_batched_connectors"]
 
 # what BatchedObservations / BatchedActionsToEnv stand in for, in pipeline order
 RLLIB_OBSERVATION_PIECES = (AddObservationsFromEpisodesToBatch, AddTimeDimToBatchAndZeroPad,
@@ -106,6 +118,33 @@ class BatchedObservations(ConnectorV2):
         return batch
 
 
+class CategoricalActions(ConnectorV2):
+    """Module-to-env, in place of GetActions: ACTIONS and ACTION_LOGP drawn from a Categorical
+    exploration distribution's logits as torch's Categorical draws them (see module
+    docstring); everything else by RLlib's `piece` (a GetActions)."""
+
+    def __init__(self, input_observation_space=None, input_action_space=None, *,
+                 piece: GetActions, **kwargs):
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        self.piece = piece
+
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None,
+                 **kwargs) -> Any:
+        if not explore or Columns.ACTIONS in batch or Columns.ACTION_DIST_INPUTS not in batch \
+                or not isinstance(rl_module, RLModule) \
+                or rl_module.get_exploration_action_dist_cls() is not TorchCategorical:
+            return self.piece(rl_module=rl_module, batch=batch, episodes=episodes,
+                              explore=explore, shared_data=shared_data, **kwargs)
+        logits = batch[Columns.ACTION_DIST_INPUTS]                          # (B, 1, A)
+        normalized = logits - logits.logsumexp(-1, keepdim=True)
+        probabilities = torch.softmax(normalized, -1).reshape(-1, logits.shape[-1])
+        actions = torch.multinomial(probabilities, 1, True).view(logits.shape[:-1])
+        batch[Columns.ACTIONS] = actions
+        if Columns.ACTION_LOGP not in batch:
+            batch[Columns.ACTION_LOGP] = normalized.gather(-1, actions[..., None])[..., 0]
+        return batch
+
+
 class BatchedActionsToEnv(ConnectorV2):
     """Module-to-env, after GetActions: the module's batched output as numpy arrays indexed by
     sub-env, ACTIONS_FOR_ENV unsquashed or clipped (see module docstring)."""
@@ -122,16 +161,29 @@ class BatchedActionsToEnv(ConnectorV2):
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None,
                  **kwargs) -> Any:
-        batch = convert_to_numpy(batch)
-        if shared_data.get(rllib_private.TIME_RANK_ADDED):
-            for column, values in batch.items():
-                if column != Columns.STATE_OUT:
-                    batch[column] = tree.map_structure(lambda v: np.squeeze(v, axis=1), values)
+        time_rank = shared_data.get(rllib_private.TIME_RANK_ADDED)
+        for column, values in batch.items():
+            values = _numpy(values)
+            if time_rank and column != Columns.STATE_OUT:
+                values = values[:, 0] if type(values) is np.ndarray else \
+                    tree.map_structure(lambda v: np.squeeze(v, axis=1), values)
+            batch[column] = values
         if self.normalize_actions or self.clip_actions:
             change = unsquash_action if self.normalize_actions else clip_action
             batch[Columns.ACTIONS_FOR_ENV] = change(batch[Columns.ACTIONS],
                                                     self.action_space_struct)
         return batch
+
+
+def _numpy(values):
+    """RLlib's convert_to_numpy of one column (a tensor -> numpy on the CPU, float -> float32,
+    int64 -> int32), a tensor of one or more dims without its tree walk."""
+    if type(values) is not torch.Tensor or values.ndim == 0:
+        return convert_to_numpy(values)
+    array = values.detach().cpu().numpy()
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32)
+    return array.astype(np.int32) if np.issubdtype(array.dtype, int) else array
 
 
 def use_batched_connectors(env_to_module: ConnectorPipelineV2,
@@ -155,6 +207,9 @@ def use_batched_connectors(env_to_module: ConnectorPipelineV2,
     if actions != [KeepStateOut, GetActions, *RLLIB_ACTION_PIECES]:
         return False
     normalize = module_to_env.connectors[-2]
+    module_to_env.insert_before(GetActions,
+                                CategoricalActions(piece=module_to_env.connectors[1]))
+    module_to_env.remove(GetActions)
     module_to_env.insert_before(TensorToNumpy, BatchedActionsToEnv(
         normalize_actions=normalize.normalize_actions, clip_actions=normalize.clip_actions))
     for piece in RLLIB_ACTION_PIECES:
