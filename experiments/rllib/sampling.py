@@ -32,8 +32,8 @@ stood (the pipelines stay RLlib pipelines, RLlib's timers and a user's pieces st
             a ~ multinomial(softmax(z'))  the draw Categorical.sample makes, from the same
                                           random stream
             logp = z'[a]                 Categorical.log_prob
-        without building the distribution objects (their argument checks cost a host sync and
-        ~50 us a step). Other distributions, explore=False, or a batch that already holds
+        without building the distribution objects (with their argument checks, a host sync
+        each on a GPU: 86 against 56 us a call at 16 envs on this CPU). Other distributions, explore=False, or a batch that already holds
         ACTIONS go through RLlib's GetActions.
     BatchedActionsToEnv (module-to-env, in place of the last five, after the actions):
         every column -> numpy, (B, 1, ...) -> (B, ...) where the time rank was added;
