@@ -165,7 +165,7 @@ NOTES = [
     "load 2.6-3.8): rotary samples in 15.0 s against ALiBi's 11.3 s (each rollout step turns "
     "the W - 1 cached keys by their new offsets), learned in 12.0 s; their learning is "
     "within 10% of one another. Their 'vs popgym:GRU' is computed against popgym:GRU's row "
-    "in this file, measured at load ~9: it overstates them.",
+    "in protocol_attention.md, measured at load ~9: it overstates them.",
 ]
 
 

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from scipy import stats
 
 from experiments.report import horizon, sources
@@ -174,7 +175,6 @@ def test_the_plot_is_one_panel_per_model_with_every_seed_and_each_family_a_line(
         "solved: L ≤ 10, L ≤ 10 · learned: L ≤ 30, L ≤ 30"
     # lru at L = 100 has 2 evaluated seeds of 3: 3 + 3 + 2 dots per family
     lru = panels[2]
-    from matplotlib.collections import PathCollection
     dots = [c.get_offsets() for c in lru.collections if isinstance(c, PathCollection)]
     assert sum(len(d) for d in dots) == 2 * 8
     means = [line for line in lru.get_lines() if line.get_linestyle() == "-"]

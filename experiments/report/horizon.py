@@ -259,8 +259,7 @@ def figure(families: list[tuple[Family, pd.DataFrame]], trials: pd.DataFrame, sc
             errors = np.abs(np.stack([points["mean"] - points["ci_low"],
                                       points["ci_high"] - points["mean"]]).astype(float))
             axes.errorbar(points["L"], points["mean"], yerr=np.nan_to_num(errors), marker="o",
-                          markersize=3, capsize=2, linewidth=1.2, color=colour,
-                          label=family.name)
+                          markersize=3, capsize=2, linewidth=1.2, color=colour)
             for length, task in family.tasks.items():
                 seeds = trials.loc[(trials["variant"] == model) & (trials["task"] == task),
                                    score].dropna().to_numpy(dtype=float)

@@ -33,8 +33,8 @@ stood (the pipelines stay RLlib pipelines, RLlib's timers and a user's pieces st
                                           random stream
             logp = z'[a]                 Categorical.log_prob
         without building the distribution objects (with their argument checks, a host sync
-        each on a GPU: 86 against 56 us a call at 16 envs on this CPU). Other distributions, explore=False, or a batch that already holds
-        ACTIONS go through RLlib's GetActions.
+        each on a GPU: 86 against 56 us a call at 16 envs on this CPU). Other distributions,
+        explore=False, or a batch that already holds ACTIONS go through RLlib's GetActions.
     BatchedActionsToEnv (module-to-env, in place of the last five, after the actions):
         every column -> numpy, (B, 1, ...) -> (B, ...) where the time rank was added;
         ACTIONS_FOR_ENV = unsquash (normalize_actions) or clip (clip_actions) of the batched
@@ -146,7 +146,7 @@ class CategoricalActions(ConnectorV2):
 
 
 class BatchedActionsToEnv(ConnectorV2):
-    """Module-to-env, after GetActions: the module's batched output as numpy arrays indexed by
+    """Module-to-env, after the actions are drawn: the module's batched output as numpy arrays indexed by
     sub-env, ACTIONS_FOR_ENV unsquashed or clipped (see module docstring)."""
 
     def __init__(self, input_observation_space=None, input_action_space=None, *,
@@ -206,9 +206,8 @@ def use_batched_connectors(env_to_module: ConnectorPipelineV2,
     actions = [type(c) for c in module_to_env.connectors]
     if actions != [KeepStateOut, GetActions, *RLLIB_ACTION_PIECES]:
         return False
-    normalize = module_to_env.connectors[-2]
-    module_to_env.insert_before(GetActions,
-                                CategoricalActions(piece=module_to_env.connectors[1]))
+    get_actions, normalize = module_to_env.connectors[1], module_to_env.connectors[-2]
+    module_to_env.insert_before(GetActions, CategoricalActions(piece=get_actions))
     module_to_env.remove(GetActions)
     module_to_env.insert_before(TensorToNumpy, BatchedActionsToEnv(
         normalize_actions=normalize.normalize_actions, clip_actions=normalize.clip_actions))
