@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.connectors.common.add_states_from_episodes_to_batch import \
     AddStatesFromEpisodesToBatch
 from ray.rllib.connectors.connector_pipeline_v2 import ConnectorPipelineV2
@@ -99,6 +100,9 @@ def test_signatures_we_override_or_call():
                                      inspect.Parameter.VAR_KEYWORD,
                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)
     assert SingleAgentEnvRunner._try_env_reset is RLlibEnvRunner._try_env_reset
+    assert parameters(SingleAgentEnvRunner._make_on_episode_callback) == [
+        ("self", positional, none), ("which", positional, none), ("idx", positional, none),
+        ("episodes", positional, none)]
     assert parameters(RLlibEnvRunner._try_env_reset) == [
         ("self", positional, none), ("seed", kw_only, None), ("options", kw_only, None)]
     assert parameters(Learner._create_iterator_if_necessary) == [
@@ -121,6 +125,45 @@ def test_signatures_we_override_or_call():
 
 
 # --- SingleAgentEnvRunner ------------------------------------------------------------------
+
+class CountSteps(RLlibCallback):
+    """A user's callbacks class with an on_episode_step hook."""
+    calls = 0
+
+    def on_episode_step(self, *, episode, env_index, **kwargs):
+        CountSteps.calls += 1
+
+
+def test_episode_hooks_are_called_where_a_user_gave_them_and_only_there(monkeypatch):
+    assert not rllib_private.episode_hook_runs("on_episode_step", [RLlibCallback()], None)
+    assert rllib_private.episode_hook_runs("on_episode_step", [CountSteps()], None)
+    assert not rllib_private.episode_hook_runs("on_episode_end", [CountSteps()], None)
+    assert rllib_private.episode_hook_runs("on_episode_end", [RLlibCallback()], [print])
+    called = []                               # RLlib's own hook calls: none by default
+    original = SingleAgentEnvRunner._make_on_episode_callback
+    monkeypatch.setattr(SingleAgentEnvRunner, "_make_on_episode_callback",
+                        lambda self, which, *args: (called.append(which),
+                                                    original(self, which, *args)))
+    config = tiny_config()
+    runner = config.env_runner_cls(config=config)
+    try:
+        assert [isinstance(c, RLlibCallback) for c in runner._callbacks] == [True]
+        runner.sample(num_timesteps=60)
+    finally:
+        runner.stop()
+    assert called == []
+    ends = []                                 # a user's hooks: one call per sub-env per step
+    config = tiny_config().callbacks(CountSteps, on_episode_end=lambda **kw: ends.append(1))
+    runner = config.env_runner_cls(config=config)
+    try:
+        CountSteps.calls = 0
+        episodes = runner.sample(num_timesteps=120)
+    finally:
+        runner.stop()
+    assert CountSteps.calls == sum(len(e) for e in episodes) == 120
+    assert len(ends) == sum(e.is_done for e in episodes) > 0
+    assert set(called) == {"on_episode_step", "on_episode_end"}
+
 
 class SeedRecorder(rllib_private.EnvRunner):
     asked: list = []

@@ -11,6 +11,7 @@ new version). tests/test_rllib_private.py holds each name to RLlib's own behavio
 | private name (Ray 2.60) | of | what we use it for | public name here |
 |---|---|---|---|
 | `_try_env_reset(*, seed, options)` | SingleAgentEnvRunner | override: the sub-envs' seeds of the first reset | `EnvRunner.reset_seeds` |
+| `_make_on_episode_callback(which, idx, episodes)`, `_callbacks` | SingleAgentEnvRunner | override: an episode hook called only where one would run something | `episode_hook_runs` |
 | `_env_to_module`, `_module_to_env` | SingleAgentEnvRunner | its connector pipelines (sparse states swap pieces) | `env_runner_pipelines` |
 | `_cached_to_module` | SingleAgentEnvRunner | the module input of the next step (its STATE_IN) | `next_state_in` |
 | `_ongoing_episodes` | SingleAgentEnvRunner | the episodes the next `sample()` continues | `ongoing_episodes` |
@@ -76,6 +77,7 @@ check_ray_version()
 
 # imported after the check: on another version these may not even exist
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner  # noqa: E402
+from ray.rllib.callbacks.callbacks import RLlibCallback  # noqa: E402
 from ray.rllib.core.columns import Columns  # noqa: E402
 from ray.rllib.core.models.catalog import Catalog  # noqa: E402
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner  # noqa: E402
@@ -83,7 +85,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch  # noqa: E402
 from ray.tune.registry import ENV_CREATOR, _global_registry  # noqa: E402
 
 __all__ = ["CHECKED_RAY_VERSIONS", "UNCHECKED_VAR", "check_ray_version", "EnvRunner",
-           "env_runner_pipelines", "next_state_in", "ongoing_episodes", "TIME_RANK_ADDED",
+           "episode_hook_runs",           "env_runner_pipelines", "next_state_in", "ongoing_episodes", "TIME_RANK_ADDED",
            "EPISODE_OF_ROW", "PPOLearner",
            "learner_connector", "local_learner", "env_steps_sampled", "action_dist_cls",
            "env_registered", "TrialLogHooks"]
@@ -92,7 +94,14 @@ __all__ = ["CHECKED_RAY_VERSIONS", "UNCHECKED_VAR", "check_ray_version", "EnvRun
 # --- SingleAgentEnvRunner ------------------------------------------------------------------
 
 class EnvRunner(SingleAgentEnvRunner):
-    """RLlib's SingleAgentEnvRunner with the first reset's seeds as a public hook."""
+    """RLlib's SingleAgentEnvRunner with the first reset's seeds as a public hook, calling an
+    episode hook (`on_episode_step`, ...) only where it would run something
+    (`episode_hook_runs`): RLlib builds a hook's arguments and calls every callbacks object
+    for every sub-env at every step, most of them RLlibCallback's no-op methods."""
+
+    def __init__(self, *args, **kwargs):
+        self._episode_hooks_that_run: dict[str, bool] = {}      # hook name -> runs anything
+        super().__init__(*args, **kwargs)
 
     def reset_seeds(self, seed: int) -> int | list[int]:
         """The seed(s) of the vector env's first reset, given the one RLlib passes (the
@@ -104,6 +113,23 @@ class EnvRunner(SingleAgentEnvRunner):
         # RLlib passes a seed on the first reset only (None after it)
         return super()._try_env_reset(seed=None if seed is None else self.reset_seeds(seed),
                                       options=options)
+
+    def _make_on_episode_callback(self, which, idx, episodes=None):
+        runs = self._episode_hooks_that_run.get(which)
+        if runs is None:
+            runs = self._episode_hooks_that_run[which] = episode_hook_runs(
+                which, self._callbacks, getattr(self.config, f"callbacks_{which}"))
+        if runs:
+            super()._make_on_episode_callback(which, idx, episodes)
+
+
+def episode_hook_runs(which: str, callbacks: list, functions) -> bool:
+    """Whether RLlib's `make_callback(which, callbacks, functions)` would run anything: a
+    function given for the hook, or a callbacks object whose class overrides RLlibCallback's
+    no-op method `which`."""
+    return bool(functions) or any(
+        getattr(type(callback), which, None) is not getattr(RLlibCallback, which)
+        for callback in callbacks)
 
 
 def env_runner_pipelines(runner: SingleAgentEnvRunner) -> tuple[Any, Any]:
