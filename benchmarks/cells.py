@@ -730,7 +730,7 @@ def main(argv=None) -> int:
           + " (popgym S4D's own rule); s4d(state_size=64) is s4d at its default size"
           for name in SIZE_OF_PEER if name in cells),
         "- the other cells run at their registered defaults (ffm: memory 32 x context 4, "
-        "the FFM paper's RLlib model; lru: 256 modes; fwp / linear_attention: key size "
+        "the FFM paper's RLlib model; lru: 80 modes; fwp / linear_attention: key size "
         "round(sqrt(256)) = 16 / round(sqrt(256) - 1) = 15, as POPGym's; frame_stack / "
         "frame_conv: stack_size 4, as POPGym's), except: " + "; ".join(
             f"{name} " + ", ".join(f"{k}={v}" for k, v in CELL_KEYWORDS[name](sizes).items())
