@@ -130,11 +130,11 @@ NOTES = [
     "iteration); lmu_fft 2.36x (3x not met: its floors alone, env 1.2 + forward 1.1 + learn "
     "26.2 s, would be 2.94x). Learning / learn floor <= 1.15 for ffm, min_gru and selective "
     "event_ssm: not met (1.26, 1.20, 1.24; lmu_fft 1.18, gru 1.08).",
-    "The POPGym lineup beside its originals: ours take 1.33x (pos_mlp vs popgym:MLP) to 1.83x "
-    "(fwp vs popgym:FastWeightProgrammer) less time per iteration (elman 1.54x, indrnn 1.55x, "
-    "frame_stack 1.45x, frame_conv 1.75x, linear_attention 1.65x; lmu 1.30x popgym:LMU, s4d "
-    "2.12x popgym:S4D), most of it in sampling (3.7-4.9 s against 16-24 s); learning is "
-    "1.03-1.31x faster than theirs. Peak memory in parentheses: the iteration's alone, before "
+    "The POPGym lineup beside its originals: an original's iteration takes 1.33x (popgym:MLP "
+    "beside pos_mlp) to 1.83x (popgym:FastWeightProgrammer beside fwp) ours (Elman 1.54x, "
+    "IndRNN 1.55x, Framestack 1.45x, Frameconv 1.75x, LinearAttention 1.65x; popgym:LMU 1.30x "
+    "lmu, popgym:S4D 2.12x s4d), most of it in sampling (theirs 16-24 s, ours 3.7-4.9 s); "
+    "their learning takes 1.03-1.31x ours. Peak memory in parentheses: the iteration's alone, before "
     "the floors replay its shapes.",
     "rllib-lstm pads every learner row to max_seq_len (1024) and runs its LSTM over the "
     "padding; on 52-step episodes its value pass over the whole batch asks for one tensor "
@@ -327,22 +327,25 @@ def _record_old_stack(algo, recorder: Recorder) -> None:
 
 
 # --------------------------------------------------------------------------- floors
-def env_rate(task: str, envs: int, steps: int = 4096) -> float:
-    """Env steps per second of `envs` envs stepped together with random actions."""
+def env_rate(task: str, envs: int, rounds: int = 1, steps: int = 4096) -> float:
+    """Env steps per second of `envs` envs stepped together with random actions: the best of
+    `rounds` measurements, each on a fresh vector env."""
     import gymnasium as gym
 
     import envs as memrl_envs
-    vector = gym.vector.SyncVectorEnv([lambda: memrl_envs.make_env(task_id(task))] * envs)
-    vector.reset(seed=0)
-    vector.action_space.seed(0)
-    for _ in range(16):
-        vector.step(vector.action_space.sample())
-    start = clock()
-    for _ in range(steps // envs):
-        vector.step(vector.action_space.sample())
-    rate = (steps // envs) * envs / (clock() - start)
-    vector.close()
-    return rate
+    rates = []
+    for _ in range(rounds):
+        vector = gym.vector.SyncVectorEnv([lambda: memrl_envs.make_env(task_id(task))] * envs)
+        vector.reset(seed=0)
+        vector.action_space.seed(0)
+        for _ in range(16):
+            vector.step(vector.action_space.sample())
+        start = clock()
+        for _ in range(steps // envs):
+            vector.step(vector.action_space.sample())
+        rates.append((steps // envs) * envs / (clock() - start))
+        vector.close()
+    return max(rates)
 
 
 class Network:
@@ -788,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
     results: dict[str, dict] = earlier.get("results", {})
     env_rates = earlier.get("env_rates", {})
-    env_rates.update({task: max(env_rate(task, ENVS) for _ in range(ENV_RATE_ROUNDS))
+    env_rates.update({task: env_rate(task, ENVS, ENV_RATE_ROUNDS)
                       for task in tasks if args.again or task not in env_rates})
     env_compare: dict[str, dict] = earlier.get("env_compare", {})
     layouts: dict[str, dict] = earlier.get("layouts", {})

@@ -187,7 +187,7 @@ class ModuleNetwork(protocol.Network):
 def floors(forward_step_s: float, envs: int, rounds: int) -> dict:
     """The env and forward floors of BATCH steps (the env's rate the best of `rounds`)."""
     return {"forward_floor_s": forward_step_s * BATCH / envs,
-            "env_floor_s": BATCH / max(protocol.env_rate(TASK, envs) for _ in range(rounds))}
+            "env_floor_s": BATCH / protocol.env_rate(TASK, envs, rounds)}
 
 
 def least(runs: list[dict]) -> dict:

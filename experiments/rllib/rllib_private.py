@@ -85,8 +85,8 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch  # noqa: E402
 from ray.tune.registry import ENV_CREATOR, _global_registry  # noqa: E402
 
 __all__ = ["CHECKED_RAY_VERSIONS", "UNCHECKED_VAR", "check_ray_version", "EnvRunner",
-           "episode_hook_runs",           "env_runner_pipelines", "next_state_in", "ongoing_episodes", "TIME_RANK_ADDED",
-           "EPISODE_OF_ROW", "PPOLearner",
+           "episode_hook_runs", "env_runner_pipelines", "next_state_in", "ongoing_episodes",
+           "TIME_RANK_ADDED", "EPISODE_OF_ROW", "PPOLearner",
            "learner_connector", "local_learner", "env_steps_sampled", "action_dist_cls",
            "env_registered", "TrialLogHooks"]
 

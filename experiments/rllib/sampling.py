@@ -146,8 +146,8 @@ class CategoricalActions(ConnectorV2):
 
 
 class BatchedActionsToEnv(ConnectorV2):
-    """Module-to-env, after the actions are drawn: the module's batched output as numpy arrays indexed by
-    sub-env, ACTIONS_FOR_ENV unsquashed or clipped (see module docstring)."""
+    """Module-to-env, after the actions are drawn: the module's batched output as numpy arrays
+    indexed by sub-env, ACTIONS_FOR_ENV unsquashed or clipped (see module docstring)."""
 
     def __init__(self, input_observation_space=None, input_action_space=None, *,
                  normalize_actions: bool, clip_actions: bool, **kwargs):
