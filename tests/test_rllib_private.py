@@ -18,6 +18,7 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.connectors.common.add_states_from_episodes_to_batch import \
     AddStatesFromEpisodesToBatch
 from ray.rllib.connectors.connector_pipeline_v2 import ConnectorPipelineV2
+from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import Learner
 from ray.rllib.core.learner.training_data import TrainingData
@@ -304,6 +305,30 @@ def test_minibatches_hook_gets_rllibs_learner_batch(ray_session):
     # without minibatch_size: RLlib's own again
     assert not isinstance(ours._create_iterator_if_necessary(
         training_data=TrainingData(episodes=episodes()), num_epochs=1), list)
+
+
+class ForgetZeroPadding(ConnectorV2):
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        shared_data.pop(rllib_private.ZERO_PADDED_FOR_MODULE.format("default_policy"))
+        return batch
+
+
+def test_the_learner_reads_the_zero_padded_key_rllibs_piece_sets(ray_session):
+    """ZERO_PADDED_FOR_MODULE: RLlib's AddTimeDimToBatchAndZeroPad sets it in a learner's
+    pipeline, and the learner makes the module's rows a zero-padded SampleBatch where it is
+    set (learner_rows.EpisodeRows sets it in that piece's place)."""
+    learner, sampled = build_learner(tiny_config(), RLlibsMinibatches)
+    connector, shared = rllib_private.learner_connector(learner), {}
+    connector(rl_module=learner.module, batch={}, episodes=copy.deepcopy(sampled),
+              shared_data=shared, metrics=None)
+    assert shared[rllib_private.ZERO_PADDED_FOR_MODULE.format("default_policy")] is True
+
+    def rows():
+        return learner._make_batch_if_necessary(training_data=TrainingData(
+            episodes=copy.deepcopy(sampled))).policy_batches["default_policy"]
+    assert rows().zero_padded
+    connector.append(ForgetZeroPadding())
+    assert not rows().zero_padded
 
 
 def test_rllibs_ppo_learner_updates_the_kl_coeff_with_the_last_kl_logged(ray_session):

@@ -92,7 +92,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import EPISODE_LEN_MEAN, EPISODE_RETURN_MEAN
 from ray.rllib.utils.numpy import convert_to_numpy
 
-from . import rllib_private, state_storage
+from . import learner_rows, rllib_private, state_storage
 from .seeding import env_seeds
 from .workers import use_assigned_cpus
 
@@ -286,17 +286,22 @@ class PPOLearner(rllib_private.PPOLearner):
     """RLlib's torch PPO learner, with minibatches cut as the old stack did (see 2. above), the
     KL coefficient updated with the iteration's mean KL (see 4. above), the advantages
     standardized over the loss's steps (see 6. above), reading each row's memory state where
-    `CompleteEpisodesEnvRunner` stored it (`state_storage`, with `sparse_states`)."""
+    `CompleteEpisodesEnvRunner` stored it (`state_storage`, with `sparse_states`), its rows
+    cut by `learner_rows.EpisodeRows` (with `episode_rows`)."""
 
     sparse_states = True
+    episode_rows = True
 
     def build(self) -> None:
         super().build()
         self.minibatch_kls: dict[str, list[torch.Tensor]] = {}  # module -> this update's KLs
         connector = rllib_private.learner_connector(self)
-        if self.sparse_states and connector is not None \
-                and self.config.add_default_connectors_to_learner_pipeline:
+        if connector is None or not self.config.add_default_connectors_to_learner_pipeline:
+            return
+        if self.sparse_states:
             state_storage.use_sparse_states_in_learner(connector)
+        if self.episode_rows:
+            learner_rows.use_episode_rows(connector)
 
     def minibatches(self, batch: MultiAgentBatch, *, num_epochs: int, minibatch_size: int,
                     shuffle: bool) -> OldStackMinibatches:

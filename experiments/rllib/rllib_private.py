@@ -17,6 +17,7 @@ new version). tests/test_rllib_private.py holds each name to RLlib's own behavio
 | `_ongoing_episodes` | SingleAgentEnvRunner | the episodes the next `sample()` continues | `ongoing_episodes` |
 | shared_data `"_added_single_ts_time_rank"` | AddTimeDimToBatchAndZeroPad, RemoveSingleTsTimeRankFromBatch | an env runner's batch has a time rank of 1 (set by the one, read by the other) | `TIME_RANK_ADDED` |
 | shared_data `"memorized_map_structure"` | BatchIndividualItems, UnBatchToIndividualItems | the episode id of each row of an env runner's batch | `EPISODE_OF_ROW` |
+| shared_data `"_zero_padded_for_mid={module_id}"` | AddTimeDimToBatchAndZeroPad, Learner | a learner batch's rows of a module are zero-padded to max_seq_len (set by the one, read by the other) | `ZERO_PADDED_FOR_MODULE` |
 | `_create_iterator_if_necessary(*, training_data, num_total_minibatches, num_epochs, minibatch_size, shuffle_batch_per_epoch, **kwargs)` | Learner | override: our own minibatches | `PPOLearner.minibatches` |
 | `_make_batch_if_necessary(training_data=)` | Learner | the learner batch (its connector run on the episodes) | (inside `PPOLearner`) |
 | `_set_slicing_by_batch_id(batch, value=)` | Learner | rows of a recurrent batch sliced by row | (inside `PPOLearner`) |
@@ -27,8 +28,8 @@ new version). tests/test_rllib_private.py holds each name to RLlib's own behavio
 | `ray.tune.registry._global_registry` | Tune | is an env id registered | `env_registered` |
 | `_setup_trial`, `_restore_from_remote`, `_trial_files`, `_trial_csv`, `_trial_continue` | Tune's CSV / JSON logger callbacks | a restarted trial's logs (experiments/study/trial_logs.py) | `TrialLogHooks` |
 
-Behaviours of public names that experiments.rllib.batching corrects or relies on (a change
-there fails the tests named):
+Behaviours of public names that experiments.rllib.batching (and learner_rows) corrects or
+relies on (a change there fails the tests named):
 
 | behaviour (Ray 2.60) | batching's answer | test |
 |---|---|---|
@@ -36,10 +37,12 @@ there fails the tests named):
 | the GAE connector standardizes advantages with the masked bootstrap steps | standardizes again over the loss mask | test_batching |
 | PPO samples again while a call's own env steps (its metrics) are below the batch | a call steps at least the batch | test_batching |
 | an env runner's metrics clear at each reduce (one iteration's episodes) | logs the last 100 again | test_batching |
+| AddTimeDimToBatchAndZeroPad's learner rows (`split_and_zero_pad`, one item at a time) | learner_rows.EpisodeRows makes the same rows per episode at once | test_learner_rows |
 
 Upgrading Ray: run `MEMRL_UNCHECKED_RAY=1 pytest tests/test_rllib_private.py tests/test_batching.py
-tests/test_state_storage.py` on the new version; where a name moved or changed, change it here
-(and its test); then add the version to CHECKED_RAY_VERSIONS and to pyproject.toml's range.
+tests/test_state_storage.py tests/test_learner_rows.py` on the new version; where a name moved
+or changed, change it here (and its test); then add the version to CHECKED_RAY_VERSIONS and to
+pyproject.toml's range.
 """
 
 from __future__ import annotations
@@ -65,8 +68,9 @@ def check_ray_version(version: str | None = None) -> None:
                f"installed. Install a checked version (pip install -c constraints.txt -e .), or "
                f"check the names listed in experiments/rllib/rllib_private.py against Ray "
                f"{version}: run `{UNCHECKED_VAR}=1 pytest tests/test_rllib_private.py "
-               f"tests/test_batching.py tests/test_state_storage.py`, fix what fails in that "
-               f"one file, then add {version!r} to its CHECKED_RAY_VERSIONS.")
+               f"tests/test_batching.py tests/test_state_storage.py tests/test_learner_rows.py`, "
+               f"fix what fails in that one file, then add {version!r} to its "
+               f"CHECKED_RAY_VERSIONS.")
     if os.environ.get(UNCHECKED_VAR) == "1":
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return
@@ -86,7 +90,7 @@ from ray.tune.registry import ENV_CREATOR, _global_registry  # noqa: E402
 
 __all__ = ["CHECKED_RAY_VERSIONS", "UNCHECKED_VAR", "check_ray_version", "EnvRunner",
            "episode_hook_runs", "env_runner_pipelines", "next_state_in", "ongoing_episodes",
-           "TIME_RANK_ADDED", "EPISODE_OF_ROW", "PPOLearner",
+           "TIME_RANK_ADDED", "EPISODE_OF_ROW", "ZERO_PADDED_FOR_MODULE", "PPOLearner",
            "learner_connector", "local_learner", "env_steps_sampled", "action_dist_cls",
            "env_registered", "TrialLogHooks"]
 
@@ -155,6 +159,7 @@ def ongoing_episodes(runner: SingleAgentEnvRunner) -> list:
 # batched pieces stand in for them, and leave the same keys for RLlib's pieces that remain)
 TIME_RANK_ADDED = "_added_single_ts_time_rank"     # True: the module's input has T = 1
 EPISODE_OF_ROW = "memorized_map_structure"         # [episode id of batch row i]
+ZERO_PADDED_FOR_MODULE = "_zero_padded_for_mid={}"  # .format(module id): True, rows padded
 
 
 # --- Learner -------------------------------------------------------------------------------
