@@ -16,7 +16,8 @@ import tree
 from ray.rllib.connectors.common import AddTimeDimToBatchAndZeroPad
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
-from ray.rllib.utils.postprocessing.zero_padding import split_and_zero_pad
+from ray.rllib.utils.postprocessing.zero_padding import (create_mask_and_seq_lens,
+                                                         split_and_zero_pad)
 from ray.rllib.utils.spaces.space_utils import BatchedNdArray
 
 from experiments.rllib import batching, learner_rows, rllib_private
@@ -76,6 +77,12 @@ def test_items_of_mixed_kinds_are_left_to_rllib(items):
     assert learner_rows.episode_rows(items, 4) is None
 
 
+@pytest.mark.parametrize("steps", [0, 1, 15, 16, 17, 32, 53])
+def test_row_lengths_are_rllibs_seq_lens(steps):
+    mask, seq_lens = create_mask_and_seq_lens(steps, 16)
+    assert learner_rows.row_lengths(steps, 16) == seq_lens
+
+
 def config(task, memory="gru", learner=None, **ppo):
     settings = {**dict(num_envs_per_env_runner=4, train_batch_size_per_learner=128,
                        minibatch_size=64, num_epochs=1, max_seq_len=16), **ppo}
@@ -115,11 +122,15 @@ def test_the_piece_gives_rllibs_rows_and_shared_data(task, batch_mode):
     for piece in pieces[:at[0]]:
         batch = piece(rl_module=learner.module, batch=batch, episodes=episodes,
                       shared_data=shared_data, metrics=None)
-    # a column of nested items beside them: RLlib's piece handles the whole batch
-    for name, columns in (("plain", {}), ("nested", {"nested": {
-            key: [{"a": np.float32(i)} for i in range(len(e) + 1)]
-            for key, e in zip(batch[Columns.OBS], episodes)}})):
-        theirs_data, ours_data = copy.deepcopy(shared_data), copy.deepcopy(shared_data)
+    assert shared_data[rllib_private.LOSS_MASK_ADDED]        # by AddOneTsToEpisodesAndTruncate
+    nested = {"nested": {key: [{"a": np.float32(i)} for i in range(len(e) + 1)]
+                         for key, e in zip(batch[Columns.OBS], episodes)}}
+    # a column of nested items beside them: RLlib's piece handles the whole batch; without
+    # the loss mask's flag, RLlib's piece adds a row mask per row (after the step items)
+    for name, columns, flag in (("plain", {}, True), ("nested", nested, True),
+                                ("mask", {}, False)):
+        theirs_data, ours_data = ({**shared_data, rllib_private.LOSS_MASK_ADDED: flag}
+                                  for _ in range(2))
         theirs = AddTimeDimToBatchAndZeroPad(as_learner_connector=True)(
             rl_module=learner.module, batch=copy.deepcopy({**batch, **columns}),
             episodes=episodes, shared_data=theirs_data)
@@ -127,6 +138,8 @@ def test_the_piece_gives_rllibs_rows_and_shared_data(task, batch_mode):
                              episodes=episodes, shared_data=ours_data)
         assert list(ours) == list(theirs), name
         assert ours_data == theirs_data, name
+        key = next(iter(theirs[Columns.LOSS_MASK]))
+        assert len(theirs[Columns.LOSS_MASK][key]) == len(theirs[Columns.OBS][key]) * (2 - flag)
         assert theirs_data[rllib_private.ZERO_PADDED_FOR_MODULE.format(DEFAULT_MODULE_ID)]
         for column in theirs:
             assert list(ours[column]) == list(theirs[column]), (name, column)

@@ -15,8 +15,9 @@ all single steps (scalars of one type, or arrays of one shape and dtype):
     padded = zeros(rows · max_seq_len, ...) with x at its start,
              cut into `rows` arrays (max_seq_len, ...)    RLlib's list of rows
 
-then each episode's SEQ_LENS (and LOSS_MASK, unless an earlier piece added it) by RLlib's own
-code. Anything else (multi-agent batches, nested items, items of mixed kinds) goes through
+then each episode's SEQ_LENS: max_seq_len for each full row, then the rest (and LOSS_MASK
+(rows, max_seq_len), true below each row's length, unless an earlier piece added it), as
+RLlib's piece adds them. Anything else (multi-agent batches, nested items, items of mixed kinds) goes through
 RLlib's piece. tests/test_learner_rows.py holds the batch equal to RLlib's (every column, its
 rows, shapes and dtypes) and the learner's tensors equal after the whole pipeline.
 """
@@ -36,7 +37,7 @@ from ray.rllib.utils.spaces.space_utils import BatchedNdArray
 
 from . import rllib_private
 
-__all__ = ["EpisodeRows", "episode_rows", "use_episode_rows"]
+__all__ = ["EpisodeRows", "episode_rows", "row_lengths", "use_episode_rows"]
 
 
 def episode_rows(items: list, max_seq_len: int) -> list[np.ndarray] | None:
@@ -65,6 +66,13 @@ def episode_rows(items: list, max_seq_len: int) -> list[np.ndarray] | None:
     padded = np.zeros((rows * max_seq_len, *steps.shape[1:]), dtype=steps.dtype)
     padded[:len(steps)] = steps
     return list(padded.reshape(rows, max_seq_len, *steps.shape[1:]))
+
+
+def row_lengths(steps: int, max_seq_len: int) -> list[int]:
+    """The valid steps of an episode's rows (RLlib's SEQ_LENS, `create_mask_and_seq_lens`):
+    max_seq_len for each full row, then the rest; [0] for an episode of no steps."""
+    full, rest = divmod(steps, max_seq_len)
+    return [max_seq_len] * full + ([rest] if rest or not full else [])
 
 
 class EpisodeRows(AddTimeDimToBatchAndZeroPad):
@@ -101,9 +109,14 @@ class EpisodeRows(AddTimeDimToBatchAndZeroPad):
             batch[column].update(by_episode)
         if padded:
             shared_data[rllib_private.ZERO_PADDED_FOR_MODULE.format(DEFAULT_MODULE_ID)] = True
-        # SEQ_LENS and LOSS_MASK: RLlib's piece, given no column to pad
-        masks = super().__call__(**{**rllibs, "batch": {}})
-        batch.update(masks)
+        add_mask = not shared_data.get(rllib_private.LOSS_MASK_ADDED)
+        for episode in episodes:
+            lengths = row_lengths(len(episode), max_seq_len)
+            self.add_n_batch_items(batch, Columns.SEQ_LENS, lengths, len(lengths), episode)
+            if add_mask:
+                mask = np.arange(max_seq_len) < np.array(lengths)[:, None]     # (rows, T)
+                self.add_n_batch_items(batch, Columns.LOSS_MASK, list(mask), len(lengths),
+                                       episode)
         return batch
 
 

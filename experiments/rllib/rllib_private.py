@@ -17,6 +17,7 @@ new version). tests/test_rllib_private.py holds each name to RLlib's own behavio
 | `_ongoing_episodes` | SingleAgentEnvRunner | the episodes the next `sample()` continues | `ongoing_episodes` |
 | shared_data `"_added_single_ts_time_rank"` | AddTimeDimToBatchAndZeroPad, RemoveSingleTsTimeRankFromBatch | an env runner's batch has a time rank of 1 (set by the one, read by the other) | `TIME_RANK_ADDED` |
 | shared_data `"memorized_map_structure"` | BatchIndividualItems, UnBatchToIndividualItems | the episode id of each row of an env runner's batch | `EPISODE_OF_ROW` |
+| shared_data `"_added_loss_mask_for_valid_episode_ts"` | AddOneTsToEpisodesAndTruncate, AddTimeDimToBatchAndZeroPad | a learner batch has its LOSS_MASK column (set by the one, read by the other) | `LOSS_MASK_ADDED` |
 | shared_data `"_zero_padded_for_mid={module_id}"` | AddTimeDimToBatchAndZeroPad, Learner | a learner batch's rows of a module are zero-padded to max_seq_len (set by the one, read by the other) | `ZERO_PADDED_FOR_MODULE` |
 | `_create_iterator_if_necessary(*, training_data, num_total_minibatches, num_epochs, minibatch_size, shuffle_batch_per_epoch, **kwargs)` | Learner | override: our own minibatches | `PPOLearner.minibatches` |
 | `_make_batch_if_necessary(training_data=)` | Learner | the learner batch (its connector run on the episodes) | (inside `PPOLearner`) |
@@ -90,7 +91,8 @@ from ray.tune.registry import ENV_CREATOR, _global_registry  # noqa: E402
 
 __all__ = ["CHECKED_RAY_VERSIONS", "UNCHECKED_VAR", "check_ray_version", "EnvRunner",
            "episode_hook_runs", "env_runner_pipelines", "next_state_in", "ongoing_episodes",
-           "TIME_RANK_ADDED", "EPISODE_OF_ROW", "ZERO_PADDED_FOR_MODULE", "PPOLearner",
+           "TIME_RANK_ADDED", "EPISODE_OF_ROW", "ZERO_PADDED_FOR_MODULE",
+           "LOSS_MASK_ADDED", "PPOLearner",
            "learner_connector", "local_learner", "env_steps_sampled", "action_dist_cls",
            "env_registered", "TrialLogHooks"]
 
@@ -160,6 +162,7 @@ def ongoing_episodes(runner: SingleAgentEnvRunner) -> list:
 TIME_RANK_ADDED = "_added_single_ts_time_rank"     # True: the module's input has T = 1
 EPISODE_OF_ROW = "memorized_map_structure"         # [episode id of batch row i]
 ZERO_PADDED_FOR_MODULE = "_zero_padded_for_mid={}"  # .format(module id): True, rows padded
+LOSS_MASK_ADDED = "_added_loss_mask_for_valid_episode_ts"  # True: LOSS_MASK is in the batch
 
 
 # --- Learner -------------------------------------------------------------------------------
