@@ -543,6 +543,29 @@ NOTES = {
         "ops.scan (mamba(scan_impl=parallel)) and mambapy's MambaBlock (its pscan over the same "
         "(B, T, E, N) tensors) are 3-7x slower. mamba2's SSD is masked (L, L) matmuls per chunk "
         "of at most 32 steps plus its conv, gated RMSNorm and projections."),
+    "mlstm": (
+        "mlstm against GRU (target 2x at B=16/T=1024, not met; at the learner minibatch met) is "
+        "bounded by its arithmetic: per row and step its projection (128 -> 4·256 + 8) is 132,096"
+        " multiply-adds and its chunkwise memory (4 heads of 64, chunks of 64: q·k and the "
+        "weighted [v | 1] within a chunk, the carried [C | n] read, the chunk's state update) "
+        "~66k more, ~198k against GRU's 294,912: at GRU's matmul rate at most ~1.5x GRU. In a "
+        "profile at B=16, T=1024 (measured separately, 1 thread, CPU time) the projections are "
+        "~19% of its time, the chunks' batched matmuls ~31%, and the rest elementwise passes over"
+        " the (L, L) decay matrices (exp, masks, the normaliser: 4.2M entries each at L = 64). "
+        "Chunks of 32 measured 4% faster at T = 1024 and 18% slower at the learner minibatch (53 "
+        "steps: one chunk at 64, two at 32); chunks of 16 slower at both."),
+    "slstm": (
+        "slstm against torch's LSTM (target no slower; not met) does half LSTM's multiply-adds "
+        "(the input map 128 -> 1024 and a block-diagonal recurrence, 4 heads of 64 -> 256: "
+        "196,608 per row and step against LSTM's 393,216) but runs them less well: torch's LSTM "
+        "is a C++ loop whose step is one (B x 256) @ (256 x 1024) matmul, ours a Python loop "
+        "(ops.slstm_scan, a hand-written backward) whose step is 4 small (B x 64) @ (64 x 256) "
+        "matmuls and ~12 elementwise ops forward, ~25 backward. In a profile at B=16, T=1024 "
+        "(measured separately: 528 ms against LSTM's 263 ms, 1 thread, CPU time) the per-step "
+        "dispatch alone is 94 ms (the same call at B = 1), the input map's two matmuls 90 ms, the"
+        " recurrent matmuls ~80 ms forward and backward (~20G multiply-adds/s at these shapes), "
+        "the backward's all-steps factors and elementwise ops over strided slices the rest. At "
+        "the learner minibatch the loop is 53 steps long: 0.89x."),
     "elman": (
         "elman is torch's nn.RNN, the module POPGym's Elman runs: the same kernel, so the "
         "ratio is 1x up to the noise of this loaded machine (0.94x / 1.02x here)."),
