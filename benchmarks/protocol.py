@@ -8,9 +8,10 @@
 Every subject trains PPO with `experiments.rllib.ppo.POPGYM_PPO` (batch 65536, minibatch 8192,
 30 epochs, BPTT 1024, complete episodes, POPGym's widths) except that the env runner is local:
 num_env_runners = 0 with 16 envs (a 2-core machine has no cores for 4 runners), and the epochs
-can be lowered (--epochs) for a quick run. After --warmup iterations (none by default: a
-30-epoch iteration dwarfs the first iteration's allocations and first calls; use --warmup 1
-with few epochs), --iterations are timed; sampling = the local env runner's
+can be lowered (--epochs) for a quick run. After --warmup iterations (none by default; the
+first iteration's first calls and allocations cost min_gru's learning ~1.7-2 s of ~33 s
+(iterations 0, 1, 2: 34.7, 33.0, 32.7 s): --warmup 1 gives a long trial's steady state, at
+twice the run time), --iterations are timed; sampling = the local env runner's
 `sample()` calls, learning = the rest of `algo.train()` (GAE value pass, connectors, the
 minibatch updates, weight sync).
 
@@ -62,6 +63,7 @@ import json
 import math
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -102,16 +104,24 @@ SAMPLING_TARGETS = {"s4d": ("gru", 1.3)}   # sampling <= factor x the other's (i
 
 # What a reader of the tables needs to weigh them (from the code of RLlib 2.60 and popgym).
 NOTES = [
-    "Every RepeatPreviousEasy row but rllib-lstm's was measured in one run, one subject after "
-    "the other, on a quiet machine (2026-12-07, 01:29-02:25, commit 08b6f3d, nothing else "
-    "running: load ~1, the run's own process): these rows compare with each other. Its env "
-    "floor (90,779 steps/s with 16 envs, the best of 5) was measured right after the run: the "
-    "run had kept the .json's rate from 2026-11-27 (53,136 steps/s, measured once beside other "
-    "work), which benchmarks/protocol.py now measures again with --again. The same code ran "
-    "faster on this machine than in protocol_targets.md's quiet run of 2026-12-06 (popgym:GRU "
-    "83.7 s against 120.0 s, lmu_fft 35.4 against 45.5): ratios move by up to ~10% between "
-    "runs (lmu_fft 2.36x here, 2.64x there; min_gru 2.19x / 2.16x; selective event_ssm "
-    "2.08x / 2.21x; ffm 1.54x / 1.55x).",
+    "protocol.md: every RepeatPreviousEasy row but rllib-lstm's was measured in one run, one "
+    "subject after the other (2026-12-07, 03:51-04:43, commit daf826e: the learner's rows cut by "
+    "experiments.rllib.learner_rows), with its env floor (91,596 steps/s with 16 envs, the "
+    "best of 5): these rows compare with each other. Short single-thread checks ran beside it "
+    "on the other core at times (the wall column's load: ~2 for rtu, shm and slstm, 1.2-1.4 "
+    "for gru, ffm, min_gru, selective event_ssm and lstm); times are the subject process's "
+    "CPU seconds. Against the quiet run of 01:29-02:25 (commit 08b6f3d, before learner_rows): "
+    "popgym:GRU 79.4 s against 83.7 s, ours 0-10% faster (lmu_fft 31.9 against 35.4 s, ffm "
+    "49.8 / 54.4, min_gru 37.2 / 38.3, selective event_ssm 38.3 / 40.3); ratios move by up "
+    "to ~10% between runs.",
+    "protocol_targets.md: issue 29's subjects after one warm-up iteration (--warmup 1: a "
+    "long trial's steady state), one after the other (2026-12-07, 04:43-04:57, commit daf826e, "
+    "nothing else running). The machine ran slower than in protocol.md's run just before "
+    "(popgym:GRU 86.1 s against 79.4, the learn floors 3-11% higher): ffm 1.74x popgym:GRU, "
+    "min_gru 2.26x, selective event_ssm 2.23x, lmu_fft 2.68x, gru 1.22x; learning / learn "
+    "floor ffm 1.06, min_gru 1.07, selective event_ssm 1.11, lmu_fft 1.11, gru 1.11: within "
+    "1.15 for each. The first iteration's first calls, counted in protocol.md's rows, are "
+    "what put them at 1.15-1.17 there.",
     "Memory state (issue 16): our memories' env runner keeps the state as one batched tensor "
     "between steps and each episode stores it only where a learner row of 1024 steps starts "
     "(experiments.rllib.state_storage): on 52-step episodes one state per episode, e.g. s4d's "
@@ -121,21 +131,24 @@ NOTES = [
     "memory, 29 s of sampling before the change). The old stack (popgym:*) keeps state_in / "
     "state_out columns for every step of its sample batch. Rows without a stored-state value "
     "were measured before the column existed (and before the change).",
-    "Sampling: ours sample a batch in 3.5-5.9 s (gtrxl 26 s: each step runs its unit over the "
-    "W - 1 remembered inputs), POPGym's models on RLlib's old stack in 16-30 s; "
+    "Sampling: ours sample a batch in 3.2-6.3 s (the 4-layer event_ssm 7.9 s; gtrxl 30 s: "
+    "each step runs its unit over the W - 1 remembered inputs), POPGym's models on RLlib's "
+    "old stack in 14-22 s; "
     "benchmarks/results/sampling.md splits ours into env, forward, connector pieces and "
     "RLlib's loop beside the floors.",
-    "Issue 29's targets in this run: min_gru 2.19x and selective event_ssm 2.08x popgym:GRU "
-    "(2x met); ffm 1.54x (2x not met: its learn floor alone, 39.7 s, is 0.47x popgym:GRU's "
-    "iteration); lmu_fft 2.36x (3x not met: its floors alone, env 1.2 + forward 1.1 + learn "
-    "26.2 s, would be 2.94x). Learning / learn floor <= 1.15 for ffm, min_gru and selective "
-    "event_ssm: not met (1.26, 1.20, 1.24; lmu_fft 1.18, gru 1.08).",
-    "The POPGym lineup beside its originals: an original's iteration takes 1.33x (popgym:MLP "
-    "beside pos_mlp) to 1.83x (popgym:FastWeightProgrammer beside fwp) ours (Elman 1.54x, "
-    "IndRNN 1.55x, Framestack 1.45x, Frameconv 1.75x, LinearAttention 1.65x; popgym:LMU 1.30x "
-    "lmu, popgym:S4D 2.12x s4d), most of it in sampling (theirs 16-24 s, ours 3.7-4.9 s); "
-    "their learning takes 1.03-1.31x ours. Peak memory in parentheses: the iteration's alone, before "
-    "the floors replay its shapes.",
+    "Issue 29's targets in protocol.md's run: min_gru 2.13x and selective event_ssm 2.08x "
+    "popgym:GRU (2x met); ffm 1.60x (2x not met: its floors alone, env 0.7 + forward 1.2 + "
+    "learn 39.3 s, would be 1.93x); lmu_fft 2.49x (3x not met: its floors alone, 0.7 + 1.0 + "
+    "24.2 s, would be 3.07x). Learning / learn floor <= 1.15: selective event_ssm 1.15 (met), "
+    "min_gru 1.16, ffm 1.17 (lmu_fft 1.17, gru 1.07); each row is a first iteration (--warmup "
+    "0), whose first calls cost ~1.7-2 s of min_gru's learning: protocol_targets.md has these "
+    "subjects after one warm-up iteration.",
+    "The POPGym lineup beside its originals: an original's iteration takes 1.25x (popgym:LMU "
+    "beside lmu) to 1.83x (popgym:FastWeightProgrammer beside fwp, LinearAttention beside "
+    "linear_attention, S4D beside s4d) ours (MLP 1.42x pos_mlp, Elman 1.50x, IndRNN 1.71x, "
+    "Framestack 1.44x, Frameconv 1.43x), most of it in sampling (theirs 14-22 s, ours "
+    "3.3-5.0 s); their learning takes 1.02-1.52x ours. Peak memory in parentheses: the "
+    "iteration's alone, before the floors replay its shapes.",
     "rllib-lstm pads every learner row to max_seq_len (1024) and runs its LSTM over the "
     "padding; on 52-step episodes its value pass over the whole batch asks for one tensor "
     "larger than MEMORY_LIMIT (failed: out of memory; the 2026-11-27 run's row).",
@@ -146,11 +159,14 @@ NOTES = [
     "longest row.",
     "popgym:S4D runs every training row from a zero state (its forward ignores the stored "
     "state), so its learn floor is that of a cell that carries none.",
-    "mamba's and mamba2's learning is at their learn floors (1.07x, 1.02x): the cells' forward "
-    "and backward at the learner's shapes, not the pipeline. Peak memory above 2 GiB (mamba "
-    "5.3, gated_delta_net 4.1, popgym:S4D 3.7, gtrxl 3.6, mamba2 3.3, delta_net 3.2, the "
-    "4-layer event_ssm 3.0, transformer 2.3, mlstm 2.2 GiB) is the iteration's own (the "
-    "floors add nothing); lstm peaks at 2.0 and slstm at 1.9 GiB.",
+    "mamba's and mamba2's learning is at their learn floors (1.07x, 1.06x): the cells' forward "
+    "and backward at the learner's shapes, not the pipeline. gated_delta_net's and slstm's "
+    "floors came out above their learning (0.92x, 0.95x): a floor replays each minibatch "
+    "shape after the iteration, in the same process, and is a measurement too (these two "
+    "were 1.22x and 1.08x in the 01:29 run). Peak memory above 2 GiB (mamba 5.2, "
+    "gated_delta_net 4.1, popgym:S4D 3.7, gtrxl 3.6, mamba2 3.3, delta_net 3.2, the 4-layer "
+    "event_ssm 3.0, transformer 2.3, mlstm 2.2 GiB) is the iteration's own (the floors add "
+    "nothing); lstm and slstm peak at 2.0 GiB.",
     "RepeatFirstMedium's rows and the 4 x 16 layout are older runs': s4d, gru, event_ssm, "
     "lmu_fft, lstm and popgym:GRU (2026-12-02, 14:50-15:30) were measured beside two running "
     "studies (5 processes on 2 cores, load 4-6): CPU times inflated (gru's iteration 192 s "
@@ -782,10 +798,11 @@ def main(argv: list[str] | None = None) -> int:
     # results are keyed by the short name, however the task was given
     tasks = [short_task(task_id(t.strip())) for t in args.tasks.split(",") if t.strip()]
     saved = args.out.with_suffix(".json")
-    if args.report_only:
+    if args.report_only:             # with the settings (epochs, warm-up) of the last run's
         stored = json.loads(saved.read_text())
+        measured = parser.parse_args(shlex.split(stored["runs"][-1]["command"]))
         args.out.write_text(render(stored["results"], stored["env_rates"],
-                                   stored["env_compare"], args, stored["runs"],
+                                   stored["env_compare"], measured, stored["runs"],
                                    stored.get("layouts")) + "\n")
         return 0
     earlier = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
