@@ -4,7 +4,8 @@ RLlib 2.60's learner pipeline cuts a recurrent train batch into rows with
 AddTimeDimToBatchAndZeroPad: for every column of every episode, `split_and_zero_pad` takes the
 episode's items one at a time (a tree flatten and unflatten per item, a `batch()` per row). At
 POPGym's protocol (65,536 steps in ~1,290 episodes of 52 steps, 9 columns, max_seq_len 1024)
-that is ~11,600 calls, 0.85 s of each PPO iteration (min_gru, 1 thread, CPU time).
+that is ~11,600 calls, 0.85 s of each PPO iteration (min_gru, 1 thread, CPU time; 0.06 s
+here: benchmarks/learner_rows.py).
 
 `EpisodeRows` (the learner's, in its place) makes the same rows with one numpy op per episode
 and column. An episode's items of a column are either all BatchedNdArrays (n_k steps each) or
