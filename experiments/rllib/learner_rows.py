@@ -18,9 +18,10 @@ all single steps (scalars of one type, or arrays of one shape and dtype):
 
 then each episode's SEQ_LENS: max_seq_len for each full row, then the rest (and LOSS_MASK
 (rows, max_seq_len), true below each row's length, unless an earlier piece added it), as
-RLlib's piece adds them. Anything else (multi-agent batches, nested items, items of mixed kinds) goes through
-RLlib's piece. tests/test_learner_rows.py holds the batch equal to RLlib's (every column, its
-rows, shapes and dtypes) and the learner's tensors equal after the whole pipeline.
+RLlib's piece adds them. Anything else (multi-agent batches, nested items, items of mixed
+kinds) goes through RLlib's piece. tests/test_learner_rows.py holds the batch equal to
+RLlib's (every column, its rows, shapes and dtypes) and the learner's tensors equal after the
+whole pipeline.
 """
 
 from __future__ import annotations
