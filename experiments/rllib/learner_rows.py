@@ -38,6 +38,7 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.spaces.space_utils import BatchedNdArray
 
 from . import rllib_private
+from .state_storage import has_piece
 
 __all__ = ["EpisodeRows", "episode_rows", "row_lengths", "use_episode_rows"]
 
@@ -112,11 +113,12 @@ class EpisodeRows(AddTimeDimToBatchAndZeroPad):
         if padded:
             shared_data[rllib_private.ZERO_PADDED_FOR_MODULE.format(DEFAULT_MODULE_ID)] = True
         add_mask = not shared_data.get(rllib_private.LOSS_MASK_ADDED)
+        positions = np.arange(max_seq_len)                                  # (T,)
         for episode in episodes:
             lengths = row_lengths(len(episode), max_seq_len)
             self.add_n_batch_items(batch, Columns.SEQ_LENS, lengths, len(lengths), episode)
             if add_mask:
-                mask = np.arange(max_seq_len) < np.array(lengths)[:, None]     # (rows, T)
+                mask = positions < np.array(lengths)[:, None]                   # (rows, T)
                 self.add_n_batch_items(batch, Columns.LOSS_MASK, list(mask), len(lengths),
                                        episode)
         return batch
@@ -125,6 +127,6 @@ class EpisodeRows(AddTimeDimToBatchAndZeroPad):
 def use_episode_rows(learner_connector: ConnectorPipelineV2) -> None:
     """A learner's pipeline: `EpisodeRows` in the place of RLlib's AddTimeDimToBatchAndZeroPad
     (none there, or ours already: nothing to do)."""
-    if any(type(c) is AddTimeDimToBatchAndZeroPad for c in learner_connector.connectors):
+    if has_piece(learner_connector, AddTimeDimToBatchAndZeroPad):
         learner_connector.insert_before(AddTimeDimToBatchAndZeroPad, EpisodeRows())
         learner_connector.remove(AddTimeDimToBatchAndZeroPad)

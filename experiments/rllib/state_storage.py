@@ -56,7 +56,7 @@ from ray.rllib.utils.numpy import convert_to_numpy
 
 __all__ = ["RECORD", "KeepStateOut", "StateInFromRunner", "StateInFromRecords",
            "use_sparse_states_in_env_runner", "use_sparse_states_in_learner",
-           "restart_records", "stored_states", "row_starts"]
+           "restart_records", "stored_states", "row_starts", "has_piece"]
 
 RECORD = "memrl_states"            # episode.custom_data key of an episode's stored states
 _KEPT = "memrl_state_out"          # env runner shared_data key of the last STATE_OUT
@@ -214,20 +214,21 @@ def use_sparse_states_in_env_runner(env_to_module: ConnectorPipelineV2,
 def use_sparse_states_in_learner(learner_connector: ConnectorPipelineV2) -> None:
     """A learner's pipeline: rows' STATE_IN from the stored states, in the place of RLlib's
     AddStatesFromEpisodesToBatch (again on a pipeline that has it: nothing to do)."""
-    if _has(learner_connector, StateInFromRecords) and \
-            not _has(learner_connector, AddStatesFromEpisodesToBatch):
+    if has_piece(learner_connector, StateInFromRecords) and \
+            not has_piece(learner_connector, AddStatesFromEpisodesToBatch):
         return
     _check_has_rllib_states(learner_connector)
     learner_connector.insert_before(AddStatesFromEpisodesToBatch, StateInFromRecords())
     learner_connector.remove(AddStatesFromEpisodesToBatch)
 
 
-def _has(pipeline: ConnectorPipelineV2, piece: type) -> bool:
+def has_piece(pipeline: ConnectorPipelineV2, piece: type) -> bool:
+    """Whether `pipeline` holds a piece of exactly the class `piece` (not a subclass)."""
     return any(type(c) is piece for c in pipeline.connectors)
 
 
 def _check_has_rllib_states(pipeline: ConnectorPipelineV2) -> None:
-    if not _has(pipeline, AddStatesFromEpisodesToBatch):
+    if not has_piece(pipeline, AddStatesFromEpisodesToBatch):
         raise ValueError(f"sparse state storage takes the place of RLlib's "
                          f"AddStatesFromEpisodesToBatch, which {pipeline} does not have "
                          "(add_default_connectors_to_*_pipeline off?)")
